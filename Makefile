@@ -1,0 +1,46 @@
+# Two commands on a fresh machine (see README):
+#   make test   create .venv if missing, install rtlib with its test extras, run pytest
+#   make book   create .venv if missing, install rtlib with its book extras, build the book
+# Installs are redone only when pyproject.toml changes (stamp files in .venv).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch and torchvision must come from one install (DESIGN 5): a lone CPU torch breaks
+# torchvision, which timm imports. Override for another platform, e.g.
+#   make test TORCH="torch==2.9.1 torchvision==0.24.1"
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+# Notebook parameters for `make book`, e.g. PARAMS="-p eps 0.0078 -p steps 400"
+PARAMS      ?=
+
+.PHONY: test book clean-book help
+
+help:
+	@echo "make test   install (into $(VENV)) and run the test suite"
+	@echo "make book   install (into $(VENV)) and build the book into _build/html"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch-installed: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml $(VENV)/.torch-installed
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.book-installed: pyproject.toml $(VENV)/.torch-installed
+	$(BIN)/python -m pip install --quiet -e '.[test,book]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+book: $(VENV)/.book-installed
+	$(BIN)/python -m rtlib book $(PARAMS)
+
+clean-book:
+	rm -rf _build book/executed

@@ -1,0 +1,120 @@
+"""timm backbones with a fresh head, wrapped so that they take images in [0, 1].
+
+Normalization lives inside the model (:class:`NormalizedModel`): attacks, data loaders and users
+work in pixel space, and an L-infinity budget of ``eps`` means ``eps`` in [0, 1] pixels. (Given
+normalized inputs, torchattacks would silently scale the budget by ``1/std``; DESIGN 5.)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import timm
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+#: ``weights=`` values that mean "download timm's pretrained weights" (the only networked path).
+HUB_WEIGHTS = ("hub", "timm")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+class NormalizedModel(nn.Module):
+    """``backbone((x - mean) / std)`` for images ``x`` in [0, 1] of shape (N, C, H, W)."""
+
+    def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.backbone = backbone
+        # Not persistent: a checkpoint holds the backbone's weights only, exactly as timm's do.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
+                             persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone((images - self.mean) / self.std)
+
+    @property
+    def timm_model(self) -> nn.Module:
+        """The underlying timm model, also when a peft wrapper sits in between."""
+        get_base = getattr(self.backbone, "get_base_model", None)  # peft.PeftModel
+        return get_base() if get_base is not None else self.backbone
+
+
+def _checkpoint_classes(path: Path, head: str) -> int:
+    """Number of classes of the checkpoint's head (0 when it has none)."""
+    state = timm.models.load_state_dict(str(path))
+    weight = state.get(f"{head}.weight")
+    return 0 if weight is None else int(weight.shape[0])
+
+
+def build(
+    name: str,
+    num_classes: int,
+    weights: str | os.PathLike | None = None,
+    img_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **model_kwargs: Any,
+) -> NormalizedModel:
+    """A timm model ``name`` with a freshly initialized ``num_classes``-way head.
+
+    ``weights``: ``None`` for random initialization; ``"hub"`` (or ``"timm"``) to download timm's
+    pretrained weights for ``name`` (the only option that touches the network); or the path of a
+    local ``.safetensors`` / ``.pth`` file, loaded through timm's own pretrained-weight path (same
+    filtering, position-embedding resampling for another ``img_size``, head dropped).
+    ``mean``/``std`` override the model's normalization (default: its pretrained config).
+    Extra keyword arguments go to :func:`timm.create_model` (e.g. ``depth``, ``patch_size``).
+    """
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0].split('_')[0]}*")[:12]
+        raise ConfigError("model", name, close or ["any name from timm.list_models()"],
+                          "unknown timm model")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError("num_classes", num_classes, "an integer >= 1", "out of range:")
+    kwargs = dict(model_kwargs)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    pretrained, overlay = False, None
+    if weights is not None:
+        if str(weights) in HUB_WEIGHTS:
+            pretrained = True
+        else:
+            path = Path(weights)
+            if path.suffix not in WEIGHT_SUFFIXES:
+                raise ConfigError("weights", str(weights),
+                                  ["None", *HUB_WEIGHTS, *(f"a *{s} file" for s in WEIGHT_SUFFIXES)],
+                                  "unsupported")
+            if not path.is_file():
+                raise ConfigError("weights", str(weights), "an existing weights file",
+                                  "file not found:")
+            head = timm.models.get_pretrained_cfg_value(name, "classifier") or "head"
+            # Declaring the checkpoint's own head size lets timm drop it when it differs.
+            overlay = dict(file=str(path), num_classes=_checkpoint_classes(path, head))
+            pretrained = True
+    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                              pretrained_cfg_overlay=overlay, **kwargs)
+    if pretrained and overlay is not None and overlay["num_classes"] == num_classes:
+        model.reset_classifier(num_classes)  # a fresh head even when the sizes happen to match
+    cfg = model.pretrained_cfg
+    wrapped = NormalizedModel(model, mean or cfg.get("mean", (0.5, 0.5, 0.5)),
+                              std or cfg.get("std", (0.5, 0.5, 0.5)))
+    wrapped.model_name, wrapped.num_classes = name, num_classes
+    wrapped.weights = None if weights is None else str(weights)
+    return wrapped
+
+
+def classifier_names(model: nn.Module) -> list[str]:
+    """Fully qualified names of the classification head's parameters."""
+    head = model.timm_model.get_classifier() if isinstance(model, NormalizedModel) \
+        else model.get_classifier()
+    ids = {id(p) for p in head.parameters()}
+    return [n for n, p in model.named_parameters() if id(p) in ids]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; shared parameters count once."""
+    params = list(model.parameters())  # parameters() de-duplicates shared tensors
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
