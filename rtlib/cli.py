@@ -61,6 +61,112 @@ def cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+PRETRAIN_HELP = {
+    "steps": "optimizer steps",
+    "batch_size": "images per step",
+    "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay on weight matrices",
+    "warmup_steps": "linear warm-up steps before the cosine decay",
+    "label_smoothing": "label smoothing of the cross-entropy",
+    "train_images": "rendered upstream training images (sampled with replacement)",
+    "test_images": "rendered upstream test images for the final accuracy",
+    "shift": "random translation augmentation, in pixels",
+    "seed": "seed of the renderer, the initialization and the sampling",
+    "checkpoint_every": "steps between resumable training-state checkpoints",
+    "threads": "torch CPU threads (0: torch's default)",
+}
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+    from pathlib import Path
+
+    from .pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+    config.validate()
+    meta = pretrain(config, Path(args.out), progress=not args.quiet)
+    print(f"wrote {args.out}: upstream test accuracy {meta['upstream_test_accuracy']:.4f} "
+          f"after {meta['images_seen']:,} images in {meta['train_seconds'] / 60:.1f} min")
+    return 0
+
+
+def _eps(text: str) -> float:
+    """A budget in [0, 1] pixel units; "1/255" and "0.0039" both work."""
+    try:
+        if "/" in text:
+            num, den = text.split("/")
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number like 1/255 or 0.0039, got {text!r}") \
+            from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a budget in [0, 1], got {text!r}")
+    return value
+
+
+def _hparam(text: str) -> tuple[str, object]:
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, yaml.safe_load(value)
+
+
+def run_config_from_args(args: argparse.Namespace):
+    from .config import RunConfig, preset_defaults
+
+    base = preset_defaults(args.preset)
+    given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
+    if args.hparam:
+        given["hparams"] = dict(args.hparam)
+    if args.no_weights:
+        given["weights"] = None
+    return RunConfig(task=args.task, strategy=args.strategy, **{**base, **given})
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import store, train
+
+    config = run_config_from_args(args).validate()
+    path = store.run_path(args.results_dir, config)
+    if path.exists():
+        print(f"run {config.run_id()} is already complete: {path} (nothing to do)")
+        return 0
+    out = train.run(config, args.results_dir, device=args.device, progress=not args.quiet)
+    frame = store.load(args.results_dir, [config])
+    last = frame.iloc[-1]
+    robust = ", ".join(f"{c.split('@')[1]} {last[c]:.3f}" for c in store.robust_columns(frame))
+    print(f"wrote {out}: {len(frame)} evaluation points; at step {last['step']}: clean "
+          f"{last['test_acc']:.3f}, robust {robust}")
+    return 0
+
+
+RUN_OPTIONS = {
+    "model": (str, "timm model name"),
+    "weights": (str, "pretrained weights: 'hub' (download), or a .safetensors/.pth file"),
+    "domain": (str, "domain to fine-tune on; the task's other domains are tested as OOD"),
+    "train_size": (_positive_int, "training images"),
+    "test_size": (_positive_int, "evaluation images (test set and each OOD domain)"),
+    "train_eval_size": (_positive_int, "training images scored at each evaluation point"),
+    "data_seed": (int, "seed of the data (rendering, subsets)"),
+    "steps": (_positive_int, "optimizer steps"),
+    "batch_size": (_positive_int, "images per step"),
+    "lr": (float, "peak learning rate (AdamW)"),
+    "weight_decay": (float, "AdamW weight decay"),
+    "warmup_steps": (int, "linear warm-up steps before the cosine decay"),
+    "grad_clip": (float, "gradient-norm clipping (0: off)"),
+    "seed": (int, "seed of initialization, batch order and attack starts"),
+    "schedule": (str, "evaluation points: 'official', 'log:N' or 'every:K'"),
+    "attack_steps": (_positive_int, "PGD iterations"),
+    "step_size_ratio": (float, "PGD step size as a fraction of eps (0.25: 0.25/255 at 1/255)"),
+    "attack": (str, "pgd, apgd or autoattack"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rtlib",
@@ -101,13 +207,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execute-only", action="store_true",
                    help="execute the notebooks but do not build the HTML")
     p.set_defaults(func=cmd_book)
+
+    from .config import PRESETS
+
+    p = sub.add_parser(
+        "run", help="fine-tune one model and evaluate it continuously",
+        description="Fine-tune one model with one strategy on one task, evaluating clean, robust "
+                    "(PGD) and OOD accuracy at every point of the schedule, and store the rows "
+                    "in RESULTS_DIR/runs/<run id>.parquet. A complete run is not redone; an "
+                    "interrupted one resumes from its last evaluation point. Options not given "
+                    "take the preset's value.")
+    p.add_argument("--task", required=True, help="task name (python -m rtlib tasks)")
+    p.add_argument("--strategy", required=True,
+                   help="full, linear_probe, bitfit, lora, ia3, adapter, compacter or dora")
+    p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
+                   help="sizes and sources to start from (default: %(default)s)")
+    p.add_argument("--eps", type=_eps, nargs="+",
+                   help="attack budgets in [0, 1] pixel units, e.g. 1/255 2/255")
+    for name, (kind, text) in RUN_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
+    p.add_argument("--no-weights", action="store_true", help="random initialization")
+    p.add_argument("--hparam", type=_hparam, action="append", metavar="NAME=VALUE",
+                   help="strategy hyper-parameter, e.g. rank=4 (repeatable)")
+    p.add_argument("--results-dir", default="results", help="results store (default: results)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    from dataclasses import fields
+
+    from .models import EMBEDDED_WEIGHTS
+    from .pretrain import PretrainConfig
+
+    p = sub.add_parser(
+        "pretrain", help="pre-train the embedded upstream ViT on the glyph world",
+        description="Train the embedded ViT (vit_glyph_p4_24) from scratch on the glyph world's "
+                    "upstream task and write a safetensors checkpoint that "
+                    "rtlib.models.build(..., weights=OUT) loads like timm pretrained weights. "
+                    "Resumes from OUT.state.pt when interrupted.")
+    for f in fields(PretrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f"{PRETRAIN_HELP[f.name]} (default: %(default)s)")
+    p.add_argument("--out", default=str(EMBEDDED_WEIGHTS),
+                   help="checkpoint to write (default: the committed embedded checkpoint)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .store import StoreError
+
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, StoreError) as err:
         parser.exit(2, f"{parser.prog} {args.command}: error: {err}\n")

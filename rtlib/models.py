@@ -118,3 +118,28 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; shared parameters count once."""
     params = list(model.parameters())  # parameters() de-duplicates shared tensors
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# --- The embedded upstream model -------------------------------------------------------------
+# A small ViT for the glyph world (24 px images, 4 px patches: 36 tokens), registered with timm so
+# that it is built, and its pretrained weights loaded, exactly like any timm model.
+from timm.models import generate_default_cfgs, register_model  # noqa: E402
+from timm.models.vision_transformer import _create_vision_transformer  # noqa: E402
+
+EMBEDDED_MODEL = "vit_glyph_p4_24"
+#: The committed upstream checkpoint made by ``python -m rtlib pretrain`` (see its metadata).
+EMBEDDED_WEIGHTS = Path(__file__).resolve().parent / "weights" / f"{EMBEDDED_MODEL}.safetensors"
+
+default_cfgs = generate_default_cfgs({
+    f"{EMBEDDED_MODEL}.rtlib_glyphs": dict(
+        num_classes=74, input_size=(3, 24, 24), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        crop_pct=1.0, first_conv="patch_embed.proj", classifier="head",
+        license="mit", origin_url="python -m rtlib pretrain"),
+})
+
+
+@register_model
+def vit_glyph_p4_24(pretrained: bool = False, **kwargs) -> nn.Module:
+    """ViT for 24 px glyphs: width 128, depth 6, 4 heads, 4 px patches (1.2M parameters)."""
+    args = dict(img_size=24, patch_size=4, embed_dim=128, depth=6, num_heads=4)
+    return _create_vision_transformer(EMBEDDED_MODEL, pretrained=pretrained, **dict(args, **kwargs))

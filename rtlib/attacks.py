@@ -1,0 +1,137 @@
+"""Adversarial attacks through torchattacks, on images in [0, 1].
+
+Defaults are the study's: L-infinity PGD, eps 1/255, step 0.25/255 (eps / 4), 15 steps, random
+start. Models come from :func:`rtlib.models.build` and normalize inside, so ``eps`` is a budget
+in pixel space. Robust accuracy counts an image as robust when it is classified correctly *and*
+stays correct under the attack; only clean-correct images are attacked (the others are
+non-robust whatever the attack does), which changes no number and saves the work.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torchattacks
+from torch import nn
+
+from .errors import ConfigError, check_choice, check_float, check_int
+
+ATTACKS = ("pgd", "apgd", "autoattack")
+DEFAULT_EPS = 1 / 255
+DEFAULT_STEPS = 15
+
+
+def _validate(eps: float, step_size: float | None, steps: int, attack: str) -> float:
+    check_float("eps", eps, low=0, high=1)
+    check_int("steps", steps, minimum=1)
+    check_choice("attack", attack, ATTACKS)
+    if step_size is None:
+        return eps / 4
+    return check_float("step_size", step_size, low=0, low_open=True, high=1)
+
+
+def _make(model: nn.Module, attack: str, eps: float, step_size: float, steps: int,
+          num_classes: int | None, seed: int):
+    if attack == "pgd":
+        return torchattacks.PGD(model, eps=eps, alpha=step_size, steps=steps, random_start=True)
+    if attack == "apgd":
+        return torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, loss="ce",
+                                 n_restarts=1, seed=seed)
+    if num_classes is None:
+        raise ConfigError("num_classes", None, "the number of classes", "AutoAttack needs")
+    return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
+                                   n_classes=num_classes, seed=seed)
+
+
+def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS,
+        step_size: float | None = None, steps: int = DEFAULT_STEPS, attack: str = "pgd",
+        num_classes: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Adversarial versions of ``images`` (float, [0, 1]) within ``eps`` in L-infinity."""
+    step_size = _validate(eps, step_size, steps, attack)
+    if eps == 0:
+        return images.clone()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+            torch.manual_seed(seed)  # the same random start at every evaluation point
+            adv = _make(model, attack, eps, step_size, steps, num_classes, seed)(images, labels)
+    finally:
+        model.train(was_training)
+    return adv.detach()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Predicted labels; ``images`` may be uint8 [0, 255] or float [0, 1]."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = _as_float(images[i:i + batch_size]).to(device)
+        out.append(model(x).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255 if images.dtype == torch.uint8 else images
+
+
+def robust_mask(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                eps: float = DEFAULT_EPS, step_size: float | None = None,
+                steps: int = DEFAULT_STEPS, attack: str = "pgd", batch_size: int = 256,
+                candidates: torch.Tensor | None = None, num_classes: int | None = None,
+                seed: int = 0) -> torch.Tensor:
+    """Boolean mask of the images still classified correctly under the attack.
+
+    Only ``candidates`` (default: the clean-correct images) are attacked.
+    """
+    _validate(eps, step_size, steps, attack)
+    device = next(model.parameters()).device
+    if candidates is None:
+        candidates = predict(model, images) == labels
+    robust = candidates.clone()
+    index = candidates.nonzero().flatten()
+    if eps == 0 or len(index) == 0:
+        return robust
+    for i in range(0, len(index), batch_size):
+        idx = index[i:i + batch_size]
+        x = _as_float(images[idx]).to(device)
+        y = labels[idx].to(device)
+        adv = pgd(model, x, y, eps, step_size, steps, attack, num_classes, seed + i)
+        robust[idx] = predict(model, adv).cpu() == labels[idx]
+    return robust
+
+
+def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    eps: float = DEFAULT_EPS, step_size: float | None = None,
+                    steps: int = DEFAULT_STEPS, attack: str = "pgd", batch_size: int = 256,
+                    num_classes: int | None = None, seed: int = 0) -> float:
+    """Share of ``images`` classified correctly under an L-infinity attack of budget ``eps``."""
+    mask = robust_mask(model, images, labels, eps, step_size, steps, attack, batch_size,
+                       num_classes=num_classes, seed=seed)
+    return mask.float().mean().item()
+
+
+def eps_sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              eps: Iterable[float], step_size_ratio: float = 0.25,
+              steps: int = DEFAULT_STEPS, attack: str = "pgd", batch_size: int = 256,
+              num_classes: int | None = None, seed: int = 0,
+              clean_correct: torch.Tensor | None = None) -> dict[float, float]:
+    """Robust accuracy at several budgets in one call, step size ``ratio * eps`` each.
+
+    Budgets are attacked in increasing order, and each attacks only the images that survived
+    the smaller one: an image fooled within a small ball is fooled within any larger ball.
+    """
+    budgets: Sequence[float] = sorted(set(float(e) for e in eps))
+    check_float("step_size_ratio", step_size_ratio, low=0, low_open=True)
+    survivors = clean_correct if clean_correct is not None else predict(model, images) == labels
+    out = {}
+    for e in budgets:
+        survivors = robust_mask(model, images, labels, e, step_size_ratio * e if e else None,
+                                steps, attack, batch_size, candidates=survivors,
+                                num_classes=num_classes, seed=seed)
+        out[e] = survivors.float().mean().item()
+    return out

@@ -1,0 +1,200 @@
+"""Run configurations: typed, validated before any compute, identified by a stable hash.
+
+A :class:`RunConfig` says everything that determines a run's numbers. Its :meth:`run_id` is a
+hash of that content, so a results store can tell a completed run from a new one. Presets give
+the sizes of the three scales (DESIGN 3): ``paper`` (ViT-B/16 and the hub datasets, on a GPU),
+``embedded`` (the glyph world, offline on a CPU in minutes) and ``smoke`` (toy size, for CI).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError, check_choice, check_float, check_int
+
+SCHEDULE_KINDS = ("official", "log", "every")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str
+    strategy: str
+    hparams: dict = field(default_factory=dict)  # strategy hyper-parameters beyond the defaults
+    # model
+    model: str = "vit_glyph_p4_24"
+    weights: str | None = None  # None: random init; "hub"; or a checkpoint path
+    model_kwargs: dict = field(default_factory=dict)  # passed to timm (e.g. depth=2 in tests)
+    # data
+    domain: str | None = None  # domain trained on (and tested in-domain); others are OOD
+    train_size: int = 2000
+    test_size: int = 512  # evaluation images per split (test and each OOD domain)
+    train_eval_size: int = 512  # fixed subset of the training set scored at each point
+    data_seed: int = 0
+    # optimization
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    seed: int = 0
+    # evaluation
+    schedule: str = "log:12"  # "official", "log:N" (N points) or "every:K"
+    eps: tuple[float, ...] = (1 / 255,)
+    attack_steps: int = 15
+    step_size_ratio: float = 0.25  # PGD step = ratio * eps (0.25/255 at 1/255)
+    attack: str = "pgd"
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", tuple(float(e) for e in _as_list(self.eps)))
+        object.__setattr__(self, "hparams", dict(self.hparams or {}))
+        object.__setattr__(self, "model_kwargs", dict(self.model_kwargs or {}))
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self) -> "RunConfig":
+        """Raise :class:`~rtlib.errors.ConfigError` naming the first bad field."""
+        from . import data, strategies
+        from .attacks import ATTACKS
+
+        check_choice("task", self.task, data.task_names())
+        check_choice("strategy", self.strategy, strategies.names())
+        task = data.info(self.task)
+        if self.domain is not None:
+            if not task.domains:
+                raise ConfigError("domain", self.domain, ["None (this task has no domains)"],
+                                  "unknown domain")
+            check_choice("domain", self.domain, task.domains)
+        for name in ("train_size", "test_size", "train_eval_size", "steps", "batch_size",
+                     "attack_steps"):
+            check_int(name, getattr(self, name), minimum=1)
+        for name in ("warmup_steps", "seed", "data_seed"):
+            check_int(name, getattr(self, name), minimum=0)
+        check_float("lr", self.lr, low=0, low_open=True, high=10)
+        check_float("weight_decay", self.weight_decay, low=0)
+        check_float("grad_clip", self.grad_clip, low=0)
+        check_float("step_size_ratio", self.step_size_ratio, low=0, low_open=True, high=1)
+        check_choice("attack", self.attack, ATTACKS)
+        if not self.eps:
+            raise ConfigError("eps", self.eps, "one or more budgets in [0, 1]", "empty:")
+        for e in self.eps:
+            check_float("eps", e, low=0, high=1)
+        parse_schedule(self.schedule, self.steps)
+        if self.weights not in (None, "hub", "timm"):
+            from pathlib import Path
+
+            if not Path(self.weights).is_file():
+                raise ConfigError("weights", self.weights, "None, hub, or an existing file",
+                                  "file not found:")
+        import timm
+
+        if not timm.is_model(self.model):
+            raise ConfigError("model", self.model, "a timm model name (timm.list_models())",
+                              "unknown timm model")
+        return self
+
+    # -- identity -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["eps"] = list(self.eps)
+        for key in ("hparams", "model_kwargs"):
+            d[key] = {k: list(v) if isinstance(v, tuple) else v
+                      for k, v in sorted(getattr(self, key).items())}
+        return d
+
+    def run_id(self) -> str:
+        """Stable hash of the full config (16 hex digits)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(unknown[0], d[unknown[0]], sorted(names), "unknown field with value")
+        return cls(**d)
+
+    def replace(self, **changes) -> "RunConfig":
+        return replace(self, **changes)
+
+
+def _as_list(value) -> list:
+    if isinstance(value, (int, float)):
+        return [value]
+    return list(value)
+
+
+def parse_schedule(spec: str, total_steps: int) -> list[int]:
+    """Evaluation steps (sorted, unique, from 0 to ``total_steps`` inclusive) for ``spec``.
+
+    - ``official``: our reading of the paper's code: 0, 50, 100, every 30 to 300, every 200 to
+      1,000, 2,000, 4,000, then every 6,000, plus the last step;
+    - ``log:N``: 0, then N - 1 points spaced evenly in log(step) from ``total_steps // 50`` to
+      the last step;
+    - ``every:K``: every K steps, plus the last step.
+    """
+    allowed = "official, log:N (N >= 2), every:K (K >= 1)"
+    if not isinstance(spec, str):
+        raise ConfigError("schedule", spec, allowed, "not a schedule:")
+    kind, _, arg = spec.partition(":")
+    if kind not in SCHEDULE_KINDS:
+        raise ConfigError("schedule", spec, allowed, "unknown schedule")
+    if kind == "official":
+        if arg:
+            raise ConfigError("schedule", spec, allowed, "unknown schedule")
+        points = [0, 50, 100, *range(130, 301, 30), 300, *range(500, 1001, 200), 1000, 2000,
+                  4000, *range(10_000, total_steps + 1, 6000)]
+    else:
+        try:
+            n = int(arg)
+        except ValueError:
+            raise ConfigError("schedule", spec, allowed, "not a schedule:") from None
+        if kind == "log":
+            if n < 2:
+                raise ConfigError("schedule", spec, allowed, "too few points:")
+            # From total/50 (no point spending attacks on steps 1, 2, 3) to the last step.
+            first = max(1, total_steps // 50)
+            ratio = math.log(total_steps / first)
+            points = [0] + [round(first * math.exp(ratio * i / (n - 2))) for i in range(n - 1)] \
+                if n > 2 else [0, total_steps]
+        else:
+            if n < 1:
+                raise ConfigError("schedule", spec, allowed, "out of range:")
+            points = list(range(0, total_steps + 1, n))
+    return sorted({p for p in points if 0 <= p <= total_steps} | {0, total_steps})
+
+
+def eps_label(eps: float) -> str:
+    """``1/255``-style label of a budget (as the paper writes them)."""
+    return f"{eps * 255:.4g}/255"
+
+
+#: Sizes and sources of each scale. Nothing downstream branches on the preset's name.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's model and datasets; needs a GPU and the internet for the first download.
+    "paper": dict(model="vit_base_patch16_224.orig_in21k", weights="hub", train_size=50_000,
+                  test_size=10_000, train_eval_size=10_000, steps=10_000, batch_size=128,
+                  lr=1e-4, warmup_steps=500, schedule="official", eps=(1 / 255,)),
+    # The embedded glyph world, offline on a CPU in minutes.
+    "embedded": dict(model="vit_glyph_p4_24", weights=None, train_size=2000, test_size=512,
+                     train_eval_size=512, steps=300, batch_size=64, lr=1e-3, warmup_steps=20,
+                     schedule="log:12", eps=(1 / 255, 2 / 255)),
+    # Toy size for CI: the same pipeline in seconds.
+    "smoke": dict(model="vit_glyph_p4_24", weights=None,
+                  train_size=256, test_size=128, train_eval_size=128, steps=40, batch_size=32,
+                  lr=1e-3, schedule="log:5", eps=(2 / 255,), attack_steps=5),
+}
+
+
+def preset_defaults(name: str) -> dict[str, Any]:
+    check_choice("preset", name, PRESETS)
+    d = dict(PRESETS[name])
+    if name in ("embedded", "smoke"):
+        from .models import EMBEDDED_WEIGHTS
+
+        if EMBEDDED_WEIGHTS.is_file():
+            d["weights"] = str(EMBEDDED_WEIGHTS)
+    return d

@@ -1,0 +1,157 @@
+"""Tasks: every source returns the same small interface, :class:`TaskData`.
+
+Images are uint8 tensors (N, 3, H, W) in [0, 255]; models take ``images.float() / 255``.
+Sources: ``glyphs`` (the embedded, offline benchmark), ``synthetic`` (random tensors with a
+planted signal, for tests), and ``hub`` (the paper's datasets from the Hugging Face hub or local
+files).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, check_choice, check_int
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __post_init__(self):
+        assert self.images.dtype == torch.uint8 and self.images.ndim == 4, self.images.shape
+        assert len(self.images) == len(self.labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, count: int) -> "Split":
+        """The first ``count`` images (sources order them so that any prefix is balanced)."""
+        return Split(self.images[:count], self.labels[:count])
+
+
+@dataclass
+class TaskData:
+    name: str
+    classes: tuple[str, ...]
+    train: Split
+    test: Split
+    #: Test splits of the other domains, for OOD accuracy (empty when the task has no domains).
+    ood: dict[str, Split] = field(default_factory=dict)
+    domain: str | None = None
+    source: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[-1])
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    classes: int
+    domains: tuple[str, ...]
+    source: str  # "embedded" or "hub"
+    image_size: int
+    description: str
+    loader: Callable[..., TaskData]
+
+
+def _glyph_task(name: str, train_size: int, test_size: int, seed: int, domain: str | None,
+                image_size: int) -> TaskData:
+    from . import glyphs
+
+    spec = glyphs.specs()[name]
+    domain = domain or "print"
+
+    def split(kind: str, count: int, dom: str) -> Split:
+        x, y = glyphs.generate(name, kind, count, seed=seed, domain=dom, size=image_size)
+        return Split(torch.from_numpy(x), torch.from_numpy(y))
+
+    return TaskData(
+        name=name, classes=spec.classes, train=split("train", train_size, domain),
+        test=split("test", test_size, domain),
+        ood={d: split("test", test_size, d) for d in glyphs.DOMAINS if d != domain},
+        domain=domain, source="embedded")
+
+
+def _synthetic_task(name: str, train_size: int, test_size: int, seed: int, domain: str | None,
+                    image_size: int) -> TaskData:
+    """Noise plus a class-specific pattern; the ``shifted`` domain adds a brightness shift."""
+    classes = 4
+    g = np.random.default_rng(seed)
+    patterns = g.uniform(0, 1, (classes, 3, image_size, image_size)).astype(np.float32)
+    domain = domain or "plain"
+
+    def split(count: int, offset: int, dom: str) -> Split:
+        rng = np.random.default_rng([seed, offset, 0 if dom == "plain" else 1])
+        labels = np.arange(count) % classes
+        x = 0.5 * patterns[labels] + 0.5 * rng.uniform(0, 1, (count, 3, image_size, image_size))
+        if dom == "shifted":
+            x = 0.6 * x + 0.4
+        return Split(torch.from_numpy((x * 255).round().astype(np.uint8)),
+                     torch.from_numpy(labels.astype(np.int64)))
+
+    return TaskData(name=name, classes=tuple(f"pattern {i}" for i in range(classes)),
+                    train=split(train_size, 1, domain), test=split(test_size, 2, domain),
+                    ood={d: split(test_size, 2, d) for d in ("plain", "shifted") if d != domain},
+                    domain=domain, source="embedded")
+
+
+@functools.lru_cache(maxsize=None)
+def registry() -> dict[str, TaskInfo]:
+    from . import glyphs
+
+    tasks = {}
+    for name, spec in glyphs.specs().items():
+        tasks[name] = TaskInfo(name, len(spec.classes), glyphs.DOMAINS, "embedded", 24,
+                               spec.description, functools.partial(_glyph_task, name))
+    tasks["synthetic"] = TaskInfo("synthetic", 4, ("plain", "shifted"), "embedded", 16,
+                                  "random noise plus one of 4 planted patterns (for tests)",
+                                  functools.partial(_synthetic_task, "synthetic"))
+    try:
+        from .hub import hub_tasks
+    except ImportError:  # pragma: no cover - hub loaders need the optional 'datasets' package
+        hub_tasks = dict
+    tasks.update(hub_tasks())
+    return tasks
+
+
+def task_names() -> list[str]:
+    return list(registry())
+
+
+def info(name: str) -> TaskInfo:
+    check_choice("task", name, registry())
+    return registry()[name]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name, train_size, test_size, seed, domain, image_size) -> TaskData:
+    return info(name).loader(train_size=train_size, test_size=test_size, seed=seed,
+                             domain=domain, image_size=image_size)
+
+
+def load_task(name: str, train_size: int = 2000, test_size: int = 512, seed: int = 0,
+              domain: str | None = None, image_size: int | None = None) -> TaskData:
+    """Load (or render) task ``name``; ``domain`` is the domain trained and tested in-domain.
+
+    Results are cached in memory, so runs of one process that share a task share its tensors.
+    """
+    task = info(name)
+    check_int("train_size", train_size, minimum=1)
+    check_int("test_size", test_size, minimum=1)
+    if domain is not None:
+        if not task.domains:
+            raise ConfigError("domain", domain, ["None (this task has no domains)"],
+                              "unknown domain")
+        check_choice("domain", domain, task.domains)
+    return _load_cached(name, train_size, test_size, seed, domain, image_size or task.image_size)

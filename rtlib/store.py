@@ -1,0 +1,136 @@
+"""Results store: one Parquet file per run, named by the run's config hash.
+
+``<results_dir>/runs/<run_id>.parquet`` holds the run's rows (one per evaluation point) and, in
+the file's metadata, the config, library versions, device, seed and trainable parameter counts.
+Files appear atomically (written to a temporary name, then renamed), so a reader never sees half
+a run. A run in progress keeps a resumable checkpoint under ``<results_dir>/partial/``; it is
+removed only after the run's file exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import RunConfig
+
+META_KEY = b"rtlib"
+
+
+class StoreError(RuntimeError):
+    """The results directory cannot be used (read-only, full, not a directory)."""
+
+
+def runs_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "runs"
+
+
+def run_path(results_dir: str | Path, config: RunConfig) -> Path:
+    return runs_dir(results_dir) / f"{config.run_id()}.parquet"
+
+
+def partial_path(results_dir: str | Path, config: RunConfig) -> Path:
+    return Path(results_dir) / "partial" / f"{config.run_id()}.pt"
+
+
+def is_complete(results_dir: str | Path, config: RunConfig) -> bool:
+    return run_path(results_dir, config).is_file()
+
+
+def check_writable(results_dir: str | Path) -> None:
+    """Fail early, with the reason, when runs cannot be written into ``results_dir``."""
+    path = Path(results_dir)
+    try:
+        runs_dir(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=runs_dir(path), prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise StoreError(f"results directory {path} is not writable: {err.strerror or err}") \
+            from err
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``; on failure nothing is left behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise StoreError(f"could not write {path}: {err.strerror or err}") from err
+        raise
+
+
+def write_run(results_dir: str | Path, config: RunConfig, rows: list[dict[str, Any]],
+              meta: dict[str, Any]) -> Path:
+    """Write a completed run atomically; returns its path."""
+    path = run_path(results_dir, config)
+    table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+    info = {"run_id": config.run_id(), "config": config.to_dict(), **meta}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           META_KEY: json.dumps(info).encode()})
+    atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    return json.loads(pq.read_schema(path).metadata[META_KEY])
+
+
+def run_files(results_dir: str | Path) -> list[Path]:
+    """Completed run files (temporary files of interrupted writes are ignored)."""
+    folder = runs_dir(results_dir)
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) \
+        if folder.is_dir() else []
+
+
+CONFIG_COLUMNS = ("task", "strategy", "model", "weights", "domain", "seed", "steps", "lr",
+                  "batch_size", "train_size", "attack", "attack_steps")
+
+
+def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) -> pd.DataFrame:
+    """A tidy DataFrame: one row per run and evaluation point.
+
+    Columns: ``run_id``, the config fields of :data:`CONFIG_COLUMNS`, ``hparams`` (JSON),
+    ``trainable`` and ``total`` parameters, then the evaluation columns (``step``, ``epoch``,
+    ``images_seen``, ``train_loss``, ``train_acc``, ``test_acc``, ``robust_acc@<eps>``,
+    ``ood_acc@<domain>``, ``train_seconds``, ``eval_seconds``). With ``configs``, only those
+    runs (the ones not yet run are absent).
+    """
+    wanted = None if configs is None else {c.run_id() for c in configs}
+    frames = []
+    for path in run_files(results_dir):
+        if wanted is not None and path.stem not in wanted:
+            continue
+        meta = read_meta(path)
+        frame = pq.read_table(path).to_pandas()
+        cfg = meta["config"]
+        front = {"run_id": meta["run_id"], **{k: cfg.get(k) for k in CONFIG_COLUMNS},
+                 "hparams": json.dumps(cfg.get("hparams", {}), sort_keys=True),
+                 "trainable": meta.get("trainable"), "total": meta.get("total")}
+        for i, (k, v) in enumerate(front.items()):
+            frame.insert(i, k, [v] * len(frame))
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run_id", *CONFIG_COLUMNS, "hparams", "step"])
+    return pd.concat(frames, ignore_index=True).sort_values(
+        ["task", "strategy", "seed", "run_id", "step"], kind="stable").reset_index(drop=True)
+
+
+def robust_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith("robust_acc@")]
+
+
+def ood_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith("ood_acc@")]

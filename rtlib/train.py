@@ -1,0 +1,182 @@
+"""The fine-tuning loop with continuous evaluation.
+
+``run(config, results_dir)`` fine-tunes one model and evaluates it at every step of the
+config's schedule; the rows go to the results store in one atomic write when the run ends.
+After each evaluation point the training state is checkpointed (atomically) under
+``results_dir/partial``, so a run that is killed resumes from its last point and finishes with
+the same numbers as an uninterrupted one. Running a config that is complete is a no-op.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import data, models, store, strategies
+from .config import RunConfig, eps_label, parse_schedule
+from .evaluate import evaluate_point
+from .optim import adamw, cosine_with_warmup, seed_everything
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def model_input_size(config: RunConfig) -> int:
+    size = config.model_kwargs.get("img_size")
+    if size is None:
+        import timm
+
+        size = timm.models.get_pretrained_cfg_value(config.model, "input_size")[-1]
+    return int(size)
+
+
+def prepare(config: RunConfig):
+    """The task's data and the model prepared with the config's strategy."""
+    task = data.load_task(config.task, config.train_size, config.test_size, config.data_seed,
+                          config.domain, image_size=model_input_size(config))
+    seed_everything(config.seed)
+    model = models.build(config.model, task.num_classes, weights=config.weights,
+                         **config.model_kwargs)
+    strategies.apply(model, config.strategy, **config.hparams)
+    return task, model
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import timm
+    import torchattacks
+
+    import rtlib
+
+    return {"torch": torch.__version__, "timm": timm.__version__, "peft": peft.__version__,
+            "torchattacks": torchattacks.__version__, "rtlib": rtlib.__version__,
+            "python": platform.python_version()}
+
+
+class _Batches:
+    """Epoch-wise shuffled mini-batches drawn with a private, checkpointable generator."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order, self.pos = torch.randperm(n, generator=self.gen), 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch_size > self.n and self.pos > 0:
+            self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += len(idx)
+        return idx
+
+    def state(self) -> dict:
+        return {"gen": self.gen.get_state(), "order": self.order, "pos": self.pos}
+
+    def load(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.order, self.pos = state["order"], state["pos"]
+
+
+def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
+        progress: bool = True) -> Path:
+    """Fine-tune and continuously evaluate one config; returns the run's Parquet file."""
+    config.validate()
+    store.check_writable(results_dir)
+    path = store.run_path(results_dir, config)
+    if path.exists():
+        return path
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a write that was killed
+        stale.unlink(missing_ok=True)
+    device = resolve_device(device)
+    task, model = prepare(config)
+    trainable, total = models.count_parameters(model)
+    model.to(device)
+    train_eval = task.train.subset(config.train_eval_size)
+    opt = adamw(model, config.lr, config.weight_decay)
+    sched = cosine_with_warmup(opt, config.warmup_steps, config.steps)
+    batches = _Batches(len(task.train), config.batch_size, config.seed)
+    points = parse_schedule(config.schedule, config.steps)
+
+    rows: list[dict[str, Any]] = []
+    step, images_seen, loss_sum, loss_count, train_seconds = 0, 0, 0.0, 0, 0.0
+    partial = store.partial_path(results_dir, config)
+    if partial.exists():
+        state = torch.load(partial, map_location=device, weights_only=False)
+        if state.get("run_id") == config.run_id():
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            batches.load(state["batches"])
+            torch.set_rng_state(state["torch_rng"])
+            rows, step, images_seen = state["rows"], state["step"], state["images_seen"]
+            train_seconds = state["train_seconds"]
+
+    label = f"{config.task}/{config.strategy}"
+    bar = tqdm(total=config.steps, initial=step, desc=label, disable=not progress, leave=False)
+    x_all, y_all = task.train.images, task.train.labels
+    while True:
+        if step in points and (not rows or rows[-1]["step"] != step):
+            row = {"step": step, "epoch": images_seen / len(task.train),
+                   "images_seen": images_seen,
+                   "train_loss": loss_sum / loss_count if loss_count else float("nan")}
+            row.update(evaluate_point(model, task, config, train_eval))
+            row["train_seconds"] = train_seconds
+            rows.append(row)
+            loss_sum, loss_count = 0.0, 0
+            bar.set_postfix(clean=f"{row['test_acc']:.3f}",
+                            robust=f"{row[f'robust_acc@{eps_label(config.eps[0])}']:.3f}")
+            _checkpoint(partial, config, model, opt, sched, batches, rows, step, images_seen,
+                        train_seconds)
+        if step >= config.steps:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        idx = batches.next()
+        x = x_all[idx].to(device, non_blocking=True).float() / 255
+        loss = F.cross_entropy(model(x), y_all[idx].to(device))
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"{label}: loss became {loss.item()} at step {step + 1} "
+                                   f"(lr {config.lr}); lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], config.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        images_seen += len(idx)
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        train_seconds += time.perf_counter() - t0
+        bar.update(1)
+    bar.close()
+
+    meta = {"versions": _versions(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "seed": config.seed, "trainable": trainable, "total": total,
+            "classes": list(task.classes), "domain": task.domain,
+            "ood_domains": list(task.ood), "points": points}
+    out = store.write_run(results_dir, config, rows, meta)
+    partial.unlink(missing_ok=True)
+    return out
+
+
+def _checkpoint(path: Path, config, model, opt, sched, batches, rows, step, images_seen,
+                train_seconds) -> None:
+    state = {"run_id": config.run_id(), "model": model.state_dict(), "opt": opt.state_dict(),
+             "sched": sched.state_dict(), "batches": batches.state(),
+             "torch_rng": torch.get_rng_state(), "rows": rows, "step": step,
+             "images_seen": images_seen, "train_seconds": train_seconds}
+    store.atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
