@@ -1,0 +1,196 @@
+"""The book's charts: one function per figure kind, each returning an Altair chart.
+
+Every chart has tooltips, and a legend that filters: click a strategy (or domain) in the legend
+to highlight it, shift-click for several. Inputs are the tidy frames of :func:`rtlib.store.load`
+and :func:`rtlib.pareto.aupf_table`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from . import pareto
+
+WIDTH, HEIGHT = 560, 320
+STRATEGY_ORDER = ["full", "linear_probe", "bitfit", "lora", "ia3", "adapter", "compacter",
+                  "dora"]
+
+
+def _strategy_order(values) -> list[str]:
+    present = list(dict.fromkeys(values))
+    return [s for s in STRATEGY_ORDER if s in present] + \
+        sorted(s for s in present if s not in STRATEGY_ORDER)
+
+
+def _legend_filter(field: str, values: Sequence[str] | None = None):
+    """A selection bound to the legend of ``field`` and the matching colour encoding."""
+    sel = alt.selection_point(fields=[field], bind="legend")
+    scale = alt.Scale(domain=list(values)) if values is not None else alt.Undefined
+    color = alt.Color(f"{field}:N", scale=scale, title=field)
+    opacity = alt.condition(sel, alt.value(1.0), alt.value(0.12))
+    return sel, color, opacity
+
+
+def _mean_over_seeds(frame: pd.DataFrame, cols: Sequence[str],
+                     by: Sequence[str] = ("task", "strategy", "step")) -> pd.DataFrame:
+    return frame.groupby(list(by), as_index=False)[list(cols)].mean()
+
+
+def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
+    """RQ1: clean and robust test accuracy against the step (symlog axis), per strategy.
+
+    Solid lines are clean accuracy, dashed lines robust accuracy (mean over seeds); a diamond
+    marks each strategy's robust peak.
+    """
+    runs = _mean_over_seeds(frame, ["test_acc", robust_col])
+    long = runs.melt(id_vars=["task", "strategy", "step"], value_vars=["test_acc", robust_col],
+                     var_name="metric", value_name="accuracy")
+    long["metric"] = long["metric"].map({"test_acc": "clean", robust_col: "robust"})
+    order = _strategy_order(long["strategy"])
+    sel, color, opacity = _legend_filter("strategy", order)
+    ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000)
+             if t <= long["step"].max()]
+    x = alt.X("step:Q", scale=alt.Scale(type="symlog"), title="fine-tuning step (symlog)",
+              axis=alt.Axis(values=ticks, format="~s"))
+    tooltip = ["strategy:N", "metric:N", "step:Q", alt.Tooltip("accuracy:Q", format=".3f")]
+    lines = alt.Chart(long).mark_line(point=True).encode(
+        x=x, y=alt.Y("accuracy:Q", title="test accuracy", scale=alt.Scale(domain=[0, 1])),
+        color=color, strokeDash=alt.StrokeDash("metric:N", title="metric"),
+        opacity=opacity, tooltip=tooltip, detail="metric:N")
+    peaks = pareto.peak(runs.assign(seed=0), robust_col, by=("task", "strategy", "seed"))
+    marks = alt.Chart(peaks).mark_point(shape="diamond", size=160, filled=True).encode(
+        x="peak_step:Q", y="peak:Q", color=color, opacity=opacity,
+        tooltip=["strategy:N", alt.Tooltip("peak_step:Q", title="robust peaks at step"),
+                 alt.Tooltip("peak:Q", format=".3f", title="peak robust accuracy"),
+                 alt.Tooltip("final:Q", format=".3f", title="final robust accuracy"),
+                 alt.Tooltip("drop:Q", format=".3f", title="peak - final")])
+    return (lines + marks).add_params(sel).properties(
+        width=WIDTH, height=HEIGHT, title=title or f"Clean and robust accuracy during fine-tuning "
+                                                   f"({robust_col.split('@')[-1]})")
+
+
+def _staircase(front: pd.DataFrame) -> pd.DataFrame:
+    """Vertices of f(x) = max{robust_i : clean_i >= x} from x = 0 to the last frontier point."""
+    xs, ys, x_prev = [], [], 0.0
+    for c, r in zip(front["clean"], front["robust"]):
+        xs += [x_prev, c]
+        ys += [r, r]
+        x_prev = c
+    return pd.DataFrame({"clean": xs, "robust": ys, "order": np.arange(len(xs))})
+
+
+def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
+    """The path of each run in the (clean, robust) plane, with its Pareto frontier (staircase)."""
+    runs = _mean_over_seeds(frame, ["test_acc", robust_col])
+    order = _strategy_order(runs["strategy"])
+    sel, color, opacity = _legend_filter("strategy", order)
+    path = alt.Chart(runs).mark_line(point=True, strokeWidth=1).encode(
+        x=alt.X("test_acc:Q", title="clean accuracy", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y(f"{robust_col}:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
+                scale=alt.Scale(domain=[0, 1])),
+        order="step:Q", color=color, opacity=opacity,
+        tooltip=["strategy:N", "step:Q", alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
+                 alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")])
+    stairs = []
+    for strategy, g in runs.groupby("strategy"):
+        s = _staircase(pareto.frontier(g["test_acc"], g[robust_col]))
+        s["strategy"] = strategy
+        s["aupf"] = pareto.aupf(g["test_acc"], g[robust_col])
+        stairs.append(s)
+    front = alt.Chart(pd.concat(stairs)).mark_line(strokeWidth=3, strokeDash=[2, 2]).encode(
+        x="clean:Q", y="robust:Q", order="order:Q", color=color, opacity=opacity,
+        tooltip=["strategy:N", alt.Tooltip("aupf:Q", format=".3f", title="AUPF")])
+    return (path + front).add_params(sel).properties(
+        width=HEIGHT + 80, height=HEIGHT + 80,
+        title=title or "Each run's path (thin) and its Pareto frontier (dotted)")
+
+
+def _invisible_legend(base: alt.Chart, field: str, order: list[str]) -> alt.Chart:
+    """A layer that draws nothing but a clickable legend of ``field`` (heat maps have none)."""
+    return base.mark_point(opacity=0).encode(
+        shape=alt.Shape(f"{field}:N", sort=order, title=field,
+                        legend=alt.Legend(symbolOpacity=1)))
+
+
+def aupf_heatmap(table: pd.DataFrame, title: str | None = None) -> alt.Chart:
+    """AUPF per strategy (rows) and task (columns), labelled with the relative AUPF."""
+    t = table.copy()
+    t["label"] = [f"{a:.3f} ({r:+.0%})" for a, r in zip(t["aupf"], t["relative"])]
+    order = _strategy_order(t["strategy"])
+    sel = alt.selection_point(fields=["strategy"], bind="legend")
+    base = alt.Chart(t).encode(
+        x=alt.X("task:N", title="task"), y=alt.Y("strategy:N", sort=order, title="strategy"))
+    cells = base.mark_rect().encode(
+        color=alt.Color("aupf:Q", title="AUPF", scale=alt.Scale(scheme="viridis")),
+        opacity=alt.condition(sel, alt.value(1.0), alt.value(0.3)),
+        tooltip=["task:N", "strategy:N", alt.Tooltip("aupf:Q", format=".3f"),
+                 alt.Tooltip("relative:Q", format="+.1%", title="vs mean of strategies"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"),
+                 "ci_method:N"])
+    text = base.mark_text(fontSize=11).encode(
+        text="label:N",
+        color=alt.condition("datum.relative > 0", alt.value("white"), alt.value("#ddd")))
+    legend = _invisible_legend(base, "strategy", order)
+    return (cells + text + legend).add_params(sel).properties(
+        width=max(120, 110 * t["task"].nunique()), height=30 * len(order),
+        title=title or "Area under the Pareto frontier (relative to the task's mean)")
+
+
+def ood_scatter(frame: pd.DataFrame, title: str | None = None) -> alt.Chart:
+    """RQ3: accuracy on each OOD domain against in-domain accuracy, with the correlation."""
+    ood_cols = [c for c in frame.columns if c.startswith("ood_acc@")]
+    long = frame.melt(id_vars=["task", "strategy", "seed", "step", "test_acc"],
+                      value_vars=ood_cols, var_name="domain", value_name="ood_acc")
+    long["domain"] = long["domain"].str.split("@").str[1]
+    corr = long.groupby("domain").apply(
+        lambda g: g["test_acc"].corr(g["ood_acc"]), include_groups=False)
+    long["domain_r"] = [f"{d} (r = {corr[d]:.2f})" for d in long["domain"]]
+    sel, color, opacity = _legend_filter("domain_r")
+    color = alt.Color("domain_r:N", title="OOD domain (Pearson r)")
+    points = alt.Chart(long).mark_point(filled=True, size=40).encode(
+        x=alt.X("test_acc:Q", title="in-domain test accuracy", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("ood_acc:Q", title="OOD accuracy", scale=alt.Scale(domain=[0, 1])),
+        color=color, opacity=opacity, shape=alt.Shape("strategy:N", title="strategy"),
+        tooltip=["domain:N", "strategy:N", "step:Q",
+                 alt.Tooltip("test_acc:Q", format=".3f", title="in-domain"),
+                 alt.Tooltip("ood_acc:Q", format=".3f", title="OOD")])
+    fits = alt.Chart(long).transform_regression(
+        "test_acc", "ood_acc", groupby=["domain_r"]).mark_line().encode(
+        x="test_acc:Q", y="ood_acc:Q", color=color, opacity=opacity)
+    diagonal = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(
+        color="gray", strokeDash=[4, 4]).encode(x="x:Q", y="y:Q")
+    return (diagonal + points + fits).add_params(sel).properties(
+        width=HEIGHT + 80, height=HEIGHT + 80,
+        title=title or "OOD accuracy against in-domain accuracy over fine-tuning")
+
+
+def paper_vs_ours(ours: pd.DataFrame, paper: pd.DataFrame, title: str | None = None
+                  ) -> alt.Chart:
+    """Relative AUPF per strategy: the paper's datasets beside our tasks.
+
+    ``ours``: :func:`rtlib.pareto.aupf_table` output; ``paper``: :func:`rtlib.paper.aupf_frame`.
+    """
+    a = paper.assign(setting="paper: " + paper["dataset"], source="paper")
+    b = ours.assign(setting="ours: " + ours["task"], source="ours")
+    both = pd.concat([a[["setting", "source", "strategy", "aupf", "relative"]],
+                      b[["setting", "source", "strategy", "aupf", "relative"]]])
+    both["label"] = [f"{r:+.0%}" for r in both["relative"]]
+    order = _strategy_order(both["strategy"])
+    sel = alt.selection_point(fields=["source"], bind="legend")
+    base = alt.Chart(both).encode(
+        x=alt.X("setting:N", sort=list(dict.fromkeys(both["setting"])), title=None),
+        y=alt.Y("strategy:N", sort=order))
+    cells = base.mark_rect().encode(
+        color=alt.Color("relative:Q", title="AUPF vs mean",
+                        scale=alt.Scale(scheme="redblue", domainMid=0)),
+        opacity=alt.condition(sel, alt.value(1.0), alt.value(0.25)),
+        tooltip=["setting:N", "strategy:N", alt.Tooltip("aupf:Q", format=".3f"),
+                 alt.Tooltip("relative:Q", format="+.1%")])
+    text = base.mark_text(fontSize=10).encode(text="label:N")
+    legend = _invisible_legend(base, "source", ["paper", "ours"])
+    return (cells + text + legend).add_params(sel).properties(
+        width=62 * both["setting"].nunique(), height=30 * len(order),
+        title=title or "Which strategies balance best: the paper's datasets and our tasks")
