@@ -149,6 +149,8 @@ RUN_OPTIONS = {
     "model": (str, "timm model name"),
     "weights": (str, "pretrained weights: 'hub' (download), or a .safetensors/.pth file"),
     "domain": (str, "domain to fine-tune on; the task's other domains are tested as OOD"),
+    "data_dir": (str, "hub tasks: a local folder (parquet files or image folders), or 'hub' to "
+                      "download the official dataset once"),
     "train_size": (_positive_int, "training images"),
     "test_size": (_positive_int, "evaluation images (test set and each OOD domain)"),
     "train_eval_size": (_positive_int, "training images scored at each evaluation point"),
@@ -165,6 +167,23 @@ RUN_OPTIONS = {
     "step_size_ratio": (float, "PGD step size as a fraction of eps (0.25: 0.25/255 at 1/255)"),
     "attack": (str, "pgd, apgd or autoattack"),
 }
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from . import data
+
+    rows = [{"name": t.name, "classes": t.classes, "domains": list(t.domains), "source": t.source,
+             "image_size": t.image_size, "description": t.description}
+            for t in data.registry().values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<14}{'classes':>8}  {'source':<9}{'px':>4}  domains / description")
+    for r in rows:
+        print(f"{r['name']:<14}{r['classes']:>8}  {r['source']:<9}{r['image_size']:>4}  "
+              f"{', '.join(r['domains']) or '-'}")
+        print(f"{'':<37}{r['description']}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print a JSON list of objects with keys strategy, trainable, total, "
                         "percent, information, mechanism (plus in_paper, paper_percent)")
     p.set_defaults(func=cmd_strategies)
+
+    p = sub.add_parser(
+        "tasks", help="list the tasks: embedded (offline) and hub (the paper's datasets)",
+        description="List every task with its number of classes, its domains (for OOD), its "
+                    "source (embedded: rendered offline; hub: the paper's datasets, from the "
+                    "Hugging Face hub or a local copy) and its image size.")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of objects with keys name, classes, domains, source, "
+                        "image_size (plus description)")
+    p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser(
         "book", help="execute the notebooks with papermill and build the book",

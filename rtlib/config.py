@@ -16,6 +16,8 @@ from typing import Any
 from .errors import ConfigError, check_choice, check_float, check_int
 
 SCHEDULE_KINDS = ("official", "log", "every")
+#: Fields that say where things are, not what is computed: they do not change a run's identity.
+NOT_IDENTITY = ("data_dir",)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class RunConfig:
     model_kwargs: dict = field(default_factory=dict)  # passed to timm (e.g. depth=2 in tests)
     # data
     domain: str | None = None  # domain trained on (and tested in-domain); others are OOD
+    data_dir: str | None = None  # hub tasks: local copy or "hub"; not part of the run's identity
     train_size: int = 2000
     test_size: int = 512  # evaluation images per split (test and each OOD domain)
     train_eval_size: int = 512  # fixed subset of the training set scored at each point
@@ -106,7 +109,8 @@ class RunConfig:
 
     def run_id(self) -> str:
         """Stable hash of the full config (16 hex digits)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod

@@ -45,7 +45,8 @@ def model_input_size(config: RunConfig) -> int:
 def prepare(config: RunConfig):
     """The task's data and the model prepared with the config's strategy."""
     task = data.load_task(config.task, config.train_size, config.test_size, config.data_seed,
-                          config.domain, image_size=model_input_size(config))
+                          config.domain, image_size=model_input_size(config),
+                          data_dir=config.data_dir)
     seed_everything(config.seed)
     model = models.build(config.model, task.num_classes, weights=config.weights,
                          **config.model_kwargs)

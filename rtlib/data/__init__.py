@@ -117,10 +117,8 @@ def registry() -> dict[str, TaskInfo]:
     tasks["synthetic"] = TaskInfo("synthetic", 4, ("plain", "shifted"), "embedded", 16,
                                   "random noise plus one of 4 planted patterns (for tests)",
                                   functools.partial(_synthetic_task, "synthetic"))
-    try:
-        from .hub import hub_tasks
-    except ImportError:  # pragma: no cover - hub loaders need the optional 'datasets' package
-        hub_tasks = dict
+    from .hub import hub_tasks
+
     tasks.update(hub_tasks())
     return tasks
 
@@ -135,16 +133,20 @@ def info(name: str) -> TaskInfo:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name, train_size, test_size, seed, domain, image_size) -> TaskData:
+def _load_cached(name, train_size, test_size, seed, domain, image_size, data_dir) -> TaskData:
+    extra = {"data_dir": data_dir} if info(name).source == "hub" else {}
     return info(name).loader(train_size=train_size, test_size=test_size, seed=seed,
-                             domain=domain, image_size=image_size)
+                             domain=domain, image_size=image_size, **extra)
 
 
 def load_task(name: str, train_size: int = 2000, test_size: int = 512, seed: int = 0,
-              domain: str | None = None, image_size: int | None = None) -> TaskData:
+              domain: str | None = None, image_size: int | None = None,
+              data_dir: str | None = None) -> TaskData:
     """Load (or render) task ``name``; ``domain`` is the domain trained and tested in-domain.
 
-    Results are cached in memory, so runs of one process that share a task share its tensors.
+    ``data_dir`` (hub tasks only): a local folder of parquet files or image folders, or
+    ``"hub"`` to download the official code's dataset once. Results are cached in memory, so
+    runs of one process that share a task share its tensors.
     """
     task = info(name)
     check_int("train_size", train_size, minimum=1)
@@ -154,4 +156,5 @@ def load_task(name: str, train_size: int = 2000, test_size: int = 512, seed: int
             raise ConfigError("domain", domain, ["None (this task has no domains)"],
                               "unknown domain")
         check_choice("domain", domain, task.domains)
-    return _load_cached(name, train_size, test_size, seed, domain, image_size or task.image_size)
+    return _load_cached(name, train_size, test_size, seed, domain, image_size or task.image_size,
+                        None if data_dir is None else str(data_dir))

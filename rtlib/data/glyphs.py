@@ -107,7 +107,7 @@ def specs() -> dict[str, GlyphSpec]:
         GlyphSpec("greek", tuple(GREEK), _covering(ALL_FONTS, GREEK),
                   description="23 Greek lower-case letters (unseen upstream): farther"),
         GlyphSpec("symbols", tuple(SYMBOLS), _covering(ALL_FONTS, SYMBOLS),
-                  description="28 mathematical and card symbols (unseen upstream): far"),
+                  description=f"{len(SYMBOLS)} mathematical and card symbols (unseen upstream): far"),
         GlyphSpec("fonts", tuple(f.rsplit(".", 1)[0] for f in FONT_ID_FONTS), FONT_ID_FONTS,
                   kind="font", chars=FONT_ID_TEXT,
                   description="which of 8 fonts drew a letter: fine-grained, needs the style "
