@@ -7,6 +7,7 @@ the sizes of the three scales (DESIGN 3): ``paper`` (ViT-B/16 and the hub datase
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ class RunConfig:
     hparams: dict = field(default_factory=dict)  # strategy hyper-parameters beyond the defaults
     # model
     model: str = "vit_glyph_p4_24"
-    weights: str | None = None  # None: random init; "hub"; or a checkpoint path
+    weights: str | None = None  # None: random; "hub"; "embedded" (our checkpoint); or a path
     model_kwargs: dict = field(default_factory=dict)  # passed to timm (e.g. depth=2 in tests)
     # data
     domain: str | None = None  # domain trained on (and tested in-domain); others are OOD
@@ -85,7 +86,7 @@ class RunConfig:
         for e in self.eps:
             check_float("eps", e, low=0, high=1)
         parse_schedule(self.schedule, self.steps)
-        if self.weights not in (None, "hub", "timm"):
+        if self.weights not in (None, "hub", "timm", "embedded"):
             from pathlib import Path
 
             if not Path(self.weights).is_file():
@@ -110,6 +111,8 @@ class RunConfig:
     def run_id(self) -> str:
         """Stable hash of the full config (16 hex digits)."""
         identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        # Weights are identified by content, so a store is valid wherever the checkout lives.
+        identity["weights"] = weights_identity(self.weights)
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -176,29 +179,92 @@ def eps_label(eps: float) -> str:
     return f"{eps * 255:.4g}/255"
 
 
-#: Sizes and sources of each scale. Nothing downstream branches on the preset's name.
+#: Sizes and sources of each scale. ``run``: RunConfig fields; ``tasks``: the tasks the book
+#: studies at this scale; ``task_overrides``: per-task RunConfig fields (e.g. a task's eps).
+#: Nothing downstream branches on a preset's name.
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's model and datasets; needs a GPU and the internet for the first download.
-    "paper": dict(model="vit_base_patch16_224.orig_in21k", weights="hub", train_size=50_000,
-                  test_size=10_000, train_eval_size=10_000, steps=10_000, batch_size=128,
-                  lr=1e-4, warmup_steps=500, schedule="official", eps=(1 / 255,)),
+    "paper": {
+        "run": dict(model="vit_base_patch16_224.orig_in21k", weights="hub", data_dir="hub",
+                    train_size=50_000, test_size=2_000, train_eval_size=2_000, steps=10_000,
+                    batch_size=128, lr=1e-4, warmup_steps=500, schedule="official",
+                    eps=(1 / 255,)),
+        "tasks": ["cifar10", "cifar100", "caltech256", "cub200", "stanford_dogs"],
+        "ood_task": "domainnet",
+        "task_overrides": {},
+    },
     # The embedded glyph world, offline on a CPU in minutes.
-    "embedded": dict(model="vit_glyph_p4_24", weights=None, train_size=2000, test_size=512,
-                     train_eval_size=512, steps=300, batch_size=64, lr=1e-3, warmup_steps=20,
-                     schedule="log:12", eps=(1 / 255, 2 / 255)),
+    "embedded": {
+        "run": dict(model="vit_glyph_p4_24", weights="embedded", train_size=2000,
+                    test_size=256, train_eval_size=256, steps=200, batch_size=32, lr=1e-3,
+                    warmup_steps=10, schedule="log:8", eps=(2 / 255,), attack_steps=10),
+        "tasks": ["digits", "greek", "symbols", "fonts"],
+        "ood_task": "digits",
+        "task_overrides": {},
+    },
     # Toy size for CI: the same pipeline in seconds.
-    "smoke": dict(model="vit_glyph_p4_24", weights=None,
-                  train_size=256, test_size=128, train_eval_size=128, steps=40, batch_size=32,
-                  lr=1e-3, schedule="log:5", eps=(2 / 255,), attack_steps=5),
+    "smoke": {
+        "run": dict(model="vit_glyph_p4_24", weights="embedded", train_size=256, test_size=64,
+                    train_eval_size=64, steps=24, batch_size=32, lr=1e-3, schedule="log:4",
+                    eps=(2 / 255,), attack_steps=3),
+        "tasks": ["digits", "fonts"],
+        "ood_task": "digits",
+        "task_overrides": {},
+    },
 }
 
 
-def preset_defaults(name: str) -> dict[str, Any]:
+def _preset(name: str) -> dict[str, Any]:
     check_choice("preset", name, PRESETS)
-    d = dict(PRESETS[name])
-    if name in ("embedded", "smoke"):
+    return PRESETS[name]
+
+
+def resolve_weights(weights: str | None) -> str | None:
+    """``"embedded"`` means the committed upstream checkpoint (random init if it is absent)."""
+    if weights == "embedded":
         from .models import EMBEDDED_WEIGHTS
 
-        if EMBEDDED_WEIGHTS.is_file():
-            d["weights"] = str(EMBEDDED_WEIGHTS)
+        return str(EMBEDDED_WEIGHTS) if EMBEDDED_WEIGHTS.is_file() else None
+    return weights
+
+
+def weights_identity(weights: str | None) -> str | None:
+    if weights in (None, "hub", "timm"):
+        return weights
+    path = resolve_weights(weights)
+    if path is None:
+        return None  # "embedded" without a checkpoint: random initialization
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        return str(weights)  # validate() reports it
+    return _file_digest(str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def preset_defaults(name: str, task: str | None = None) -> dict[str, Any]:
+    """RunConfig fields of preset ``name`` (with ``task``'s overrides when given)."""
+    preset = _preset(name)
+    d = {**preset["run"], **(preset["task_overrides"].get(task, {}) if task else {})}
     return d
+
+
+def preset_tasks(name: str) -> list[str]:
+    return list(_preset(name)["tasks"])
+
+
+def preset_task_overrides(name: str) -> dict[str, dict[str, Any]]:
+    return {t: dict(v) for t, v in _preset(name)["task_overrides"].items()}
+
+
+def preset_ood_task(name: str) -> str:
+    return _preset(name)["ood_task"]

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import RunConfig
+from .config import RunConfig, eps_label
 
 META_KEY = b"rtlib"
 
@@ -103,8 +103,9 @@ def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) ->
     """A tidy DataFrame: one row per run and evaluation point.
 
     Columns: ``run_id``, the config fields of :data:`CONFIG_COLUMNS`, ``hparams`` (JSON),
-    ``trainable`` and ``total`` parameters, then the evaluation columns (``step``, ``epoch``,
-    ``images_seen``, ``train_loss``, ``train_acc``, ``test_acc``, ``robust_acc@<eps>``,
+    ``eps`` (the run's first budget), ``trainable`` and ``total`` parameters, then the
+    evaluation columns (``step``, ``epoch``, ``images_seen``, ``train_loss``, ``train_acc``,
+    ``test_acc``, ``robust_acc@<eps>`` per budget, ``robust_acc`` (at ``eps``),
     ``ood_acc@<domain>``, ``train_seconds``, ``eval_seconds``). With ``configs``, only those
     runs (the ones not yet run are absent).
     """
@@ -116,7 +117,11 @@ def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) ->
         meta = read_meta(path)
         frame = pq.read_table(path).to_pandas()
         cfg = meta["config"]
+        eps0 = eps_label(cfg["eps"][0])
+        # The run's first budget, under one name for every task (tasks may use other budgets).
+        frame["robust_acc"] = frame[f"robust_acc@{eps0}"]
         front = {"run_id": meta["run_id"], **{k: cfg.get(k) for k in CONFIG_COLUMNS},
+                 "eps": eps0,
                  "hparams": json.dumps(cfg.get("hparams", {}), sort_keys=True),
                  "trainable": meta.get("trainable"), "total": meta.get("total")}
         for i, (k, v) in enumerate(front.items()):

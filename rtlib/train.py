@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data, models, store, strategies
-from .config import RunConfig, eps_label, parse_schedule
+from .config import RunConfig, eps_label, parse_schedule, resolve_weights
 from .evaluate import evaluate_point
 from .optim import adamw, cosine_with_warmup, seed_everything
 
@@ -48,7 +48,7 @@ def prepare(config: RunConfig):
                           config.domain, image_size=model_input_size(config),
                           data_dir=config.data_dir)
     seed_everything(config.seed)
-    model = models.build(config.model, task.num_classes, weights=config.weights,
+    model = models.build(config.model, task.num_classes, weights=resolve_weights(config.weights),
                          **config.model_kwargs)
     strategies.apply(model, config.strategy, **config.hparams)
     return task, model

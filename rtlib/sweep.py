@@ -1,0 +1,135 @@
+"""Grids of runs: expand (tasks x strategies x seeds x hyper-parameters) into run configs and
+execute them in-process (``executor="local"``) or as Ray tasks (``executor="ray"``).
+
+Completed runs are skipped (the store knows them by their config hash). A run that fails is
+recorded with its error under ``results_dir/failed/<run id>.json`` and the sweep goes on; the
+summary at the end says what was done, skipped and failed, and why.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from . import store
+from .config import RunConfig, preset_defaults, preset_task_overrides
+from .errors import ConfigError, check_choice
+
+EXECUTORS = ("local", "ray")
+
+
+def expand(tasks: Sequence[str], strategies: Sequence[str], seeds: Iterable[int] = (0,),
+           preset: str = "embedded", hparams: Mapping[str, Mapping[str, Sequence[Any]]] | None
+           = None, task_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+           **overrides: Any) -> list[RunConfig]:
+    """Run configs for every (task, strategy, seed, hyper-parameter combination).
+
+    ``hparams``: per strategy, lists of values to grid over, e.g. ``{"lora": {"rank": [4, 8]}}``.
+    ``overrides`` replace the preset's values for every run; ``task_overrides`` per task (on top
+    of the preset's own per-task values). Every config is validated before anything runs.
+    """
+    base = preset_defaults(preset)
+    per_task = preset_task_overrides(preset)
+    for task, values in (task_overrides or {}).items():
+        per_task[task] = {**per_task.get(task, {}), **values}
+    if isinstance(tasks, str) or isinstance(strategies, str):
+        raise ConfigError("tasks" if isinstance(tasks, str) else "strategies",
+                          tasks if isinstance(tasks, str) else strategies, "a list of names",
+                          "not a list:")
+    configs = []
+    for task, strategy, seed in itertools.product(tasks, strategies, seeds):
+        grid = (hparams or {}).get(strategy, {})
+        names = sorted(grid)
+        for values in itertools.product(*(grid[n] for n in names)):
+            fields = {**base, **per_task.get(task, {}), **overrides, "seed": seed}
+            configs.append(RunConfig(task=task, strategy=strategy,
+                                     hparams=dict(zip(names, values)), **fields).validate())
+    return configs
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    task: str
+    strategy: str
+    seed: int
+    status: str  # "done", "skipped" or "failed"
+    seconds: float
+    error: str = ""
+
+
+def _failure_path(results_dir: Path, config: RunConfig) -> Path:
+    return Path(results_dir) / "failed" / f"{config.run_id()}.json"
+
+
+def run_one(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
+            progress: bool = False) -> Outcome:
+    """Run one config, turning an exception into a recorded failure."""
+    from . import train
+
+    t0 = time.perf_counter()
+    key = dict(run_id=config.run_id(), task=config.task, strategy=config.strategy,
+               seed=config.seed)
+    if store.is_complete(results_dir, config):
+        return Outcome(**key, status="skipped", seconds=0.0)
+    failure = _failure_path(Path(results_dir), config)
+    try:
+        train.run(config, results_dir, device=device, progress=progress)
+    except Exception as err:  # noqa: BLE001 - one failing run must not take the others down
+        message = f"{type(err).__name__}: {err}"
+        record = {"config": config.to_dict(), "error": message,
+                  "traceback": traceback.format_exc()}
+        store.atomic_write_bytes(failure, lambda tmp: Path(tmp).write_text(json.dumps(record)))
+        return Outcome(**key, status="failed", seconds=time.perf_counter() - t0, error=message)
+    failure.unlink(missing_ok=True)
+    return Outcome(**key, status="done", seconds=time.perf_counter() - t0)
+
+
+def run(configs: Sequence[RunConfig], results_dir: str | Path, executor: str = "local",
+        device: str | None = "auto", progress: bool = True) -> pd.DataFrame:
+    """Execute every config not yet complete; returns one summary row per config."""
+    check_choice("executor", executor, EXECUTORS)
+    store.check_writable(results_dir)
+    if executor == "ray":
+        outcomes = _run_ray(configs, results_dir)
+    else:
+        from tqdm.auto import tqdm
+
+        outcomes = []
+        bar = tqdm(configs, desc="runs", disable=not progress)
+        for config in bar:
+            bar.set_postfix_str(f"{config.task}/{config.strategy}/seed {config.seed}")
+            outcomes.append(run_one(config, results_dir, device=device, progress=False))
+    return pd.DataFrame([o.__dict__ for o in outcomes])
+
+
+def _run_ray(configs: Sequence[RunConfig], results_dir: str | Path) -> list[Outcome]:
+    """One Ray task per run (a GPU each where the cluster has GPUs). ``RAY_ADDRESS`` or a
+    ``ray://`` address selects a cluster; without one a local Ray instance starts."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    remote = ray.remote(num_gpus=gpus, max_retries=0)(run_one)
+    results_dir = str(Path(results_dir).resolve())
+    refs = [remote.remote(c, results_dir, "auto", False) for c in configs]
+    return ray.get(refs)
+
+
+def summarize(summary: pd.DataFrame) -> str:
+    """A short text report: counts, and each failure with its reason."""
+    counts = summary["status"].value_counts() if len(summary) else pd.Series(dtype=int)
+    lines = [f"{len(summary)} runs: {counts.get('done', 0)} done, "
+             f"{counts.get('skipped', 0)} skipped (already complete), "
+             f"{counts.get('failed', 0)} failed"]
+    for row in summary[summary["status"] == "failed"].itertuples() if len(summary) else []:
+        lines.append(f"  failed {row.task}/{row.strategy}/seed {row.seed} ({row.run_id}): "
+                     f"{row.error}")
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""The scorecard's verdicts follow from the numbers: change the numbers, the verdict changes."""
+import numpy as np
+import pandas as pd
+
+from rtlib import pareto, study
+
+STRATEGIES = ["full", "linear_probe", "bitfit", "lora", "ia3", "adapter", "compacter"]
+
+
+def make_frame(fall: float, best_near: str, best_far: str, ood_noise: float):
+    rows = []
+    rng = np.random.default_rng(0)
+    for t, (task, top) in enumerate((("near", 0.95), ("mid", 0.8), ("far", 0.6))):
+        for strategy in STRATEGIES:
+            best = best_near if task == "near" else best_far if task == "far" else None
+            keep = 0.7 if strategy == best else 0.5
+            for step in (0, 10, 30, 100, 300):
+                clean = 0.05 + (top - 0.05) * (1 - np.exp(-step / 60))
+                robust = clean * keep * (1 - fall * (step == 300) * (1 + t))
+                rows.append({"run_id": f"{task}-{strategy}", "task": task, "strategy": strategy,
+                             "seed": 0, "step": step, "test_acc": clean, "robust_acc": robust,
+                             "eps": "2/255", "test_n": 2000,
+                             "ood_acc@a": clean * 0.9 + rng.normal(0, ood_noise),
+                             "ood_acc@b": clean * 0.4 + rng.normal(0, ood_noise)})
+            if strategy == "linear_probe":
+                for r in rows[-5:]:
+                    r["test_acc"] *= 0.9
+    frame = pd.DataFrame(rows)
+    frame[["ood_acc@a", "ood_acc@b"]] = frame[["ood_acc@a", "ood_acc@b"]].clip(0, 1)
+    return frame
+
+
+def verdicts(frame):
+    table = pareto.aupf_table(frame, "robust_acc", n_boot=20)
+    card = study.scorecard(frame, table)
+    by_prefix = {}
+    for claim, verdict in zip(card["claim"], card["verdict"]):
+        by_prefix[claim[:24]] = verdict
+    return by_prefix, card
+
+
+def test_verdicts_follow_the_numbers():
+    v, card = verdicts(make_frame(fall=0.3, best_near="bitfit", best_far="compacter",
+                                  ood_noise=0.01))
+    assert set(card.columns) == {"claim", "paper", "ours", "verdict", "rule"}
+    assert v["RQ1: robust accuracy fir"] == "holds"
+    assert v["RQ2: on simple tasks, pe"] == "holds"
+    assert v["RQ2: on complex tasks, i"] == "holds"
+    assert v["RQ3: OOD accuracy tracks"] == "holds"
+    assert v["RQ3: OOD robustness depe"] == "holds"
+
+    v, _ = verdicts(make_frame(fall=0.0, best_near="lora", best_far="full", ood_noise=0.4))
+    assert v["RQ1: robust accuracy fir"] == "does not hold"
+    assert v["RQ2: on simple tasks, pe"] == "does not hold"
+    assert v["RQ2: on complex tasks, i"] == "does not hold"
+    assert v["RQ3: OOD accuracy tracks"] != "holds"
+
+
+def test_task_order_uses_the_linear_probe():
+    frame = make_frame(0.1, "bitfit", "compacter", 0.01)
+    assert study.task_order(frame) == ["near", "mid", "far"]
+    sim = study.similarity(frame)
+    assert list(sim.index) == ["near", "mid", "far"]
+    assert sim["linear_probe_accuracy"].is_monotonic_decreasing
