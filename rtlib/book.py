@@ -6,6 +6,7 @@ the failing cell, and its executed copy is kept for inspection.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,46 @@ NOTEBOOKS = ROOT / "notebooks"
 EXECUTED = ROOT / "book" / "executed"
 
 
+STATIC = ROOT / "_static"
+VEGA_BUNDLE = "vega-offline.js"
+
+
 class NotebookFailed(RuntimeError):
     pass
+
+
+def setup_notebook() -> None:
+    """Display settings shared by the book's notebooks: Altair as HTML (drawn by the Vega
+    bundle the book serves itself, so no CDN is needed) and readable pandas tables."""
+    import altair as alt
+    import pandas as pd
+
+    alt.renderers.enable("html")
+    alt.data_transformers.disable_max_rows()
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.precision", 3)
+
+
+def write_static_assets(folder: Path = STATIC) -> Path:
+    """Write Vega, Vega-Lite and Vega-Embed (from vl-convert, offline) as one script.
+
+    The bundle is wrapped in a function so its top-level names stay private; it sets
+    ``window.vega``/``vegaLite``/``vegaEmbed`` and declares their versions in ``VEGA_DEBUG``,
+    which is how Altair's HTML output knows not to fetch them from a CDN.
+    """
+    import altair as alt
+    import vl_convert as vlc
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vl = ".".join(alt.VEGALITE_VERSION.split(".")[:2])
+    bundle = vlc.javascript_bundle(vl_version=vl)
+    versions = {"vega_version": alt.VEGA_VERSION, "vegalite_version": alt.VEGALITE_VERSION,
+                "vegaembed_version": alt.VEGAEMBED_VERSION}
+    text = ("(function () {\n" + bundle + "\n})();\n"
+            f"window.VEGA_DEBUG = Object.assign(window.VEGA_DEBUG || {{}}, {json.dumps(versions)});\n")
+    path = folder / VEGA_BUNDLE
+    path.write_text(text)
+    return path
 
 
 def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None = None,
@@ -51,6 +90,7 @@ def build(parameters: Mapping[str, Any] | None = None, output: Path | None = Non
 
     Returns the path of the book's index page."""
     execute(parameters=parameters)
+    write_static_assets()
     output = Path(output or ROOT)  # Jupyter Book writes OUTPUT/_build/html
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT),
            "--path-output", str(output), "--warningiserror", "--nitpick", "--quiet"]
