@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # Notebook parameters for `make book`, e.g. PARAMS="-p eps 0.0078 -p steps 400"
 PARAMS      ?=
 
-.PHONY: test book clean-book help
+.PHONY: test book clean-book help browser
 
 help:
 	@echo "make test   install (into $(VENV)) and run the test suite"
@@ -29,6 +29,7 @@ $(VENV)/.torch-installed: | $(BIN)/python
 
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.torch-installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
 $(VENV)/.book-installed: pyproject.toml $(VENV)/.torch-installed
@@ -36,7 +37,14 @@ $(VENV)/.book-installed: pyproject.toml $(VENV)/.torch-installed
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-test: $(VENV)/.test-installed
+# The book test reads the built smoke book in Debian's Chromium (through chromedriver).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: $(VENV)/.test-installed browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 book: $(VENV)/.book-installed

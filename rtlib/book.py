@@ -31,7 +31,8 @@ def setup_notebook() -> None:
     import altair as alt
     import pandas as pd
 
-    alt.renderers.enable("html")
+    # SVG rather than canvas: the marks are in the page, for readers' tools and our tests.
+    alt.renderers.enable("html", embed_options={"renderer": "svg"})
     alt.data_transformers.disable_max_rows()
     pd.set_option("display.max_colwidth", None)
     pd.set_option("display.precision", 3)

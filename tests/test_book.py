@@ -1,0 +1,127 @@
+"""The smoke book, built for real and read in headless Chromium with the network blocked."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHAPTERS = {  # page -> number of charts it must draw at the smoke preset (2 tasks)
+    "index.html": 0,
+    "book/executed/methods.html": 0,
+    "book/executed/rq1_robustness_during_finetuning.html": 2,
+    "book/executed/rq2_strategies_and_complexity.html": 4,
+    "book/executed/rq3_ood_robustness.html": 1,
+    "book/executed/takeaways.html": 0,
+}
+
+
+def _copy_sources(dest: Path) -> None:
+    """The repository's tracked files (what a fresh clone has), without builds or results."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory):
+    if os.environ.get("RTLIB_TEST_BOOK_HTML"):  # an already built book, to iterate on the test
+        return Path(os.environ["RTLIB_TEST_BOOK_HTML"])
+    work = tmp_path_factory.mktemp("book")
+    _copy_sources(work)
+    t0 = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtlib", "book", "-p", "preset", "smoke", "-p", "results_dir",
+         str(work / "results")], cwd=work, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(work)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"smoke book built in {time.time() - t0:.0f} s")
+    return work / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def served(smoke_book):
+    """The built book over HTTP on the loopback interface, as a reader's browser gets it."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(smoke_book))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage",
+                 # No network: every http(s) request goes to a dead proxy and fails loudly.
+                 "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                 "--window-size=1280,2000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def _marks(driver) -> list[int]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('.vega-embed')).map(e => "
+        "e.querySelectorAll('svg .role-mark path, svg .role-mark line, svg .role-mark rect,"
+        " svg .role-mark text').length)")
+
+
+@pytest.mark.parametrize("page", list(CHAPTERS))
+def test_chapter_loads_offline_without_console_errors(smoke_book, served, browser, page):
+    assert (smoke_book / page).is_file(), page
+    browser.get_log("browser")  # drop what earlier pages logged
+    browser.get(f"{served}/{page}")
+    deadline = time.time() + 30
+    while time.time() < deadline and not (
+            browser.execute_script("return document.readyState") == "complete"
+            and (page != "index.html" or browser.current_url.endswith("intro.html"))):
+        time.sleep(0.1)  # index.html redirects to the introduction
+    marks = _marks(browser)
+    while time.time() < deadline and (len(marks) < CHAPTERS[page] or not all(marks)):
+        time.sleep(0.25)
+        marks = _marks(browser)
+    assert len(marks) == CHAPTERS[page], marks
+    assert all(m > 0 for m in marks), f"a chart drew no marks: {marks}"
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+              and "favicon.ico" not in e["message"]]  # the browser's own request
+    assert not errors, errors
+    shown = browser.execute_script("return document.body.innerText")
+    assert "Error loading script" not in shown and "Javascript Error" not in shown
+
+
+def test_scorecard_table_is_present(served, browser):
+    browser.get(f"{served}/book/executed/takeaways.html")
+    headers = browser.execute_script(
+        "return Array.from(document.querySelectorAll('table th')).map(t => t.textContent.trim())")
+    assert {"claim", "paper", "ours", "verdict", "rule"} <= set(headers)
+    cells = browser.execute_script(
+        "return Array.from(document.querySelectorAll('table td')).map(t => t.textContent.trim())")
+    verdicts = [c for c in cells if c in ("holds", "partly", "does not hold", "not testable here")]
+    assert len(verdicts) >= 6
