@@ -124,7 +124,7 @@ def _hparam(text: str) -> tuple[str, object]:
 def run_config_from_args(args: argparse.Namespace):
     from .config import RunConfig, preset_defaults
 
-    base = preset_defaults(args.preset, args.task)
+    base = preset_defaults(args.preset, args.task, args.strategy)
     given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
     if args.hparam:
         given["hparams"] = dict(args.hparam)

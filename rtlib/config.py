@@ -180,7 +180,8 @@ def eps_label(eps: float) -> str:
 
 
 #: Sizes and sources of each scale. ``run``: RunConfig fields; ``tasks``: the tasks the book
-#: studies at this scale; ``task_overrides``: per-task RunConfig fields (e.g. a task's eps).
+#: studies at this scale; ``task_overrides`` and ``strategy_overrides``: RunConfig fields per
+#: task (e.g. a task's eps) and per strategy (e.g. its learning rate).
 #: Nothing downstream branches on a preset's name.
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's model and datasets; needs a GPU and the internet for the first download.
@@ -192,6 +193,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tasks": ["cifar10", "cifar100", "caltech256", "cub200", "stanford_dogs"],
         "ood_task": "domainnet",
         "task_overrides": {},
+        "strategy_overrides": {},
     },
     # The embedded glyph world, offline on a CPU in minutes.
     "embedded": {
@@ -201,6 +203,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tasks": ["digits", "greek", "symbols", "fonts"],
         "ood_task": "digits",
         "task_overrides": {},
+        "strategy_overrides": {},
     },
     # Toy size for CI: the same pipeline in seconds.
     "smoke": {
@@ -210,6 +213,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tasks": ["digits", "fonts"],
         "ood_task": "digits",
         "task_overrides": {},
+        "strategy_overrides": {},
     },
 }
 
@@ -251,19 +255,18 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-def preset_defaults(name: str, task: str | None = None) -> dict[str, Any]:
-    """RunConfig fields of preset ``name`` (with ``task``'s overrides when given)."""
+def preset_defaults(name: str, task: str | None = None, strategy: str | None = None
+                    ) -> dict[str, Any]:
+    """RunConfig fields of preset ``name``, with ``task``'s and ``strategy``'s overrides."""
     preset = _preset(name)
-    d = {**preset["run"], **(preset["task_overrides"].get(task, {}) if task else {})}
-    return d
+    return {**preset["run"], **preset["task_overrides"].get(task, {}),
+            **preset["strategy_overrides"].get(strategy, {})}
 
 
 def preset_tasks(name: str) -> list[str]:
     return list(_preset(name)["tasks"])
 
 
-def preset_task_overrides(name: str) -> dict[str, dict[str, Any]]:
-    return {t: dict(v) for t, v in _preset(name)["task_overrides"].items()}
 
 
 def preset_ood_task(name: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from . import store
-from .config import RunConfig, preset_defaults, preset_task_overrides
+from .config import RunConfig, preset_defaults
 from .errors import ConfigError, check_choice
 
 EXECUTORS = ("local", "ray")
@@ -31,13 +31,9 @@ def expand(tasks: Sequence[str], strategies: Sequence[str], seeds: Iterable[int]
     """Run configs for every (task, strategy, seed, hyper-parameter combination).
 
     ``hparams``: per strategy, lists of values to grid over, e.g. ``{"lora": {"rank": [4, 8]}}``.
-    ``overrides`` replace the preset's values for every run; ``task_overrides`` per task (on top
-    of the preset's own per-task values). Every config is validated before anything runs.
+    ``overrides`` replace the preset's values (its per-task and per-strategy values included)
+    for every run; ``task_overrides`` per task. Every config is validated before anything runs.
     """
-    base = preset_defaults(preset)
-    per_task = preset_task_overrides(preset)
-    for task, values in (task_overrides or {}).items():
-        per_task[task] = {**per_task.get(task, {}), **values}
     if isinstance(tasks, str) or isinstance(strategies, str):
         raise ConfigError("tasks" if isinstance(tasks, str) else "strategies",
                           tasks if isinstance(tasks, str) else strategies, "a list of names",
@@ -47,7 +43,8 @@ def expand(tasks: Sequence[str], strategies: Sequence[str], seeds: Iterable[int]
         grid = (hparams or {}).get(strategy, {})
         names = sorted(grid)
         for values in itertools.product(*(grid[n] for n in names)):
-            fields = {**base, **per_task.get(task, {}), **overrides, "seed": seed}
+            fields = {**preset_defaults(preset, task, strategy),
+                      **(task_overrides or {}).get(task, {}), **overrides, "seed": seed}
             configs.append(RunConfig(task=task, strategy=strategy,
                                      hparams=dict(zip(names, values)), **fields).validate())
     return configs
