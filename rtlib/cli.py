@@ -191,6 +191,26 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> list[str]:
+    return [t for t in text.replace(",", " ").split() if t]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    overrides = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
+    if args.eps:
+        overrides["eps"] = tuple(args.eps)
+    if args.no_weights:
+        overrides["weights"] = None
+    configs = sweep.expand(args.tasks, args.strategies, args.seeds, preset=args.preset,
+                           **overrides)
+    summary = sweep.run(configs, args.results_dir, executor=args.executor, device=args.device,
+                        progress=not args.quiet)
+    print(sweep.summarize(summary))
+    return 1 if (summary["status"] == "failed").any() else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rtlib",
@@ -267,6 +287,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "sweep", help="run a grid of tasks x strategies x seeds",
+        description="Expand tasks x strategies x seeds into runs (the preset's values, then the "
+                    "options given), validate them all, and run those not yet complete, "
+                    "in-process or on Ray. A failing run is recorded under "
+                    "RESULTS_DIR/failed/ and the sweep goes on; a summary ends it (exit status 1 "
+                    "if any run failed).")
+    p.add_argument("--tasks", type=_names, required=True, help="task names, e.g. 'digits fonts'")
+    p.add_argument("--strategies", type=_names,
+                   default=["full", "linear_probe", "bitfit", "lora", "ia3", "adapter",
+                            "compacter"], help="strategy names (default: the paper's seven)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
+    p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
+                   help="sizes and sources to start from (default: %(default)s)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: one run after another in this process; ray: one Ray task per "
+                        "run (RAY_ADDRESS selects a cluster)")
+    p.add_argument("--eps", type=_eps, nargs="+", help="attack budgets, e.g. 2/255 4/255")
+    for name, (kind, text) in RUN_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
+    p.add_argument("--no-weights", action="store_true", help="random initialization")
+    p.add_argument("--results-dir", default="results", help="results store (default: results)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
 
     from dataclasses import fields
 

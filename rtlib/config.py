@@ -93,10 +93,17 @@ class RunConfig:
                 raise ConfigError("weights", self.weights, "None, hub, or an existing file",
                                   "file not found:")
         import timm
+        import torch
 
         if not timm.is_model(self.model):
             raise ConfigError("model", self.model, "a timm model name (timm.list_models())",
                               "unknown timm model")
+        # The strategy's hyper-parameters, checked against the architecture (built on the meta
+        # device: no memory, no initialization, milliseconds even for ViT-B).
+        with torch.device("meta"):
+            backbone = timm.create_model(self.model, pretrained=False,
+                                         num_classes=task.classes, **self.model_kwargs)
+        strategies.get(self.strategy).resolve(backbone, self.hparams)
         return self
 
     # -- identity -----------------------------------------------------------------------------

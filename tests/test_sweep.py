@@ -1,0 +1,186 @@
+"""Grids of runs: expansion, skipping, failures, executors, and interruption at random moments."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from rtlib import cli, store, study, sweep, train
+from rtlib.errors import ConfigError
+
+from .test_engine import TINY_MODEL
+
+SMALL = dict(model="vit_glyph_p4_24", model_kwargs=TINY_MODEL, weights=None, train_size=64,
+             test_size=32, train_eval_size=32, steps=8, batch_size=16, schedule="every:4",
+             eps=(2 / 255,), attack_steps=2, lr=1e-3)
+
+
+def test_expand_is_the_full_product_and_validates_first():
+    configs = sweep.expand(["synthetic"], ["bitfit", "lora"], [0, 1], preset="smoke",
+                           hparams={"lora": {"rank": [2, 4]}}, **SMALL)
+    assert len(configs) == 2 * (1 + 2)
+    assert {c.hparams.get("rank") for c in configs if c.strategy == "lora"} == {2, 4}
+    assert len({c.run_id() for c in configs}) == len(configs)
+    with pytest.raises(ConfigError, match="^strategy"):
+        sweep.expand(["synthetic"], ["bitfit", "lorra"], preset="smoke", **SMALL)
+    with pytest.raises(ConfigError, match="^tasks: not a list"):
+        sweep.expand("synthetic", ["bitfit"], preset="smoke", **SMALL)
+
+
+def test_sweep_skips_done_runs_and_records_failures(tmp_path):
+    bad_weights = tmp_path / "broken.safetensors"
+    bad_weights.write_bytes(b"this is not a checkpoint")
+    good = sweep.expand(["synthetic"], ["bitfit", "lora"], preset="smoke", **SMALL)
+    bad = sweep.expand(["synthetic"], ["full"], preset="smoke",
+                       **{**SMALL, "weights": str(bad_weights)})
+    summary = sweep.run(good + bad, tmp_path / "r", progress=False)
+    assert summary.set_index("strategy")["status"].to_dict() == {
+        "bitfit": "done", "lora": "done", "full": "failed"}
+    failure = json.loads((tmp_path / "r" / "failed" / f"{bad[0].run_id()}.json").read_text())
+    assert "broken.safetensors" in failure["error"] or "header" in failure["error"].lower()
+    text = sweep.summarize(summary)
+    assert text.startswith("3 runs: 2 done, 0 skipped (already complete), 1 failed")
+    again = sweep.run(good, tmp_path / "r", progress=False)
+    assert (again["status"] == "skipped").all()
+
+
+def test_nan_loss_stops_the_run_with_a_clear_reason(tmp_path, monkeypatch):
+    real_prepare = train.prepare
+
+    def poisoned(config):
+        task, model = real_prepare(config)
+        with __import__("torch").no_grad():
+            model.backbone.get_classifier().weight.fill_(float("nan"))
+        return task, model
+
+    monkeypatch.setattr(train, "prepare", poisoned)
+    config = sweep.expand(["synthetic"], ["linear_probe"], preset="smoke", **SMALL)[0]
+    with pytest.raises(train.TrainingDiverged, match="loss became nan at step 1"):
+        train.run(config, tmp_path, progress=False)
+    assert not store.run_files(tmp_path)
+
+
+def test_unwritable_results_directory_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results directory should be")
+    config = sweep.expand(["synthetic"], ["bitfit"], preset="smoke", **SMALL)[0]
+    with pytest.raises(store.StoreError, match="results directory .* is not writable"):
+        train.run(config, blocker, progress=False)
+
+
+def test_local_and_ray_executors_give_identical_results(tmp_path):
+    pytest.importorskip("ray")
+    configs = sweep.expand(["synthetic"], ["bitfit", "adapter"], [0, 1], preset="smoke",
+                           **SMALL)
+    local = sweep.run(configs, tmp_path / "local", progress=False)
+    ray_ = sweep.run(configs, tmp_path / "ray", executor="ray", progress=False)
+    assert (local["status"] == "done").all() and (ray_["status"] == "done").all()
+    cols = ["run_id", "step", "train_acc", "test_acc", "robust_acc", "ood_acc@shifted"]
+    a = store.load(tmp_path / "local")[cols].reset_index(drop=True)
+    b = store.load(tmp_path / "ray")[cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def _sweep_cli(results):
+    return [sys.executable, "-m", "rtlib", "sweep", "--quiet", "--preset", "smoke",
+            "--tasks", "synthetic", "--strategies", "bitfit lora adapter", "--seeds", "0", "1",
+            "--no-weights", "--train-size", "64", "--test-size", "32", "--train-eval-size",
+            "32", "--steps", "8", "--batch-size", "16", "--schedule", "every:4",
+            "--attack-steps", "2", "--results-dir", str(results)]
+
+
+def test_killing_a_sweep_at_random_moments_loses_nothing(tmp_path):
+    """20 trials: kill the sweep at a random moment, check the store, then resume it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = tmp_path / "r"
+    rng = random.Random(0)
+    expected = 6
+    for trial in range(20):
+        before = {p.name for p in store.run_files(results)}
+        proc = subprocess.Popen(_sweep_cli(results), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 5.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        files = store.run_files(results)
+        frame = store.load(results)  # loads: no half-written run
+        assert len({p.name for p in files}) == len(files)
+        assert set(frame.groupby("run_id").size()) <= {3}  # 3 points each, no duplicates
+        assert before <= {p.name for p in files}  # nothing completed was lost
+    finished = subprocess.run(_sweep_cli(results), env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    done = len(store.run_files(results))
+    assert done == expected
+    assert f"{expected - len(files)} done" in finished.stdout
+    assert not list((results / "partial").glob("*.pt"))
+
+
+BAD_INPUTS = [  # (argv, text the message must contain)
+    (["run", "--task", "cifar11", "--strategy", "lora"], "task: unknown value 'cifar11'"),
+    (["run", "--task", "digits", "--strategy", "lorra"], "strategy: unknown value 'lorra'"),
+    (["run", "--task", "digits", "--strategy", "lora", "--domain", "sketch"],
+     "domain: unknown value 'sketch'"),
+    (["run", "--task", "digits", "--strategy", "lora", "--eps", "-1/255"], "--eps"),
+    (["run", "--task", "digits", "--strategy", "lora", "--eps", "2"], "--eps"),
+    (["run", "--task", "digits", "--strategy", "lora", "--eps", "two"], "--eps"),
+    (["run", "--task", "digits", "--strategy", "lora", "--steps", "0"], "--steps"),
+    (["run", "--task", "digits", "--strategy", "lora", "--steps", "ten"], "--steps"),
+    (["run", "--task", "digits", "--strategy", "lora", "--batch-size", "-4"], "--batch-size"),
+    (["run", "--task", "digits", "--strategy", "lora", "--lr", "fast"], "--lr"),
+    (["run", "--task", "digits", "--strategy", "lora", "--lr", "0"], "lr: out of range"),
+    (["run", "--task", "digits", "--strategy", "lora", "--schedule", "hourly"],
+     "schedule: unknown schedule"),
+    (["run", "--task", "digits", "--strategy", "lora", "--attack", "fgsm"],
+     "attack: unknown value 'fgsm'"),
+    (["run", "--task", "digits", "--strategy", "lora", "--weights", "/no/such.safetensors"],
+     "weights: file not found"),
+    (["run", "--task", "digits", "--strategy", "lora", "--hparam", "rank=0"],
+     "lora.rank: out of range"),
+    (["run", "--task", "digits", "--strategy", "lora", "--hparam", "rnak=4"],
+     "lora.rnak: unknown hyper-parameter"),
+    (["run", "--task", "digits", "--strategy", "adapter", "--hparam", "reduction_factor=0"],
+     "adapter.reduction_factor: out of range"),
+    (["run", "--task", "digits", "--strategy", "lora", "--hparam", "target_modules=[query]"],
+     "lora.target_modules: unknown value 'query'"),
+    (["run", "--task", "digits", "--strategy", "lora", "--model", "vit_nonsense"],
+     "model: unknown timm model"),
+    (["run", "--task", "digits", "--strategy", "lora", "--preset", "huge"], "--preset"),
+    (["sweep", "--tasks", "digits cifar11"], "task: unknown value 'cifar11'"),
+    (["sweep", "--tasks", "digits", "--executor", "slurm"], "--executor"),
+    (["sweep", "--tasks", "digits", "--seeds", "x"], "--seeds"),
+    (["strategies", "--num-classes", "0"], "--num-classes"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_INPUTS, ids=[" ".join(a[2:4] + a[-2:])
+                                                          for a, _ in BAD_INPUTS])
+def test_bad_cli_input_is_answered_before_any_compute(argv, message, capsys, monkeypatch,
+                                                      tmp_path):
+    def no_compute(*args, **kwargs):
+        raise AssertionError("bad input reached the training loop")
+
+    monkeypatch.setattr(train, "prepare", no_compute)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv + (["--results-dir", str(tmp_path)] if argv[0] != "strategies" else []))
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("params,field", [
+    ({"tasks": ["cifar11"]}, "task"), ({"strategies": ["lorra"]}, "strategy"),
+    ({"eps": [-0.1]}, "eps"), ({"steps": 0}, "steps"), ({"steps": "ten"}, "steps"),
+    ({"preset": "huge"}, "preset"), ({"seeds": ["a"]}, "seed"),
+    ({"domain": "sketch"}, "domain"), ({"executor": "slurm"}, "executor"),
+])
+def test_bad_notebook_parameters_name_the_field(params, field, monkeypatch, tmp_path):
+    monkeypatch.setattr(train, "prepare", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("bad input reached the training loop")))
+    args = {"tasks": ["digits"], "strategies": ["lora"], "results_dir": tmp_path, **params}
+    with pytest.raises(ConfigError) as err:
+        study.runs(progress=False, **args)
+    assert err.value.field == field
