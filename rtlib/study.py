@@ -18,14 +18,16 @@ from .config import RunConfig
 
 def runs(tasks: Sequence[str], strategies: Sequence[str], seeds: Sequence[int] = (0,),
          preset: str = "embedded", results_dir: str | Path = "results", executor: str = "local",
-         progress: bool = True, **overrides: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+         progress: bool = True, workers: int | None = None, **overrides: Any
+         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run what is missing from the grid, then load it: (tidy frame, sweep summary).
 
     Runs are keyed by their config hash, so chapters that share runs train them once.
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     configs: list[RunConfig] = sweep.expand(tasks, strategies, seeds, preset=preset, **overrides)
-    summary = sweep.run(configs, results_dir, executor=executor, progress=progress)
+    summary = sweep.run(configs, results_dir, executor=executor, progress=progress,
+                        workers=workers)
     failed = summary[summary["status"] == "failed"]
     if len(failed):
         print(sweep.summarize(summary))

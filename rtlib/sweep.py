@@ -88,14 +88,36 @@ def run_one(config: RunConfig, results_dir: str | Path, device: str | None = "au
     return Outcome(**key, status="done", seconds=time.perf_counter() - t0)
 
 
+def _run_one_in_worker(config: RunConfig, results_dir: str, device: str | None,
+                       threads: int) -> Outcome:
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_one(config, results_dir, device=device, progress=False)
+
+
 def run(configs: Sequence[RunConfig], results_dir: str | Path, executor: str = "local",
-        device: str | None = "auto", progress: bool = True) -> pd.DataFrame:
-    """Execute every config not yet complete; returns one summary row per config."""
+        device: str | None = "auto", progress: bool = True, workers: int | None = 1
+        ) -> pd.DataFrame:
+    """Execute every config not yet complete; returns one summary row per config.
+
+    ``workers`` (local executor on the CPU): runs in parallel processes, each with
+    ``cpu_count // workers`` torch threads; ``None`` picks one worker per CPU core. Small
+    models use two single-threaded processes better than one process with two threads.
+    """
+    import os
+
+    from .errors import check_int
+
     check_choice("executor", executor, EXECUTORS)
     store.check_writable(results_dir)
+    todo = [c for c in configs if not store.is_complete(results_dir, c)]
+    cpus = os.cpu_count() or 1
+    workers = min(cpus, max(1, len(todo))) if workers is None else check_int(
+        "workers", workers, minimum=1)
     if executor == "ray":
         outcomes = _run_ray(configs, results_dir)
-    else:
+    elif workers == 1 or len(todo) <= 1:
         from tqdm.auto import tqdm
 
         outcomes = []
@@ -103,7 +125,27 @@ def run(configs: Sequence[RunConfig], results_dir: str | Path, executor: str = "
         for config in bar:
             bar.set_postfix_str(f"{config.task}/{config.strategy}/seed {config.seed}")
             outcomes.append(run_one(config, results_dir, device=device, progress=False))
+    else:
+        outcomes = _run_pool(configs, results_dir, device, workers, max(1, cpus // workers),
+                             progress)
     return pd.DataFrame([o.__dict__ for o in outcomes])
+
+
+def _run_pool(configs, results_dir, device, workers, threads, progress) -> list[Outcome]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    results_dir = str(Path(results_dir).resolve())
+    outcomes: dict[int, Outcome] = {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_one_in_worker, c, results_dir, device, threads): i
+                   for i, c in enumerate(configs)}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="runs",
+                           disable=not progress):
+            outcomes[futures[future]] = future.result()
+    return [outcomes[i] for i in range(len(configs))]
 
 
 def _run_ray(configs: Sequence[RunConfig], results_dir: str | Path) -> list[Outcome]:

@@ -184,3 +184,15 @@ def test_bad_notebook_parameters_name_the_field(params, field, monkeypatch, tmp_
     with pytest.raises(ConfigError) as err:
         study.runs(progress=False, **args)
     assert err.value.field == field
+
+
+def test_parallel_local_workers_match_one_process(tmp_path):
+    configs = sweep.expand(["synthetic"], ["bitfit", "lora"], preset="smoke", **SMALL)
+    one = sweep.run(configs, tmp_path / "one", progress=False, workers=1)
+    two = sweep.run(configs, tmp_path / "two", progress=False, workers=2)
+    assert (one["status"] == "done").all() and (two["status"] == "done").all()
+    assert list(two["run_id"]) == [c.run_id() for c in configs]
+    cols = ["run_id", "step", "test_acc", "robust_acc"]
+    a, b = store.load(tmp_path / "one")[cols], store.load(tmp_path / "two")[cols]
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True),
+                                  atol=1e-6)
