@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import pareto
 
-WIDTH, HEIGHT = 560, 320
+WIDTH, HEIGHT = 470, 300
 STRATEGY_ORDER = ["full", "linear_probe", "bitfit", "lora", "ia3", "adapter", "compacter",
                   "dora"]
 
