@@ -29,7 +29,7 @@ def main() -> None:
                            schedule="every:1000000", **({"steps": args.steps} if args.steps
                                                           else {}),
                            **({"lr": args.lr} if args.lr else {}))
-    print(sweep.summarize(sweep.run(configs, results)))
+    print(sweep.summarize(sweep.run(configs, results, workers=None)))
     last = store.load(results, configs).sort_values("step").groupby("task").tail(1)
     print(f"{'task':<10}{'clean':>7}" + "".join(f"{config.eps_label(e):>10}" for e in BUDGETS))
     for _, row in last.iterrows():
