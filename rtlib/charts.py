@@ -115,14 +115,18 @@ def _invisible_legend(base: alt.Chart, field: str, order: list[str]) -> alt.Char
                         legend=alt.Legend(symbolOpacity=1)))
 
 
-def aupf_heatmap(table: pd.DataFrame, title: str | None = None) -> alt.Chart:
-    """AUPF per strategy (rows) and task (columns), labelled with the relative AUPF."""
+def aupf_heatmap(table: pd.DataFrame, title: str | None = None,
+                 task_order: Sequence[str] | None = None) -> alt.Chart:
+    """AUPF per strategy (rows) and task (columns, in ``task_order``), labelled with the
+    relative AUPF."""
     t = table.copy()
+    tasks = list(task_order) if task_order is not None else sorted(t["task"].unique())
     t["label"] = [f"{a:.3f} ({r:+.0%})" for a, r in zip(t["aupf"], t["relative"])]
     order = _strategy_order(t["strategy"])
     sel = alt.selection_point(fields=["strategy"], bind="legend")
     base = alt.Chart(t).encode(
-        x=alt.X("task:N", title="task"), y=alt.Y("strategy:N", sort=order, title="strategy"))
+        x=alt.X("task:N", title="task", sort=tasks),
+        y=alt.Y("strategy:N", sort=order, title="strategy"))
     cells = base.mark_rect().encode(
         color=alt.Color("aupf:Q", title="AUPF", scale=alt.Scale(scheme="viridis")),
         opacity=alt.condition(sel, alt.value(1.0), alt.value(0.3)),
@@ -130,9 +134,10 @@ def aupf_heatmap(table: pd.DataFrame, title: str | None = None) -> alt.Chart:
                  alt.Tooltip("relative:Q", format="+.1%", title="vs mean of strategies"),
                  alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"),
                  "ci_method:N"])
+    middle = (t["aupf"].min() + t["aupf"].max()) / 2
     text = base.mark_text(fontSize=11).encode(
-        text="label:N",
-        color=alt.condition("datum.relative > 0", alt.value("white"), alt.value("#ddd")))
+        text="label:N",  # dark text on the bright (high) end of viridis, light on the dark end
+        color=alt.condition(f"datum.aupf > {middle}", alt.value("black"), alt.value("white")))
     legend = _invisible_legend(base, "strategy", order)
     return (cells + text + legend).add_params(sel).properties(
         width=max(120, 110 * t["task"].nunique()), height=30 * len(order),
