@@ -121,15 +121,23 @@ def _hparam(text: str) -> tuple[str, object]:
     return name, yaml.safe_load(value)
 
 
+def run_overrides(args: argparse.Namespace) -> dict:
+    """The RunConfig fields given on the command line (shared by ``run`` and ``sweep``)."""
+    given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
+    if args.eps:
+        given["eps"] = tuple(args.eps)
+    if args.no_weights:
+        given["weights"] = None
+    return given
+
+
 def run_config_from_args(args: argparse.Namespace):
     from .config import RunConfig, preset_defaults
 
     base = preset_defaults(args.preset, args.task, args.strategy)
-    given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
+    given = run_overrides(args)
     if args.hparam:
         given["hparams"] = dict(args.hparam)
-    if args.no_weights:
-        given["weights"] = None
     return RunConfig(task=args.task, strategy=args.strategy, **{**base, **given})
 
 
@@ -198,17 +206,24 @@ def _names(text: str) -> list[str]:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from . import sweep
 
-    overrides = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
-    if args.eps:
-        overrides["eps"] = tuple(args.eps)
-    if args.no_weights:
-        overrides["weights"] = None
     configs = sweep.expand(args.tasks, args.strategies, args.seeds, preset=args.preset,
-                           **overrides)
+                           **run_overrides(args))
     summary = sweep.run(configs, args.results_dir, executor=args.executor, device=args.device,
                         progress=not args.quiet)
     print(sweep.summarize(summary))
     return 1 if (summary["status"] == "failed").any() else 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options that set RunConfig fields and where runs go (``run`` and ``sweep``)."""
+    p.add_argument("--eps", type=_eps, nargs="+",
+                   help="attack budgets in [0, 1] pixel units, e.g. 1/255 2/255")
+    for name, (kind, text) in RUN_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
+    p.add_argument("--no-weights", action="store_true", help="random initialization")
+    p.add_argument("--results-dir", default="results", help="results store (default: results)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,16 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full, linear_probe, bitfit, lora, ia3, adapter, compacter or dora")
     p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
                    help="sizes and sources to start from (default: %(default)s)")
-    p.add_argument("--eps", type=_eps, nargs="+",
-                   help="attack budgets in [0, 1] pixel units, e.g. 1/255 2/255")
-    for name, (kind, text) in RUN_OPTIONS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
-    p.add_argument("--no-weights", action="store_true", help="random initialization")
+    _add_run_options(p)
     p.add_argument("--hparam", type=_hparam, action="append", metavar="NAME=VALUE",
                    help="strategy hyper-parameter, e.g. rank=4 (repeatable)")
-    p.add_argument("--results-dir", default="results", help="results store (default: results)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -305,13 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: one run after another in this process; ray: one Ray task per "
                         "run (RAY_ADDRESS selects a cluster)")
-    p.add_argument("--eps", type=_eps, nargs="+", help="attack budgets, e.g. 2/255 4/255")
-    for name, (kind, text) in RUN_OPTIONS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
-    p.add_argument("--no-weights", action="store_true", help="random initialization")
-    p.add_argument("--results-dir", default="results", help="results store (default: results)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(p)
     p.set_defaults(func=cmd_sweep)
 
     from dataclasses import fields

@@ -155,3 +155,14 @@ def test_sigkill_at_a_random_moment_loses_nothing_and_resume_matches(tmp_path):
     pd.testing.assert_frame_equal(resumed[cols].reset_index(drop=True),
                                   reference[cols].reset_index(drop=True))
     assert not list((results / "partial").glob("*.pt"))
+
+
+def test_cli_options_reach_the_run_config():
+    from rtlib import cli
+
+    args = cli.build_parser().parse_args(
+        ["run", "--task", "fonts", "--strategy", "lora", "--preset", "smoke", "--eps", "1/255",
+         "4/255", "--steps", "7", "--hparam", "rank=4", "--no-weights"])
+    config = cli.run_config_from_args(args)
+    assert config.eps == (1 / 255, 4 / 255)
+    assert (config.steps, config.hparams, config.weights) == (7, {"rank": 4}, None)
