@@ -5,6 +5,11 @@ start. Models come from :func:`rtlib.models.build` and normalize inside, so ``ep
 in pixel space. Robust accuracy counts an image as robust when it is classified correctly *and*
 stays correct under the attack; only clean-correct images are attacked (the others are
 non-robust whatever the attack does), which changes no number and saves the work.
+
+Precision: the perturbation is always fp32 (torchattacks works on the float images it is
+given). A model set to bf16 (:meth:`rtlib.models.NormalizedModel.set_precision`) runs its
+backbone under autocast but its first layer in fp32, and TF32 convolutions are off during an
+attack; ``tests/test_attacks.py`` checks that this agrees with a pure-fp32 attack.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torchattacks
 from torch import nn
 
 from .errors import ConfigError, check_choice, check_float, check_int
+from .models import exact_convolutions
 
 ATTACKS = ("pgd", "apgd", "autoattack")
 DEFAULT_EPS = 1 / 255
@@ -53,7 +59,8 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+        with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []), \
+                exact_convolutions():
             torch.manual_seed(seed)  # the same random start at every evaluation point
             adv = _make(model, attack, eps, step_size, steps, num_classes, seed)(images, labels)
     finally:
@@ -63,16 +70,19 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Predicted labels; ``images`` may be uint8 [0, 255] or float [0, 1]."""
+    """Predicted labels, on ``images``' device; ``images`` may be uint8 [0, 255] or float [0, 1].
+
+    uint8 images are moved to the model's device before they are converted (4x less traffic).
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        x = _as_float(images[i:i + batch_size]).to(device)
-        out.append(model(x).argmax(1).cpu())
+        x = _as_float(images[i:i + batch_size].to(device, non_blocking=True))
+        out.append(model(x).argmax(1).to(images.device))
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=images.device)
 
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:
@@ -98,10 +108,10 @@ def robust_mask(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         return robust
     for i in range(0, len(index), batch_size):
         idx = index[i:i + batch_size]
-        x = _as_float(images[idx]).to(device)
+        x = _as_float(images[idx].to(device))
         y = labels[idx].to(device)
         adv = pgd(model, x, y, eps, step_size, steps, attack, num_classes, seed + i)
-        robust[idx] = predict(model, adv).cpu() == labels[idx]
+        robust[idx] = (predict(model, adv) == y).to(robust.device)
     return robust
 
 

@@ -17,8 +17,13 @@ from typing import Any
 from .errors import ConfigError, check_choice, check_float, check_int
 
 SCHEDULE_KINDS = ("official", "log", "every")
-#: Fields that say where things are, not what is computed: they do not change a run's identity.
-NOT_IDENTITY = ("data_dir",)
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+#: Fields that say where or how fast things run, not what is computed: they do not change a
+#: run's identity (compiling and merging adapters for evaluation change rounding, not results).
+NOT_IDENTITY = ("data_dir", "compile", "merge_for_eval")
+#: Fields added after stores existed: hashed only when set away from their default, so that
+#: the stores made before them stay valid.
+HASHED_UNLESS_DEFAULT = {"precision": "auto"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,11 @@ class RunConfig:
     attack_steps: int = 15
     step_size_ratio: float = 0.25  # PGD step = ratio * eps (0.25/255 at 1/255)
     attack: str = "pgd"
+    # execution (DESIGN 5): "auto" is bf16 autocast on a GPU that has it (first layer and
+    # perturbation in fp32), fp32 elsewhere; the precision used is in the run's metadata.
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the model (worth it on a GPU for long runs)
+    merge_for_eval: bool = True  # evaluate LoRA/IA3/DoRA with their updates merged
 
     def __post_init__(self):
         object.__setattr__(self, "eps", tuple(float(e) for e in _as_list(self.eps)))
@@ -81,6 +91,9 @@ class RunConfig:
         check_float("grad_clip", self.grad_clip, low=0)
         check_float("step_size_ratio", self.step_size_ratio, low=0, low_open=True, high=1)
         check_choice("attack", self.attack, ATTACKS)
+        check_choice("precision", self.precision, PRECISION_CHOICES)
+        for name in ("compile", "merge_for_eval"):
+            check_choice(name, getattr(self, name), (True, False))
         if not self.eps:
             raise ConfigError("eps", self.eps, "one or more budgets in [0, 1]", "empty:")
         for e in self.eps:
@@ -104,6 +117,12 @@ class RunConfig:
             backbone = timm.create_model(self.model, pretrained=False,
                                          num_classes=task.classes, **self.model_kwargs)
         strategies.get(self.strategy).resolve(backbone, self.hparams)
+        if self.precision == "bf16":
+            from .models import keep_first_layer_fp32
+
+            if keep_first_layer_fp32(backbone, backbone.pretrained_cfg.get("first_conv")) is None:
+                raise ConfigError("precision", self.precision, ["auto", "fp32"], f"{self.model} "
+                                  "has no first layer that can be kept in fp32, so")
         return self
 
     # -- identity -----------------------------------------------------------------------------
@@ -117,7 +136,8 @@ class RunConfig:
 
     def run_id(self) -> str:
         """Stable hash of the full config (16 hex digits)."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY
+                    and not (k in HASHED_UNLESS_DEFAULT and v == HASHED_UNLESS_DEFAULT[k])}
         # Weights are identified by content, so a store is valid wherever the checkout lives.
         identity["weights"] = weights_identity(self.weights)
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))

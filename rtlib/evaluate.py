@@ -1,12 +1,14 @@
 """What is measured at each evaluation point of a run (the continuous-evaluation framework)."""
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import strategies
 from .attacks import eps_sweep, predict
 from .config import RunConfig, eps_label
 from .data import Split, TaskData
@@ -20,19 +22,37 @@ def accuracy(model: nn.Module, split: Split) -> tuple[float, torch.Tensor]:
 
 def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
                    train_eval: Split) -> dict[str, Any]:
-    """Clean train and test accuracy, robust accuracy at every eps, OOD accuracy per domain."""
+    """Clean train and test accuracy, robust accuracy at every eps, OOD accuracy per domain.
+
+    Also how much the attack did (``attacked``: images attacked, summed over the budgets) and
+    took (``attack_seconds``), so throughput can be read off any run.
+    """
     t0 = time.perf_counter()
     row: dict[str, Any] = {}
-    row["train_acc"], _ = accuracy(model, train_eval)
-    row["test_acc"], correct = accuracy(model, task.test)
-    robust = eps_sweep(model, task.test.images, task.test.labels, config.eps,
-                       step_size_ratio=config.step_size_ratio, steps=config.attack_steps,
-                       attack=config.attack, num_classes=task.num_classes, seed=config.seed,
-                       clean_correct=correct)
-    for eps in config.eps:
-        row[f"robust_acc@{eps_label(eps)}"] = robust[eps]
-    for domain, split in task.ood.items():
-        row[f"ood_acc@{domain}"], _ = accuracy(model, split)
+    context = strategies.merged(model) if config.merge_for_eval else contextlib.nullcontext()
+    with context:
+        row["train_acc"], _ = accuracy(model, train_eval)
+        row["test_acc"], correct = accuracy(model, task.test)
+        t_attack = time.perf_counter()
+        robust = eps_sweep(model, task.test.images, task.test.labels, config.eps,
+                           step_size_ratio=config.step_size_ratio, steps=config.attack_steps,
+                           attack=config.attack, num_classes=task.num_classes, seed=config.seed,
+                           clean_correct=correct)
+        _synchronize(task.test.images)
+        row["attack_seconds"] = time.perf_counter() - t_attack
+        for eps in config.eps:
+            row[f"robust_acc@{eps_label(eps)}"] = robust[eps]
+        for domain, split in task.ood.items():
+            row[f"ood_acc@{domain}"], _ = accuracy(model, split)
+    # Each budget attacks the survivors of the smaller one (eps_sweep); budget 0 attacks none.
+    budgets = sorted(e for e in set(config.eps) if e > 0)
+    survivors = [row["test_acc"]] + [robust[e] for e in budgets[:-1]]
+    row["attacked"] = int(round(len(task.test) * sum(survivors))) if budgets else 0
     row["test_n"] = len(task.test)
     row["eval_seconds"] = time.perf_counter() - t0
     return row
+
+
+def _synchronize(tensor: torch.Tensor) -> None:
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)

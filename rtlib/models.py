@@ -3,9 +3,16 @@
 Normalization lives inside the model (:class:`NormalizedModel`): attacks, data loaders and users
 work in pixel space, and an L-infinity budget of ``eps`` means ``eps`` in [0, 1] pixels. (Given
 normalized inputs, torchattacks would silently scale the budget by ``1/std``; DESIGN 5.)
+
+Mixed precision is the model's own business too (:meth:`NormalizedModel.set_precision`): with
+bf16 the backbone runs under autocast, but the input, its normalization and the first layer (the
+patch embedding) stay in fp32. bf16 has 8 significant bits: near 1.0 its spacing is 1/128, so a
+PGD step of 0.25/255 added to an image would mostly round away and the attack would silently
+weaken (DESIGN 5). The first layer turns the perturbed pixels into features in full precision.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +26,56 @@ from .errors import ConfigError
 #: ``weights=`` values that mean "download timm's pretrained weights" (the only networked path).
 HUB_WEIGHTS = ("hub", "timm")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+#: Compute precisions a model can run in (``None``/"fp32": plain fp32).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+class _FirstLayerFP32:
+    """Mixin for the first layer: always computes in fp32, also inside a bf16 autocast region."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.to(self.weight.dtype))  # fp32 unless the weights are not
+
+
+def exact_convolutions():
+    """A context without TF32 convolutions (cuDNN's default on Ampere and newer GPUs).
+
+    TF32 keeps 10 significant bits, too few for a 0.25/255 step as well; in a ViT the patch
+    embedding is the only convolution, so this costs nothing elsewhere. A no-op on the CPU.
+    """
+    cudnn = torch.backends.cudnn
+    if not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                       deterministic=cudnn.deterministic, allow_tf32=False)
+
+
+class FirstConv2dFP32(_FirstLayerFP32, nn.Conv2d):
+    pass
+
+
+class FirstLinearFP32(_FirstLayerFP32, nn.Linear):
+    pass
+
+
+def keep_first_layer_fp32(backbone: nn.Module, name: str | None) -> str | None:
+    """Make the layer ``name`` (timm's ``first_conv``) compute in fp32 under autocast.
+
+    The module's class is swapped for an fp32 subclass in place: parameter names, state dicts
+    and peft wrapping are unchanged. Returns the name, or ``None`` when there is no such layer.
+    """
+    if not name:
+        return None
+    try:
+        layer = backbone.get_submodule(name)
+    except AttributeError:
+        return None
+    for base, fp32 in ((nn.Conv2d, FirstConv2dFP32), (nn.Linear, FirstLinearFP32)):
+        if type(layer) is base:
+            layer.__class__ = fp32
+            return name
+    return name if isinstance(layer, _FirstLayerFP32) else None
 
 
 class NormalizedModel(nn.Module):
@@ -32,9 +89,29 @@ class NormalizedModel(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
+        self.compute_dtype: torch.dtype | None = None  # None: fp32
+        self.fp32_first_layer: str | None = None  # set by build()
+
+    def set_precision(self, precision: str | None) -> "NormalizedModel":
+        """``"fp32"`` (or ``None``) or ``"bf16"`` (autocast, first layer kept in fp32)."""
+        from .errors import check_choice
+
+        if precision is None:
+            precision = "fp32"
+        check_choice("precision", precision, PRECISIONS)
+        if precision != "fp32" and self.fp32_first_layer is None:
+            raise ConfigError("precision", precision, ["fp32"],
+                              "this model's first layer cannot be kept in fp32, so")
+        self.compute_dtype = PRECISIONS[precision]
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone((images - self.mean) / self.std)
+        x = (images.float() - self.mean) / self.std
+        if self.compute_dtype is None:
+            return self.backbone(x)
+        with torch.autocast(x.device.type, dtype=self.compute_dtype):
+            # fp32 logits: the loss (and an attack's gradient) start from full precision.
+            return self.backbone(x).float()
 
     @property
     def timm_model(self) -> nn.Module:
@@ -102,6 +179,7 @@ def build(
     wrapped = NormalizedModel(model, mean or cfg.get("mean", (0.5, 0.5, 0.5)),
                               std or cfg.get("std", (0.5, 0.5, 0.5)))
     wrapped.model_name, wrapped.num_classes = name, num_classes
+    wrapped.fp32_first_layer = keep_first_layer_fp32(model, cfg.get("first_conv"))
     wrapped.weights = None if weights is None else str(weights)
     return wrapped
 

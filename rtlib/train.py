@@ -5,9 +5,15 @@ config's schedule; the rows go to the results store in one atomic write when the
 After each evaluation point the training state is checkpointed (atomically) under
 ``results_dir/partial``, so a run that is killed resumes from its last point and finishes with
 the same numbers as an uninterrupted one. Running a config that is complete is a no-op.
+
+The fast path (on by default where it is safe): bf16 autocast on a GPU, with the input, its
+normalization, the first layer and the attack's perturbation in fp32 (:mod:`rtlib.models`);
+only clean-correct images attacked (:mod:`rtlib.attacks`); the data kept as uint8 on the device
+and converted there; LoRA/IA3/DoRA merged for evaluation; ``compile=True`` adds torch.compile.
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -31,6 +37,28 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device, model=None) -> str:
+    """``"auto"``: bf16 on a GPU that supports it (and a model whose first layer can stay in
+    fp32), fp32 elsewhere (a CPU without bf16 units gains nothing from it)."""
+    if precision != "auto":
+        return precision
+    usable = model is None or model.fp32_first_layer is not None
+    return "bf16" if usable and device.type == "cuda" and torch.cuda.is_bf16_supported() \
+        else "fp32"
+
+
+def on_device(task: data.TaskData, device: torch.device) -> data.TaskData:
+    """The task's splits on ``device``, still uint8 (4x less memory than float)."""
+    if device.type == "cpu":
+        return task
+
+    def move(split: data.Split) -> data.Split:
+        return data.Split(split.images.to(device), split.labels.to(device))
+
+    return dataclasses.replace(task, train=move(task.train), test=move(task.test),
+                               ood={k: move(v) for k, v in task.ood.items()})
 
 
 def model_input_size(config: RunConfig) -> int:
@@ -100,9 +128,20 @@ def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a write that was killed
         stale.unlink(missing_ok=True)
     device = resolve_device(device)
+    with models.exact_convolutions():  # fp32 first layer means fp32, not TF32 (DESIGN 5)
+        return _run(config, results_dir, device, path, progress)
+
+
+def _run(config: RunConfig, results_dir, device: torch.device, path: Path,
+         progress: bool) -> Path:
     task, model = prepare(config)
     trainable, total = models.count_parameters(model)
     model.to(device)
+    precision = resolve_precision(config.precision, device, model)
+    model.set_precision(precision)
+    if config.compile:
+        model.compile()  # in place: parameter names and checkpoints are unchanged
+    task = on_device(task, device)
     train_eval = task.train.subset(config.train_eval_size)
     opt = adamw(model, config.lr, config.weight_decay)
     sched = cosine_with_warmup(opt, config.warmup_steps, config.steps)
@@ -144,6 +183,7 @@ def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
         t0 = time.perf_counter()
         model.train()
         idx = batches.next()
+        idx = idx.to(x_all.device)
         x = x_all[idx].to(device, non_blocking=True).float() / 255
         loss = F.cross_entropy(model(x), y_all[idx].to(device))
         if not torch.isfinite(loss):
@@ -158,7 +198,7 @@ def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
         sched.step()
         step += 1
         images_seen += len(idx)
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1  # .item() synchronizes
         train_seconds += time.perf_counter() - t0
         bar.update(1)
     bar.close()
@@ -167,6 +207,7 @@ def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine(),
             "seed": config.seed, "trainable": trainable, "total": total,
+            "precision": precision, "compiled": bool(config.compile),
             "classes": list(task.classes), "domain": task.domain,
             "ood_domains": list(task.ood), "points": points}
     out = store.write_run(results_dir, config, rows, meta)
