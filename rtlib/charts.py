@@ -45,17 +45,24 @@ def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None)
     Solid lines are clean accuracy, dashed lines robust accuracy (mean over seeds); a diamond
     marks each strategy's robust peak.
     """
-    runs = _mean_over_seeds(frame, ["test_acc", robust_col])
-    long = runs.melt(id_vars=["task", "strategy", "step"], value_vars=["test_acc", robust_col],
-                     var_name="metric", value_name="accuracy")
+    has_n = "test_n" in frame
+    runs = _mean_over_seeds(frame, ["test_acc", robust_col] + (["test_n"] if has_n else []))
+    long = runs.melt(id_vars=["task", "strategy", "step"] + (["test_n"] if has_n else []),
+                     value_vars=["test_acc", robust_col], var_name="metric",
+                     value_name="accuracy")
     long["metric"] = long["metric"].map({"test_acc": "clean", robust_col: "robust"})
+    tooltip = ["strategy:N", "metric:N", "step:Q", alt.Tooltip("accuracy:Q", format=".3f")]
+    if has_n:  # the evaluation subset's uncertainty, stated where the number is read
+        lo, hi = pareto.wilson_interval(long["accuracy"], long["test_n"])
+        long["ci95"] = [f"{a:.3f} to {b:.3f} ({n:.0f} images)"
+                        for a, b, n in zip(lo, hi, long["test_n"])]
+        tooltip.append(alt.Tooltip("ci95:N", title="95% interval"))
     order = _strategy_order(long["strategy"])
     sel, color, opacity = _legend_filter("strategy", order)
     ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000)
              if t <= long["step"].max()]
     x = alt.X("step:Q", scale=alt.Scale(type="symlog"), title="fine-tuning step (symlog)",
               axis=alt.Axis(values=ticks, format="~s"))
-    tooltip = ["strategy:N", "metric:N", "step:Q", alt.Tooltip("accuracy:Q", format=".3f")]
     lines = alt.Chart(long).mark_line(point=True).encode(
         x=x, y=alt.Y("accuracy:Q", title="test accuracy", scale=alt.Scale(domain=[0, 1])),
         color=color, strokeDash=alt.StrokeDash("metric:N", title="metric"),

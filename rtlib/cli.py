@@ -128,6 +128,9 @@ def run_overrides(args: argparse.Namespace) -> dict:
         given["eps"] = tuple(args.eps)
     if args.no_weights:
         given["weights"] = None
+    for flag in ("compile", "merge_for_eval"):
+        if getattr(args, flag, None) is not None:
+            given[flag] = getattr(args, flag)
     return given
 
 
@@ -179,6 +182,8 @@ RUN_OPTIONS = {
     "attack_steps": (_positive_int, "PGD iterations"),
     "step_size_ratio": (float, "PGD step size as a fraction of eps (0.25: 0.25/255 at 1/255)"),
     "attack": (str, "pgd, apgd or autoattack"),
+    "precision": (str, "auto (default: bf16 autocast on a GPU with the first layer and the "
+                       "perturbation in fp32, fp32 on the CPU), fp32 or bf16"),
 }
 
 
@@ -221,6 +226,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     for name, (kind, text) in RUN_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
     p.add_argument("--no-weights", action="store_true", help="random initialization")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (pays off on a GPU for long runs; compiling "
+                        "takes about a minute; numbers are unchanged)")
+    p.add_argument("--no-merge-eval", dest="merge_for_eval", action="store_false", default=None,
+                   help="evaluate LoRA/IA3/DoRA unmerged (default: merged, which is faster)")
     p.add_argument("--results-dir", default="results", help="results store (default: results)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

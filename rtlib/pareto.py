@@ -81,6 +81,19 @@ def relative(values: pd.Series) -> pd.Series:
     return values / mean - 1 if mean else values * np.nan
 
 
+def wilson_interval(accuracy, n, z: float = 1.96):
+    """95% Wilson score interval (lo, hi) of an accuracy measured on ``n`` images.
+
+    Evaluation uses subsets (``test_size`` images): at 256 images an accuracy of 0.5 is known
+    to about +-6 points, at 2,000 to about +-2. Works elementwise on arrays and Series.
+    """
+    p, n = np.asarray(accuracy, dtype=float), np.asarray(n, dtype=float)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
 def _binomial_resample(p: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.binomial(n, np.clip(p, 0, 1)) / n
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import RunConfig, eps_label
+from .pareto import wilson_interval
 
 META_KEY = b"rtlib"
 
@@ -103,11 +104,14 @@ def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) ->
     """A tidy DataFrame: one row per run and evaluation point.
 
     Columns: ``run_id``, the config fields of :data:`CONFIG_COLUMNS`, ``hparams`` (JSON),
-    ``eps`` (the run's first budget), ``trainable`` and ``total`` parameters, then the
+    ``eps`` (the run's first budget), ``trainable`` and ``total`` parameters, ``precision`` (fp32
+    or bf16, as run), then the
     evaluation columns (``step``, ``epoch``, ``images_seen``, ``train_loss``, ``train_acc``,
     ``test_acc``, ``robust_acc@<eps>`` per budget, ``robust_acc`` (at ``eps``),
-    ``ood_acc@<domain>``, ``train_seconds``, ``eval_seconds``). With ``configs``, only those
-    runs (the ones not yet run are absent).
+    ``test_acc_lo/hi`` and ``robust_acc_lo/hi`` (95% Wilson intervals over the ``test_n``
+    evaluation images), ``ood_acc@<domain>``, ``train_seconds``, ``eval_seconds``,
+    ``attack_seconds`` and ``attacked``). With ``configs``, only those runs (the ones not yet
+    run are absent).
     """
     wanted = None if configs is None else {c.run_id() for c in configs}
     frames = []
@@ -120,10 +124,16 @@ def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) ->
         eps0 = eps_label(cfg["eps"][0])
         # The run's first budget, under one name for every task (tasks may use other budgets).
         frame["robust_acc"] = frame[f"robust_acc@{eps0}"]
+        if "test_n" in frame:  # 95% intervals from the number of evaluation images
+            for col in ("test_acc", "robust_acc"):
+                frame[f"{col}_lo"], frame[f"{col}_hi"] = wilson_interval(frame[col],
+                                                                         frame["test_n"])
         front = {"run_id": meta["run_id"], **{k: cfg.get(k) for k in CONFIG_COLUMNS},
                  "eps": eps0,
                  "hparams": json.dumps(cfg.get("hparams", {}), sort_keys=True),
-                 "trainable": meta.get("trainable"), "total": meta.get("total")}
+                 "trainable": meta.get("trainable"), "total": meta.get("total"),
+                 # what the run computed in (stores from before the field: fp32)
+                 "precision": meta.get("precision", "fp32")}
         for i, (k, v) in enumerate(front.items()):
             frame.insert(i, k, [v] * len(frame))
         frames.append(frame)

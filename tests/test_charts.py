@@ -59,8 +59,11 @@ def _check(chart, fields):
 
 
 def test_trajectories(frame):
-    _check(charts.trajectories(frame[frame.task == "fonts"], ROBUST),
-           {"step", "accuracy", "strategy", "metric", "peak_step", "peak"})
+    spec = _check(charts.trajectories(frame[frame.task == "fonts"], ROBUST),
+                  {"step", "accuracy", "strategy", "metric", "peak_step", "peak", "ci95"})
+    # The tooltip states the evaluation subset's 95% interval (512 images: about +-4 points).
+    intervals = [v["ci95"] for rows in spec["datasets"].values() for v in rows if "ci95" in v]
+    assert intervals and all(i.endswith("(512 images)") for i in intervals)
 
 
 def test_frontier_path(frame):

@@ -166,3 +166,10 @@ def test_cli_options_reach_the_run_config():
     config = cli.run_config_from_args(args)
     assert config.eps == (1 / 255, 4 / 255)
     assert (config.steps, config.hparams, config.weights) == (7, {"rank": 4}, None)
+    assert (config.precision, config.compile, config.merge_for_eval) == ("auto", False, True)
+    args = cli.build_parser().parse_args(
+        ["sweep", "--tasks", "fonts", "--preset", "smoke", "--precision", "bf16", "--compile",
+         "--no-merge-eval"])
+    fields = cli.run_overrides(args)
+    assert (fields["precision"], fields["compile"], fields["merge_for_eval"]) == \
+        ("bf16", True, False)

@@ -124,3 +124,17 @@ def test_peak():
     p = pareto.peak(frame, "r").iloc[0]
     assert (p["peak_step"], p["peak"], p["final"]) == (10, 0.5, 0.3)
     assert p["drop"] == pytest.approx(0.2)
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    from rtlib.pareto import wilson_interval
+
+    lo, hi = wilson_interval([0.5, 0.0, 1.0], [256, 256, 256])
+    # p = 0.5, n = 256: centre 0.5, half-width 1.96 sqrt(1/1024 + 1.96^2/(4 * 256^2)) / (1 + 1.96^2/256)
+    assert lo[0] == pytest.approx(0.5 - 0.060796, abs=1e-5)
+    assert hi[0] == pytest.approx(0.5 + 0.060796, abs=1e-5)
+    # p = 0: [0, z^2/n / (1 + z^2/n)]; p = 1 mirrors it
+    assert lo[1] == 0 and hi[1] == pytest.approx(0.014784, abs=1e-5)
+    assert hi[2] == 1 and lo[2] == pytest.approx(1 - 0.014784, abs=1e-5)
+    narrow = wilson_interval(0.5, 2000)
+    assert narrow[1] - narrow[0] < hi[0] - lo[0]  # more images, tighter interval
