@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -221,6 +222,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options that set RunConfig fields and where runs go (``run`` and ``sweep``)."""
+    # argparse reads "-1/255" as an unknown option; let it reach _eps, which names the problem.
+    if hasattr(p, "_negative_number_matcher"):
+        p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(/\d*\.?\d+)?$")
     p.add_argument("--eps", type=_eps, nargs="+",
                    help="attack budgets in [0, 1] pixel units, e.g. 1/255 2/255")
     for name, (kind, text) in RUN_OPTIONS.items():
