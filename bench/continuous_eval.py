@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=2000, help="training images")
     parser.add_argument("--test-size", type=int, default=512, help="evaluation images")
     parser.add_argument("--schedule", default="log:6", help="evaluation schedule (default log:6)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (1e-3)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="rtlib's precision (auto: bf16 on a GPU, fp32 on the CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile rtlib's model")
@@ -126,7 +127,7 @@ def main() -> None:
                        weights=None if args.weights == "none" else args.weights,
                        model_kwargs=kwargs, train_size=args.train_size,
                        test_size=args.test_size, train_eval_size=512, steps=args.steps,
-                       batch_size=args.batch_size, lr=1e-3, schedule=args.schedule,
+                       batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                        eps=(2 / 255,), attack_steps=15, precision=args.precision,
                        compile=args.compile).validate()
     device = train.resolve_device(args.device)

@@ -140,11 +140,11 @@ def _run(config: RunConfig, results_dir, device: torch.device, path: Path,
     precision = resolve_precision(config.precision, device, model)
     model.set_precision(precision)
     if config.compile:
-        import torch._dynamo
+        from torch import _dynamo as dynamo  # (not "import torch._dynamo": that makes torch local)
 
         # One process may run several strategies, each a few graphs (training, evaluation,
         # attack): the default cap of 8 would silently send later runs back to eager mode.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
         model.compile()  # in place: parameter names and checkpoints are unchanged
     task = on_device(task, device)
     train_eval = task.train.subset(config.train_eval_size)
