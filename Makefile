@@ -37,11 +37,12 @@ $(VENV)/.book-installed: pyproject.toml $(VENV)/.torch-installed
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-# The book test reads the built smoke book in Debian's Chromium (through chromedriver).
+# The book test reads the built smoke book in Debian's Chromium (through chromedriver); the
+# torch.compile test needs a C++ compiler (inductor's CPU backend).
 browser:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v g++ >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver g++; \
 	fi
 
 test: $(VENV)/.test-installed browser
