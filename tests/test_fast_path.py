@@ -1,8 +1,10 @@
 """The fast path (issue 7): mixed precision that keeps attacks exact, merged adapters, compile.
 
-Everything here runs on the CPU, whose autocast has bf16 too: the same code runs on a GPU.
+Everything here runs on the CPU, whose autocast has bf16 too; on a GPU machine,
+``RTLIB_TEST_DEVICE=cuda pytest tests/test_fast_path.py`` runs the same checks there.
 """
 import copy
+import os
 
 import pytest
 import torch
@@ -13,6 +15,8 @@ from rtlib.config import RunConfig
 from rtlib.errors import ConfigError
 
 from .test_engine import tiny_config
+
+DEVICE = torch.device(os.environ.get("RTLIB_TEST_DEVICE", "cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,8 @@ def upstream():
     model = models.build(models.EMBEDDED_MODEL, 74).eval()
     model.backbone.load_state_dict(load_file(str(models.EMBEDDED_WEIGHTS)))
     task = data.load_task("upstream", 64, 256, 0, None, image_size=24)
-    return model, task.test.images.float() / 255, task.test.labels
+    return (model.to(DEVICE), task.test.images.to(DEVICE).float() / 255,
+            task.test.labels.to(DEVICE))
 
 
 def _robust(model, images, labels):
@@ -69,7 +74,7 @@ def test_bf16_model_keeps_the_first_layer_and_the_perturbation_in_fp32(upstream)
 
 
 def test_precision_is_validated():
-    model = models.build(models.EMBEDDED_MODEL, 3)
+    model = models.build(models.EMBEDDED_MODEL, 3).to(DEVICE)
     with pytest.raises(ConfigError, match="precision") as err:
         model.set_precision("fp16")
     assert err.value.field == "precision" and "bf16" in str(err.value)
@@ -105,14 +110,14 @@ def test_auto_precision_is_fp32_on_the_cpu_and_bf16_only_where_it_is_usable():
 def test_merged_evaluation_matches_and_restores_the_weights_bit_for_bit(name):
     torch.manual_seed(0)
     model = strategies.apply(models.build(models.EMBEDDED_MODEL, 5,
-                                          weights=str(models.EMBEDDED_WEIGHTS)), name)
+                                          weights=str(models.EMBEDDED_WEIGHTS)), name).to(DEVICE)
     with torch.no_grad():  # trained-looking adapters, so that merging changes the weights
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.rand(32, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(32, 3, 24, 24, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     with torch.no_grad():
         reference = model(x)
         with strategies.merged(model):
@@ -131,12 +136,12 @@ def test_merged_evaluation_matches_and_restores_the_weights_bit_for_bit(name):
 def test_compiled_bf16_run_and_merged_evaluation_give_the_runs_numbers(tmp_path):
     columns = ["step", "train_acc", "test_acc", "robust_acc@1/255", "robust_acc@4/255"]
     plain = tiny_config(steps=8, precision="bf16", merge_for_eval=False)
-    train.run(plain, tmp_path / "plain", progress=False)
+    train.run(plain, tmp_path / "plain", device=str(DEVICE), progress=False)
     expected = store.load(tmp_path / "plain")[columns]
     assert store.read_meta(store.run_path(tmp_path / "plain", plain))["precision"] == "bf16"
     for variant in (dict(merge_for_eval=True), dict(compile=True)):
         config = plain.replace(**variant)
-        path = train.run(config, tmp_path / str(variant), progress=False)
+        path = train.run(config, tmp_path / str(variant), device=str(DEVICE), progress=False)
         got = store.load(tmp_path / str(variant))[columns]
         # Same training (merging is undone exactly); evaluation may differ only by rounding.
         pd_diff = (got - expected).abs().max().max()
@@ -151,6 +156,7 @@ def test_compiled_bf16_run_and_merged_evaluation_give_the_runs_numbers(tmp_path)
 
 def test_run_keeps_its_config_precision_in_the_metadata(tmp_path):
     config = tiny_config(steps=2, schedule="every:2")
-    path = train.run(config, tmp_path, progress=False)
-    assert store.read_meta(path)["precision"] == "fp32"  # auto on the CPU
+    path = train.run(config, tmp_path, device=str(DEVICE), progress=False)
+    auto = "bf16" if DEVICE.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    assert store.read_meta(path)["precision"] == auto
     assert RunConfig.from_dict(store.read_meta(path)["config"]) == config
