@@ -39,6 +39,53 @@ def final_points(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values("step").groupby("run_id").tail(1)
 
 
+def compute_cost(frame: pd.DataFrame) -> pd.DataFrame:
+    """Where the time went, per strategy (summed over its runs).
+
+    Columns: ``runs``; ``train_img_s`` (training images per second); ``attack_img_s``
+    (attacked images per second: clean-correct ones, then the survivors of each smaller
+    budget); ``attacked_share`` (attacked images / test images x budgets, what attacking
+    every image at every budget would cost); ``eval_share`` (evaluation's share of the runs'
+    time); ``precision``. Runs stored before the attack columns existed give NaN there.
+    """
+    frame = frame.copy()
+    for col in ("attacked", "attack_seconds"):
+        if col not in frame:
+            frame[col] = np.nan
+    if "precision" not in frame:
+        frame["precision"] = "fp32"
+    budgets = len([c for c in frame.columns if c.startswith("robust_acc@")])
+    frame["offered"] = frame["test_n"] * budgets
+    sums = frame.groupby("strategy").agg(
+        eval_s=("eval_seconds", "sum"), attacked=("attacked", lambda a: a.sum(min_count=1)),
+        attack_s=("attack_seconds", lambda a: a.sum(min_count=1)), offered=("offered", "sum"))
+    ends = final_points(frame).groupby("strategy").agg(
+        runs=("run_id", "nunique"), images=("images_seen", "sum"),
+        train_s=("train_seconds", "sum"), precision=("precision", _joined))
+    out = ends.join(sums)
+    return pd.DataFrame({
+        "runs": out["runs"],
+        "train_img_s": out["images"] / out["train_s"],
+        "attack_img_s": out["attacked"] / out["attack_s"],
+        "attacked_share": out["attacked"] / out["offered"],
+        "eval_share": out["eval_s"] / (out["eval_s"] + out["train_s"]),
+        "precision": out["precision"],
+    }).reindex([s for s in strategy_order(frame) if s in out.index])
+
+
+def _joined(values: pd.Series) -> str:
+    return ", ".join(sorted(set(map(str, values))))
+
+
+def strategy_order(frame: pd.DataFrame) -> list[str]:
+    """The paper's order, then any others (extensions) as they appear."""
+    from .strategies import PAPER_STRATEGIES
+
+    present = list(dict.fromkeys(frame["strategy"]))
+    return [s for s in PAPER_STRATEGIES if s in present] + \
+        [s for s in present if s not in PAPER_STRATEGIES]
+
+
 def task_order(frame: pd.DataFrame) -> list[str]:
     """Tasks from nearest to farthest from upstream: by the linear probe's final clean
     accuracy (a linear read-out of the pre-trained features), highest first. Without linear

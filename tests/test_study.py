@@ -62,3 +62,26 @@ def test_task_order_uses_the_linear_probe():
     sim = study.similarity(frame)
     assert list(sim.index) == ["near", "mid", "far"]
     assert sim["linear_probe_accuracy"].is_monotonic_decreasing
+
+
+def test_compute_cost_adds_up_per_strategy():
+    rows = []
+    for strategy, attacked in (("full", [40, 30]), ("lora", [50, 45])):
+        for seed in (0, 1):
+            for i, step in enumerate((0, 10)):
+                rows.append({"run_id": f"{strategy}{seed}", "task": "t", "strategy": strategy,
+                             "seed": seed, "step": step, "test_acc": 0.5, "robust_acc@2/255": 0.2,
+                             "test_n": 100, "images_seen": step * 32,
+                             "train_seconds": step * 0.5, "eval_seconds": 2.0,
+                             "attack_seconds": 1.0, "attacked": attacked[i],
+                             "precision": "fp32"})
+    cost = study.compute_cost(pd.DataFrame(rows))
+    assert list(cost.index) == ["full", "lora"]  # the paper's order
+    assert cost.loc["full", "runs"] == 2
+    assert cost.loc["full", "train_img_s"] == 320 / 5  # 320 images in 5 s per run
+    assert cost.loc["full", "attack_img_s"] == (40 + 30) * 2 / 4  # 140 images in 4 s
+    assert cost.loc["lora", "attacked_share"] == (50 + 45) * 2 / 400
+    assert cost.loc["full", "eval_share"] == 8 / (8 + 10)
+    old = pd.DataFrame(rows).drop(columns=["attacked", "attack_seconds", "precision"])
+    legacy = study.compute_cost(old)  # a store from before the attack columns
+    assert legacy["attack_img_s"].isna().all() and (legacy["precision"] == "fp32").all()
