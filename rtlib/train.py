@@ -45,8 +45,9 @@ def resolve_precision(precision: str, device: torch.device, model=None) -> str:
     if precision != "auto":
         return precision
     usable = model is None or model.fp32_first_layer is not None
-    return "bf16" if usable and device.type == "cuda" and torch.cuda.is_bf16_supported() \
-        else "fp32"
+    # Emulated bf16 (GPUs before Ampere) is slower than fp32: native support only.
+    native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16" if usable and native else "fp32"
 
 
 def on_device(task: data.TaskData, device: torch.device) -> data.TaskData:
