@@ -232,7 +232,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-weights", action="store_true", help="random initialization")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model (pays off on a GPU for long runs; compiling "
-                        "takes about a minute; numbers are unchanged)")
+                        "takes about a minute; numbers agree up to rounding)")
     p.add_argument("--no-merge-eval", dest="merge_for_eval", action="store_false", default=None,
                    help="evaluate LoRA/IA3/DoRA unmerged (default: merged, which is faster)")
     p.add_argument("--results-dir", default="results", help="results store (default: results)")
