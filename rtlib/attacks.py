@@ -9,7 +9,7 @@ non-robust whatever the attack does), which changes no number and saves the work
 Precision: the perturbation is always fp32 (torchattacks works on the float images it is
 given). A model set to bf16 (:meth:`rtlib.models.NormalizedModel.set_precision`) runs its
 backbone under autocast but its first layer in fp32, and TF32 convolutions are off during an
-attack; ``tests/test_attacks.py`` checks that this agrees with a pure-fp32 attack.
+attack; ``tests/test_fast_path.py`` checks that this agrees with a pure-fp32 attack.
 """
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ STRATEGY_ORDER = ["full", "linear_probe", "bitfit", "lora", "ia3", "adapter", "c
                   "dora"]
 
 
-def _strategy_order(values) -> list[str]:
+def strategy_order(values) -> list[str]:
+    """The strategies in ``values`` in the paper's order, then any others alphabetically."""
     present = list(dict.fromkeys(values))
     return [s for s in STRATEGY_ORDER if s in present] + \
         sorted(s for s in present if s not in STRATEGY_ORDER)
@@ -57,7 +58,7 @@ def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None)
         long["ci95"] = [f"{a:.3f} to {b:.3f} ({n:.0f} images)"
                         for a, b, n in zip(lo, hi, long["test_n"])]
         tooltip.append(alt.Tooltip("ci95:N", title="95% interval"))
-    order = _strategy_order(long["strategy"])
+    order = strategy_order(long["strategy"])
     sel, color, opacity = _legend_filter("strategy", order)
     ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000)
              if t <= long["step"].max()]
@@ -92,7 +93,7 @@ def _staircase(front: pd.DataFrame) -> pd.DataFrame:
 def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
     """The path of each run in the (clean, robust) plane, with its Pareto frontier (staircase)."""
     runs = _mean_over_seeds(frame, ["test_acc", robust_col])
-    order = _strategy_order(runs["strategy"])
+    order = strategy_order(runs["strategy"])
     sel, color, opacity = _legend_filter("strategy", order)
     path = alt.Chart(runs).mark_line(point=True, strokeWidth=1).encode(
         x=alt.X("test_acc:Q", title="clean accuracy", scale=alt.Scale(domain=[0, 1])),
@@ -129,7 +130,7 @@ def aupf_heatmap(table: pd.DataFrame, title: str | None = None,
     t = table.copy()
     tasks = list(task_order) if task_order is not None else sorted(t["task"].unique())
     t["label"] = [f"{a:.3f} ({r:+.0%})" for a, r in zip(t["aupf"], t["relative"])]
-    order = _strategy_order(t["strategy"])
+    order = strategy_order(t["strategy"])
     sel = alt.selection_point(fields=["strategy"], bind="legend")
     base = alt.Chart(t).encode(
         x=alt.X("task:N", title="task", sort=tasks),
@@ -190,7 +191,7 @@ def paper_vs_ours(ours: pd.DataFrame, paper: pd.DataFrame, title: str | None = N
     both = pd.concat([a[["setting", "source", "strategy", "aupf", "relative"]],
                       b[["setting", "source", "strategy", "aupf", "relative"]]])
     both["label"] = [f"{r:+.0%}" for r in both["relative"]]
-    order = _strategy_order(both["strategy"])
+    order = strategy_order(both["strategy"])
     sel = alt.selection_point(fields=["source"], bind="legend")
     base = alt.Chart(both).encode(
         x=alt.X("setting:N", sort=list(dict.fromkeys(both["setting"])), title=None),

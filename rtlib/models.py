@@ -21,7 +21,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, check_choice
 
 #: ``weights=`` values that mean "download timm's pretrained weights" (the only networked path).
 HUB_WEIGHTS = ("hub", "timm")
@@ -94,8 +94,6 @@ class NormalizedModel(nn.Module):
 
     def set_precision(self, precision: str | None) -> "NormalizedModel":
         """``"fp32"`` (or ``None``) or ``"bf16"`` (autocast, first layer kept in fp32)."""
-        from .errors import check_choice
-
         if precision is None:
             precision = "fp32"
         check_choice("precision", precision, PRECISIONS)

@@ -105,9 +105,9 @@ def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) ->
 
     Columns: ``run_id``, the config fields of :data:`CONFIG_COLUMNS`, ``hparams`` (JSON),
     ``eps`` (the run's first budget), ``trainable`` and ``total`` parameters, ``precision`` (fp32
-    or bf16, as run), then the
-    evaluation columns (``step``, ``epoch``, ``images_seen``, ``train_loss``, ``train_acc``,
-    ``test_acc``, ``robust_acc@<eps>`` per budget, ``robust_acc`` (at ``eps``),
+    or bf16, as run), then the evaluation columns (``step``, ``epoch``, ``images_seen``,
+    ``train_loss``, ``train_acc``, ``test_acc``, ``robust_acc@<eps>`` per budget,
+    ``robust_acc`` (at ``eps``),
     ``test_acc_lo/hi`` and ``robust_acc_lo/hi`` (95% Wilson intervals over the ``test_n``
     evaluation images), ``ood_acc@<domain>``, ``train_seconds``, ``eval_seconds``,
     ``attack_seconds`` and ``attacked``). With ``configs``, only those runs (the ones not yet

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from . import pareto, store, sweep
+from . import charts, pareto, store, sweep
 from .config import RunConfig
 
 
@@ -54,8 +54,8 @@ def compute_cost(frame: pd.DataFrame) -> pd.DataFrame:
             frame[col] = np.nan
     if "precision" not in frame:
         frame["precision"] = "fp32"
-    budgets = len([c for c in frame.columns if c.startswith("robust_acc@")])
-    frame["offered"] = frame["test_n"] * budgets
+    # The budgets each run attacked (tasks may use different ones).
+    frame["offered"] = frame["test_n"] * frame[store.robust_columns(frame)].notna().sum(axis=1)
     sums = frame.groupby("strategy").agg(
         eval_s=("eval_seconds", "sum"), attacked=("attacked", lambda a: a.sum(min_count=1)),
         attack_s=("attack_seconds", lambda a: a.sum(min_count=1)), offered=("offered", "sum"))
@@ -70,20 +70,11 @@ def compute_cost(frame: pd.DataFrame) -> pd.DataFrame:
         "attacked_share": out["attacked"] / out["offered"],
         "eval_share": out["eval_s"] / (out["eval_s"] + out["train_s"]),
         "precision": out["precision"],
-    }).reindex([s for s in strategy_order(frame) if s in out.index])
+    }).reindex(charts.strategy_order(out.index))
 
 
 def _joined(values: pd.Series) -> str:
     return ", ".join(sorted(set(map(str, values))))
-
-
-def strategy_order(frame: pd.DataFrame) -> list[str]:
-    """The paper's order, then any others (extensions) as they appear."""
-    from .strategies import PAPER_STRATEGIES
-
-    present = list(dict.fromkeys(frame["strategy"]))
-    return [s for s in PAPER_STRATEGIES if s in present] + \
-        [s for s in present if s not in PAPER_STRATEGIES]
 
 
 def task_order(frame: pd.DataFrame) -> list[str]:
