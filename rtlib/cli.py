@@ -80,6 +80,7 @@ PRETRAIN_HELP = {
     "seed": "seed of the renderer, the initialization and the sampling",
     "checkpoint_every": "steps between resumable training-state checkpoints",
     "threads": "torch CPU threads (0: torch's default)",
+    "init": "warm start from this pretrain checkpoint (a second stage; '': from scratch)",
 }
 
 

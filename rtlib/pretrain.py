@@ -8,6 +8,7 @@ the output, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import models
-from .errors import check_float, check_int
+from .errors import ConfigError, check_float, check_int
 from .optim import adamw, cosine_with_warmup, seed_everything
 
 
@@ -38,6 +39,7 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    init: str = ""  # warm start: a checkpoint written by pretrain (backbone and head)
 
     def validate(self) -> "PretrainConfig":
         for name in ("steps", "batch_size", "train_images", "test_images", "checkpoint_every"):
@@ -47,6 +49,9 @@ class PretrainConfig:
         check_float("lr", self.lr, low=0, low_open=True)
         check_float("weight_decay", self.weight_decay, low=0)
         check_float("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        if self.init and not Path(self.init).is_file():
+            raise ConfigError("init", self.init, "an existing checkpoint written by pretrain",
+                              "file not found:")
         return self
 
 
@@ -94,6 +99,13 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
 
     spec = glyphs.specs()["upstream"]
     model = models.build(models.EMBEDDED_MODEL, len(spec.classes))
+    init_meta = {}
+    if config.init:  # a second stage: continue from an earlier checkpoint (same task and head)
+        from safetensors.torch import load_file
+
+        model.backbone.load_state_dict(load_file(config.init))
+        init_meta = checkpoint_metadata(Path(config.init))
+        init_meta["sha256"] = hashlib.sha256(Path(config.init).read_bytes()).hexdigest()
     opt = adamw(model, config.lr, config.weight_decay)
     sched = cosine_with_warmup(opt, config.warmup_steps, config.steps)
     gen = torch.Generator().manual_seed(config.seed)
@@ -141,12 +153,15 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
     meta = {
         "model": models.EMBEDDED_MODEL, "task": "glyphs/upstream", "classes": len(spec.classes),
         "config": asdict(config), "upstream_test_accuracy": test_acc,
-        "test_images": config.test_images, "images_seen": config.steps * config.batch_size,
-        "train_seconds": round(train_s, 1), "render_seconds": round(render_s, 1),
+        "test_images": config.test_images,
+        "images_seen": config.steps * config.batch_size + init_meta.get("images_seen", 0),
+        "train_seconds": round(train_s + init_meta.get("train_seconds", 0), 1), "render_seconds": round(render_s, 1),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "command": "python -m rtlib pretrain " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in asdict(config).items()),
         "history": history,
+        # The earlier stage this one continued from, with its own command and history.
+        "init": init_meta or None,
     }
     state = {k: v.contiguous() for k, v in model.backbone.state_dict().items()}
     tmp = out.with_name(out.name + ".tmp")

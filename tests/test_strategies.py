@@ -26,19 +26,24 @@ INTENDED = {
     "dora": lambda n: ("lora_A" in n or "lora_B" in n or "lora_magnitude" in n) or _is_head(n),
     "ia3": lambda n: "ia3_l" in n or _is_head(n),
     "adapter": lambda n: ".adapter." in n or _is_head(n),
-    "compacter": lambda n: ".adapter." in n or "compacter_rules" in n or _is_head(n),
+    "compacter": lambda n: ".adapter." in n or "compacter_rule" in n or _is_head(n),
 }
 # ... and how many there are, counted by hand for width 64, depth 2, MLP 256, rank 8.
 EXPECTED_COUNT = {
     "linear_probe": HEAD_SIZE,
-    "lora": DEPTH * 8 * ((D + 3 * D) + (D + 4 * D) + (4 * D + D)) + HEAD_SIZE,
-    "dora": DEPTH * (8 * 14 * D + 3 * D + 4 * D + D) + HEAD_SIZE,
-    "ia3": DEPTH * (3 * D + 4 * D) + HEAD_SIZE,  # qkv outputs, fc2 inputs
+    # separate q, k, v (64 -> 64 each), fc1 (64 -> 256), fc2 (256 -> 64)
+    "lora": DEPTH * 8 * (3 * (D + D) + (D + 4 * D) + (4 * D + D)) + HEAD_SIZE,
+    "dora": DEPTH * (8 * 16 * D + 3 * D + 4 * D + D) + HEAD_SIZE,
+    "ia3": DEPTH * (D + D + 4 * D + D) + HEAD_SIZE,  # outputs of k, v, fc1 and fc2
     "adapter": DEPTH * 2 * ((D * 8 + 8) + (8 * D + D)) + HEAD_SIZE,  # width 64/8 = 8
     # width ceil(64/32 / 4) * 4 = 4; down: s 4x16x1, t 4x1x1, bias 4; up: s 4x1x1, t 4x1x16,
-    # bias 64; two shared 4x4x4 rules.
-    "compacter": DEPTH * 2 * ((64 + 4 + 4) + (4 + 64 + 64)) + 2 * 64 + HEAD_SIZE,
+    # bias 64; one 4x4x4 rule shared by every layer.
+    "compacter": DEPTH * 2 * ((64 + 4 + 4) + (4 + 64 + 64)) + 64 + HEAD_SIZE,
 }
+# The official initializations (tests/test_official.py): LoRA's B and (IA)^3's vectors make the
+# adapted model start exactly as the base model; the bottleneck adapter's "bert" initialization
+# does not; Compacter's rule of scale 1e-4 starts it within a whisker of the base model.
+STARTS_EXACTLY_AT_BASE = {"full", "linear_probe", "bitfit", "lora", "ia3", "dora"}
 ALL = strategies.names()
 
 
@@ -64,11 +69,17 @@ def test_exactly_the_intended_parameters_train(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_adapted_model_starts_as_the_base_model(name, batch):
+def test_adapted_model_starts_where_the_official_one_does(name, batch):
     base = build_tiny().eval()
     adapted = strategies.apply(copy.deepcopy(base), name).eval()
     with torch.no_grad():
-        assert torch.allclose(adapted(batch[0]), base(batch[0]), atol=1e-5, rtol=0)
+        gap = (adapted(batch[0]) - base(batch[0])).abs().max().item()
+    if name in STARTS_EXACTLY_AT_BASE:
+        assert gap <= 1e-5
+    elif name == "compacter":
+        assert 0 < gap < 1e-3
+    else:
+        assert gap > 1e-3
 
 
 def _train(model, batch, steps=8, lr=3e-3):
@@ -120,10 +131,52 @@ def test_compacter_weight_is_a_sum_of_kronecker_products():
     blocks = phm.s @ phm.t
     expected = sum(torch.kron(phm.rules[i], blocks[i]) for i in range(phm.n))
     assert torch.allclose(phm.weight(), expected, atol=1e-6)
-    # The rules are shared: one tensor for every down-projection of the network.
-    other = model.backbone.blocks[1].mlp.adapter.down
-    assert other.rules is phm.rules
-    assert sum("compacter_rules" in n for n, _ in model.named_parameters()) == 2
+    # The rule is shared: one tensor for every projection of the network, down and up.
+    for other in (model.backbone.blocks[1].mlp.adapter.down, phm_up(model)):
+        assert other.rules is phm.rules
+    assert sum("compacter_rule" in n for n, _ in model.named_parameters()) == 1
+
+
+def phm_up(model):
+    return model.backbone.blocks[1].mlp.adapter.up
+
+
+def test_separate_q_k_v_compute_the_fused_projection_and_train_independently(batch):
+    """LoRA on q, k, v: the split is the same function as timm's fused qkv, and each of the
+    three updates only changes its own third of the attention input."""
+    base = build_tiny().eval()
+    model = strategies.apply(copy.deepcopy(base), "lora").eval()
+    attn = model.backbone.base_model.model.blocks[0].attn
+    fused = base.backbone.blocks[0].attn.qkv
+    tokens = torch.randn(2, 5, D)
+    with torch.no_grad():
+        assert torch.allclose(attn.qkv(tokens), fused(tokens), atol=1e-6)
+        for i, part in enumerate("qkv"):
+            before = attn.qkv(tokens)
+            getattr(attn.qkv, part).lora_B["default"].weight.normal_()
+            moved = (attn.qkv(tokens) - before).abs().amax(dim=(0, 1)).reshape(3, D).amax(1)
+            assert moved[i] > 0 and moved.sum() == moved[i], (part, moved)
+    # A fused timm state dict still loads into the split model (sliced on the way in).
+    copy_ = strategies.apply(build_tiny(seed=3), "lora")
+    copy_.backbone.base_model.model.load_state_dict(base.backbone.state_dict(), strict=False)
+    with torch.no_grad():
+        assert torch.equal(copy_.backbone.base_model.model.blocks[0].attn.qkv.k.base_layer.weight,
+                           fused.weight[D:2 * D])
+
+
+def test_ia3_scales_layer_outputs_so_zero_on_fc2_removes_the_mlp_branch(batch):
+    model = strategies.apply(build_tiny(), "ia3").eval()
+    block = model.backbone.base_model.model.blocks[0]
+    tokens = torch.randn(2, 5, D)
+    with torch.no_grad():
+        block.mlp.fc2.ia3_l["default"].zero_()
+        assert torch.equal(block.mlp(tokens), torch.zeros(2, 5, D))  # output (bias too) scaled
+        block.mlp.fc2.ia3_l["default"].fill_(1.0)
+        # fc1 is scaled before the GELU: 0 there gives GELU(0) = 0 into fc2, so only fc2's bias.
+        block.mlp.fc1.ia3_l["default"].zero_()
+        assert torch.allclose(block.mlp(tokens), block.mlp.fc2.base_layer.bias.expand(2, 5, D))
+        # The query is not scaled: only the keys and values are.
+        assert not hasattr(block.attn.qkv.q, "ia3_l")
 
 
 def test_hyperparameters_change_the_model():
@@ -137,9 +190,11 @@ def test_hyperparameters_change_the_model():
     ("lorra", {}, "strategy", "adapter, bitfit, compacter, dora, full, ia3, linear_probe, lora"),
     ("lora", {"rank": 0}, "lora.rank", "an integer >= 1"),
     ("lora", {"rank": 2.5}, "lora.rank", "an integer >= 1"),
-    ("lora", {"target_modules": ["qkv", "query"]}, "lora.target_modules", "fc1, fc2, proj, qkv"),
-    ("ia3", {"target_modules": ["v_proj"]}, "ia3.target_modules", "fc1, fc2, proj, qkv"),
-    ("ia3", {"feedforward_modules": ["fc1"]}, "ia3.feedforward_modules", "fc2, qkv"),
+    ("lora", {"target_modules": ["qkv", "query"]}, "lora.target_modules",
+     "fc1, fc2, k, proj, q, qkv, v"),
+    ("lora", {"target_modules": ["qkv", "q"]}, "lora.target_modules", "either qkv or any of q"),
+    ("ia3", {"target_modules": ["v_proj"]}, "ia3.target_modules", "fc1, fc2, k, proj, q, qkv, v"),
+    ("ia3", {"feedforward_modules": ["proj"]}, "ia3.feedforward_modules", "fc1, fc2, k, v"),
     ("adapter", {"reduction_factor": 0}, "adapter.reduction_factor", "a number in (0, inf]"),
     ("adapter", {"reduction_factor": -8}, "adapter.reduction_factor", "a number in (0, inf]"),
     ("adapter", {"positions": ["ffn"]}, "adapter.positions", "attn, mlp"),
@@ -159,16 +214,6 @@ def test_bad_input_names_the_field_and_the_allowed_values(name, hparams, field, 
     # Nothing was touched: the model can still be prepared.
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not getattr(model, "strategy", None)
-
-
-def test_paper_trainable_share_on_vit_b16():
-    """Within 20% (relative) of the official figures on ViT-B/16 with a 10-class head."""
-    torch.manual_seed(0)
-    rows = strategies.summary(models.build("vit_base_patch16_224", 10),
-                              strategies.PAPER_STRATEGIES)
-    for row in rows:
-        assert row["percent"] == pytest.approx(row["paper_percent"], rel=0.2), row
-    assert rows[0]["strategy"] == "full" and rows[0]["percent"] == 100.0
 
 
 def test_cli_strategies_json(capsys):

@@ -1,8 +1,11 @@
 """Bottleneck adapters (Houlsby et al., 2019), written here because peft has none.
 
 An adapter maps ``h -> h + up(act(down(h)))`` and sits on the output of a transformer
-sub-layer (attention, MLP), before that sub-layer's residual connection. ``up`` starts at zero,
-so an adapted model starts as exactly the pre-trained one.
+sub-layer (attention, MLP), before that sub-layer's residual connection, as the official code's
+``adapters`` configuration places it (``mh_adapter`` and ``output_adapter``). Both projections
+start as the official "bert" initialization, weights N(0, 0.02) and biases 0: unlike the zero-up
+initialization of some implementations, the adapted model does *not* start exactly as the
+pre-trained one.
 """
 from __future__ import annotations
 
@@ -82,13 +85,21 @@ def validate_common(prefix: str, hp: dict) -> dict:
     return hp
 
 
+BERT_INIT_STD = 0.02  # the adapters library's init_weights="bert"
+
+
+def bert_linear(in_features: int, out_features: int) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.normal_(layer.weight, std=BERT_INIT_STD)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def _adapter(backbone: nn.Module, hp: dict) -> nn.Module:
     def make(width: int) -> nn.Module:
         hidden = bottleneck_width(width, hp["reduction_factor"])
-        up = nn.Linear(hidden, width)
-        nn.init.zeros_(up.weight)
-        nn.init.zeros_(up.bias)
-        return Bottleneck(nn.Linear(width, hidden), up, hp["activation"])
+        return Bottleneck(bert_linear(width, hidden), bert_linear(hidden, width),
+                          hp["activation"])
     return insert(backbone, hp["positions"], make)
 
 

@@ -5,57 +5,50 @@ multiplication) layers: the weight is a sum of ``n`` Kronecker products
 
     W = sum_i  A_i ⊗ B_i,      A_i: n x n ("rules"),  B_i = s_i t_i^T: (in/n) x (out/n), rank r
 
-The rules ``A`` are shared by every adapter of the network (one set for down-projections, one for
-up-projections); the low-rank factors ``s, t`` belong to each layer. ``t`` of every
-up-projection starts at zero, so the adapted model starts as the pre-trained one.
+This follows the official code's configuration (the ``adapters`` library's ``CompacterConfig``
+defaults): one rule tensor A (n x n x n) shared by every PHM layer of the network, down- and
+up-projections alike, initialized N(0, 1e-4); the factors ``s_i``, ``t_i`` of each layer
+Xavier-normal; biases zero. Nothing is zeroed, so an adapted model starts within ~1e-4 of the
+pre-trained one, not exactly at it.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 from .adapter import Bottleneck, bottleneck_width, insert, model_width, validate_common
-from .base import ConfigError, Strategy, check_int
+from .base import ConfigError, Strategy, check_float, check_int
 
 
-class PHMRules(nn.Module):
-    """The shared Kronecker "rules" A (n x n x n), one set per projection direction."""
+class PHMRule(nn.Module):
+    """The Kronecker "rules" A (n x n x n)."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, std: float):
         super().__init__()
-        # Variance-preserving: Var(W) = n Var(A) Var(B), so Var(A) = 1/n keeps W at B's scale.
-        self.down = nn.Parameter(torch.randn(n, n, n) / math.sqrt(n))
-        self.up = nn.Parameter(torch.randn(n, n, n) / math.sqrt(n))
+        self.rule = nn.Parameter(torch.randn(n, n, n) * std)
 
 
 class PHMLinear(nn.Module):
     """``x @ W + b`` with ``W = sum_i A_i ⊗ (s_i t_i^T)``."""
 
-    def __init__(self, in_features: int, out_features: int, n: int, rank: int,
-                 rules: PHMRules, direction: str, zero_init: bool = False):
+    def __init__(self, in_features: int, out_features: int, n: int, rank: int, rule: PHMRule):
         super().__init__()
         if in_features % n or out_features % n:
             raise ValueError(f"PHM sizes {in_features}->{out_features} not divisible by n={n}")
-        self.in_features, self.out_features, self.n, self.direction = (
-            in_features, out_features, n, direction)
-        # A list, not an attribute: the shared rules must be registered (and saved) only once.
-        self._rules = [rules]
+        self.in_features, self.out_features, self.n = in_features, out_features, n
+        # A list, not an attribute: a shared rule must be registered (and saved) only once.
+        self._rule = [rule]
         p, q = in_features // n, out_features // n
         self.s = nn.Parameter(torch.empty(n, p, rank))
         self.t = nn.Parameter(torch.empty(n, rank, q))
         self.bias = nn.Parameter(torch.zeros(out_features))
-        bound = math.sqrt(6.0 / (p + q))  # Glorot-uniform on the factors
-        nn.init.uniform_(self.s, -bound, bound)
-        if zero_init:
-            nn.init.zeros_(self.t)
-        else:
-            nn.init.uniform_(self.t, -bound, bound)
+        for i in range(n):  # Xavier-normal per Kronecker term, as adapters' init_W does
+            nn.init.xavier_normal_(self.s.data[i])
+            nn.init.xavier_normal_(self.t.data[i])
 
     @property
     def rules(self) -> torch.Tensor:
-        return getattr(self._rules[0], self.direction)
+        return self._rule[0].rule
 
     def weight(self) -> torch.Tensor:
         blocks = self.s @ self.t  # (n, in/n, out/n): the B_i
@@ -81,36 +74,37 @@ def _validate(backbone: nn.Module, hp: dict) -> dict:
                           f"must divide the model width {width}:")
     if not isinstance(hp["shared_rules"], bool):
         raise ConfigError("compacter.shared_rules", hp["shared_rules"], [True, False])
+    hp["rule_init_std"] = check_float("compacter.rule_init_std", hp["rule_init_std"], low=0,
+                                      low_open=True, high=1)
     return hp
 
 
 def _compacter(backbone: nn.Module, hp: dict) -> nn.Module:
-    n, rank = hp["n"], hp["rank"]
-    shared = PHMRules(n)
-    backbone.compacter_rules = shared if hp["shared_rules"] else None
+    n, rank, std = hp["n"], hp["rank"], hp["rule_init_std"]
+    shared = PHMRule(n, std) if hp["shared_rules"] else None
+    backbone.compacter_rule = shared
 
     def make(width: int) -> nn.Module:
-        rules = shared if hp["shared_rules"] else PHMRules(n)
         hidden = bottleneck_width(width, hp["reduction_factor"], multiple=n)
-        module = Bottleneck(PHMLinear(width, hidden, n, rank, rules, "down"),
-                            PHMLinear(hidden, width, n, rank, rules, "up", zero_init=True),
-                            hp["activation"])
-        if not hp["shared_rules"]:
-            module.rules = rules
+        down_rule, up_rule = (shared, shared) if shared else (PHMRule(n, std), PHMRule(n, std))
+        module = Bottleneck(PHMLinear(width, hidden, n, rank, down_rule),
+                            PHMLinear(hidden, width, n, rank, up_rule), hp["activation"])
+        if not shared:  # registered with their layer
+            module.down_rule, module.up_rule = down_rule, up_rule
         return module
 
     backbone = insert(backbone, hp["positions"], make)
-    if hp["shared_rules"]:
+    if shared:
         shared.requires_grad_(True)  # insert() froze it with the rest of the backbone
     return backbone
 
 
 COMPACTER = Strategy(
     name="compacter", title="Compacter", information="intermediate", mechanism="add",
-    adapts="PHM adapters (n=4 Kronecker rules shared by all layers, rank-1 factors, width/32) "
+    adapts="PHM adapters (one n=4 rule tensor shared by all layers, rank-1 factors, width/32) "
            "after every attention and every MLP sub-layer",
     defaults={"reduction_factor": 32.0, "n": 4, "rank": 1, "shared_rules": True,
-              "positions": ("attn", "mlp"), "activation": "gelu"},
+              "rule_init_std": 1e-4, "positions": ("attn", "mlp"), "activation": "gelu"},
     prepare=_compacter, validate=_validate, paper_percent=0.07,
     reference="Karimi Mahabadi et al., Compacter (NeurIPS 2021)",
     notes="The bottleneck width is rounded up to a multiple of n.",
