@@ -26,6 +26,8 @@ from .peft_based import DORA, IA3, LORA
 from .select import BITFIT, FULL, LINEAR_PROBE
 
 REGISTRY: dict[str, Strategy] = {}
+#: The model the official trainable counts (``Strategy.official_trainable``) are for.
+OFFICIAL_COUNT_MODEL = "vit_base_patch16_224"
 
 
 def register(strategy: Strategy) -> Strategy:
@@ -164,6 +166,7 @@ def summary(model: NormalizedModel, strategies: Iterable[str] | None = None) -> 
         trainable, total = count_parameters(prepared)
         rows.append({"strategy": name, "title": s.title, "trainable": trainable, "total": total,
                      "percent": 100.0 * trainable / total, "paper_percent": s.paper_percent,
+                     "official_trainable": s.official_trainable,
                      "information": s.information, "mechanism": s.mechanism,
                      "in_paper": s.in_paper, "adapts": s.adapts})
         del prepared
@@ -180,9 +183,13 @@ def strategy_table(model: NormalizedModel, strategies: Iterable[str] | None = No
     import pandas as pd
 
     frame = pd.DataFrame(summary(model, strategies)).set_index("strategy")
-    frame["within 20% of paper"] = [
-        None if pd.isna(p) else bool(abs(r / p - 1) <= 0.2)
-        for r, p in zip(frame["percent"], frame["paper_percent"])]
-    return frame.rename(columns={"paper_percent": "paper %", "in_paper": "in paper"})[
+    # The official counts are for ViT-B/16 with a 10-class head: compared on that model only.
+    comparable = (getattr(model, "model_name", "").startswith(OFFICIAL_COUNT_MODEL)
+                  and getattr(model, "num_classes", None) == 10)
+    frame["equals official count"] = [
+        bool(t == o) if comparable and not pd.isna(o) else None
+        for t, o in zip(frame["trainable"], frame["official_trainable"])]
+    return frame.rename(columns={"paper_percent": "paper %", "in_paper": "in paper",
+                                 "official_trainable": "official count"})[
         ["title", "information", "mechanism", "adapts", "trainable", "total", "percent",
-         "paper %", "within 20% of paper", "in paper"]]
+         "paper %", "official count", "equals official count", "in paper"]]

@@ -39,8 +39,11 @@ class Strategy:
     #: ``validate(backbone, hparams) -> hparams``: raises ConfigError naming the bad field.
     validate: Callable[[nn.Module, dict], dict] = lambda backbone, hp: hp
     in_paper: bool = True
-    #: Trainable share on ViT-B/16 with a 10-class head, as counted by the official code.
+    #: Trainable share on ViT-B/16 with a 10-class head, as the paper reports it.
     paper_percent: float | None = None
+    #: Trainable parameters of the official configuration on ViT-B/16 with a 10-class head
+    #: (counted with the ``adapters`` library, pooler excluded; tests/test_official.py).
+    official_trainable: int | None = None
     reference: str = ""
     notes: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -105,7 +105,7 @@ COMPACTER = Strategy(
            "after every attention and every MLP sub-layer",
     defaults={"reduction_factor": 32.0, "n": 4, "rank": 1, "shared_rules": True,
               "rule_init_std": 1e-4, "positions": ("attn", "mlp"), "activation": "gelu"},
-    prepare=_compacter, validate=_validate, paper_percent=0.07,
+    prepare=_compacter, validate=_validate, paper_percent=0.07, official_trainable=64_778,
     reference="Karimi Mahabadi et al., Compacter (NeurIPS 2021)",
     notes="The bottleneck width is rounded up to a multiple of n.",
 )

@@ -141,7 +141,7 @@ LORA = Strategy(
     adapts="rank-8 updates B·A to the query, key and value projections and both MLP weight "
            "matrices, and the head",
     defaults=_LORA_DEFAULTS, prepare=_lora(use_dora=False), validate=_validate_lora("lora"),
-    paper_percent=1.36, reference="Hu et al., LoRA (ICLR 2022)",
+    paper_percent=1.36, official_trainable=1_187_338, reference="Hu et al., LoRA (ICLR 2022)",
     notes="timm's fused qkv is split into q, k and v (slices of the same weights) so that each "
           "gets its own update, as in the official code.",
 )
@@ -150,7 +150,7 @@ IA3 = Strategy(
     adapts="vectors rescaling the outputs of the key, value, first MLP (before GELU) and second "
            "MLP layers",
     defaults={"target_modules": ("k", "v", "fc1", "fc2"), "feedforward_modules": ()},
-    prepare=_ia3, validate=_validate_ia3, paper_percent=0.08,
+    prepare=_ia3, validate=_validate_ia3, paper_percent=0.08, official_trainable=72_202,
     reference="Liu et al., (IA)^3 (NeurIPS 2022)",
 )
 DORA = Strategy(

@@ -27,15 +27,15 @@ def _biases(backbone: nn.Module, hp: dict) -> nn.Module:
 
 FULL = Strategy(
     name="full", title="Full fine-tuning", information="excessive", mechanism="select",
-    adapts="every parameter", defaults={}, prepare=_full, paper_percent=100.0,
+    adapts="every parameter", defaults={}, prepare=_full, paper_percent=100.0, official_trainable=85_806_346,
 )
 LINEAR_PROBE = Strategy(
     name="linear_probe", title="Linear probing", information="peripheral", mechanism="select",
-    adapts="the classification head only", defaults={}, prepare=_head_only, paper_percent=0.01,
+    adapts="the classification head only", defaults={}, prepare=_head_only, paper_percent=0.01, official_trainable=7_690,
 )
 BITFIT = Strategy(
     name="bitfit", title="BitFit", information="peripheral", mechanism="select",
     adapts="every bias term (attention, MLP, LayerNorm, patch embedding) and the head",
-    defaults={}, prepare=_biases, paper_percent=0.13,
+    defaults={}, prepare=_biases, paper_percent=0.13, official_trainable=110_602,
     reference="Ben Zaken et al., BitFit (ACL 2022)",
 )
