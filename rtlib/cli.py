@@ -150,6 +150,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import store, train
 
     config = run_config_from_args(args).validate()
+    if args.dry_run:
+        described = train.describe(config)
+        if args.json:
+            print(json.dumps(described, indent=2))
+        else:
+            for key, value in described.items():
+                print(f"{key:>18}: {value}")
+        return 0
     path = store.run_path(args.results_dir, config)
     if path.exists():
         print(f"run {config.run_id()} is already complete: {path} (nothing to do)")
@@ -173,11 +181,19 @@ RUN_OPTIONS = {
     "test_size": (_positive_int, "evaluation images (test set and each OOD domain)"),
     "train_eval_size": (_positive_int, "training images scored at each evaluation point"),
     "data_seed": (int, "seed of the data (rendering, subsets)"),
-    "steps": (_positive_int, "optimizer steps"),
+    "steps": (_positive_int, "optimizer steps (when --epochs is 0)"),
+    "epochs": (int, "passes over the training split; > 0 replaces --steps (the official "
+                    "setting counts in epochs)"),
+    "val_fraction": (float, "share of the training images held out as a validation split, "
+                            "scored at every point (the official code holds out 0.1)"),
+    "lr_schedule": (str, "after the warm-up: cosine, linear (decay to 0) or constant"),
+    "ood_train_domains": (str, "tasks with domains: 'source' trains on --domain only; 'all' "
+                               "trains on every domain, as the official code does for DomainNet "
+                               "by default (the OOD domains then leak into training)"),
     "batch_size": (_positive_int, "images per step"),
     "lr": (float, "peak learning rate (AdamW)"),
     "weight_decay": (float, "AdamW weight decay"),
-    "warmup_steps": (int, "linear warm-up steps before the cosine decay"),
+    "warmup_steps": (int, "linear warm-up steps before the --lr-schedule"),
     "grad_clip": (float, "gradient-norm clipping (0: off)"),
     "seed": (int, "seed of initialization, batch order and attack starts"),
     "schedule": (str, "evaluation points: 'official', 'log:N' or 'every:K'"),
@@ -309,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.add_argument("--hparam", type=_hparam, action="append", metavar="NAME=VALUE",
                    help="strategy hyper-parameter, e.g. rank=4 (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the fully resolved run (learning rate, schedule, evaluation "
+                        "steps, trainable parameters, run id) and run nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print it as JSON")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

@@ -22,7 +22,8 @@ def accuracy(model: nn.Module, split: Split) -> tuple[float, torch.Tensor]:
 
 def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
                    train_eval: Split) -> dict[str, Any]:
-    """Clean train and test accuracy, robust accuracy at every eps, OOD accuracy per domain.
+    """Clean train, validation and test accuracy, robust accuracy at every eps, OOD accuracy
+    per domain.
 
     Also how much the attack did (``attacked``: images attacked, summed over the budgets) and
     took (``attack_seconds``), so throughput can be read off any run.
@@ -32,6 +33,8 @@ def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
     context = strategies.merged(model) if config.merge_for_eval else contextlib.nullcontext()
     with context:
         row["train_acc"], _ = accuracy(model, train_eval)
+        if task.val is not None:
+            row["val_acc"], _ = accuracy(model, task.val)
         row["test_acc"], correct = accuracy(model, task.test)
         t_attack = time.perf_counter()
         robust = eps_sweep(model, task.test.images, task.test.labels, config.eps,

@@ -27,14 +27,23 @@ def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int,
-                       total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base rate over ``warmup_steps``, then cosine decay to 0."""
+def warmup_then(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int,
+                total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base rate over ``warmup_steps``, then ``kind``: "cosine" or
+    "linear" decay to 0 at ``total_steps`` (Hugging Face Trainer's schedules), or "constant"."""
+    decays = {"cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
+              "linear": lambda t: 1 - t, "constant": lambda t: 1.0}
+    decay = decays[kind]
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return decay(min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int,
+                       total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base rate over ``warmup_steps``, then cosine decay to 0."""
+    return warmup_then(optimizer, "cosine", warmup_steps, total_steps)

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data, models, store, strategies
-from .config import RunConfig, eps_label, parse_schedule, resolve_weights
+from .config import RunConfig, eps_label, resolve_weights
 from .evaluate import evaluate_point
-from .optim import adamw, cosine_with_warmup, seed_everything
+from .optim import adamw, seed_everything, warmup_then
 
 
 class TrainingDiverged(RuntimeError):
@@ -75,12 +75,33 @@ def prepare(config: RunConfig):
     """The task's data and the model prepared with the config's strategy."""
     task = data.load_task(config.task, config.train_size, config.test_size, config.data_seed,
                           config.domain, image_size=model_input_size(config),
-                          data_dir=config.data_dir)
+                          data_dir=config.data_dir, train_domains=config.ood_train_domains)
+    # A hub task may have fewer images than train_size: hold out the same share of what it has.
+    task = data.hold_out(task, int(round(len(task.train) * config.val_fraction)))
     seed_everything(config.seed)
     model = models.build(config.model, task.num_classes, weights=resolve_weights(config.weights),
                          **config.model_kwargs)
     strategies.apply(model, config.strategy, **config.hparams)
     return task, model
+
+
+def describe(config: RunConfig) -> dict[str, Any]:
+    """The fully resolved run, computed without data, weights or training (``--dry-run``):
+    every field, the run id, steps, evaluation steps, and the strategy's resolved
+    hyper-parameters and trainable count (on randomly initialized weights: same count)."""
+    config.validate()
+    task = data.info(config.task)
+    model = models.build(config.model, task.classes, **config.model_kwargs)
+    strategies.apply(model, config.strategy, **config.hparams)
+    trainable, total = models.count_parameters(model)
+    train_images = config.train_size - config.val_count()
+    return {**config.to_dict(), "run_id": config.run_id(),
+            "hparams": {k: list(v) if isinstance(v, tuple) else v
+                        for k, v in model.strategy_hparams.items()},
+            "train_images": train_images, "val_images": config.val_count(),
+            "total_steps": config.total_steps(train_images),
+            "eval_steps": config.eval_steps(train_images),
+            "trainable": trainable, "total": total}
 
 
 def _versions() -> dict[str, str]:
@@ -96,7 +117,10 @@ def _versions() -> dict[str, str]:
 
 
 class _Batches:
-    """Epoch-wise shuffled mini-batches drawn with a private, checkpointable generator."""
+    """Epoch-wise shuffled mini-batches drawn with a private, checkpointable generator.
+
+    Each epoch ends with a short batch when the batch size does not divide the split, as in
+    Hugging Face's Trainer, so ``epochs`` means the same number of steps in both."""
 
     def __init__(self, n: int, batch_size: int, seed: int):
         self.n, self.batch_size = n, batch_size
@@ -104,7 +128,7 @@ class _Batches:
         self.order, self.pos = torch.randperm(n, generator=self.gen), 0
 
     def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > self.n and self.pos > 0:
+        if self.pos >= self.n:
             self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
         idx = self.order[self.pos:self.pos + self.batch_size]
         self.pos += len(idx)
@@ -149,10 +173,11 @@ def _run(config: RunConfig, results_dir, device: torch.device, path: Path,
         model.compile()  # in place: parameter names and checkpoints are unchanged
     task = on_device(task, device)
     train_eval = task.train.subset(config.train_eval_size)
+    total_steps = config.total_steps(len(task.train))
     opt = adamw(model, config.lr, config.weight_decay)
-    sched = cosine_with_warmup(opt, config.warmup_steps, config.steps)
+    sched = warmup_then(opt, config.lr_schedule, config.warmup_steps, total_steps)
     batches = _Batches(len(task.train), config.batch_size, config.seed)
-    points = parse_schedule(config.schedule, config.steps)
+    points = config.eval_steps(len(task.train))
 
     rows: list[dict[str, Any]] = []
     step, images_seen, loss_sum, loss_count, train_seconds = 0, 0, 0.0, 0, 0.0
@@ -169,7 +194,7 @@ def _run(config: RunConfig, results_dir, device: torch.device, path: Path,
             train_seconds = state["train_seconds"]
 
     label = f"{config.task}/{config.strategy}"
-    bar = tqdm(total=config.steps, initial=step, desc=label, disable=not progress, leave=False)
+    bar = tqdm(total=total_steps, initial=step, desc=label, disable=not progress, leave=False)
     x_all, y_all = task.train.images, task.train.labels
     while True:
         if step in points and (not rows or rows[-1]["step"] != step):
@@ -184,7 +209,7 @@ def _run(config: RunConfig, results_dir, device: torch.device, path: Path,
                             robust=f"{row[f'robust_acc@{eps_label(config.eps[0])}']:.3f}")
             _checkpoint(partial, config, model, opt, sched, batches, rows, step, images_seen,
                         train_seconds)
-        if step >= config.steps:
+        if step >= total_steps:
             break
         t0 = time.perf_counter()
         model.train()
@@ -215,7 +240,9 @@ def _run(config: RunConfig, results_dir, device: torch.device, path: Path,
             "seed": config.seed, "trainable": trainable, "total": total,
             "precision": precision, "compiled": bool(config.compile),
             "classes": list(task.classes), "domain": task.domain,
-            "ood_domains": list(task.ood), "points": points}
+            "ood_domains": list(task.ood), "points": points, "total_steps": total_steps,
+            "train_images": len(task.train),
+            "val_images": 0 if task.val is None else len(task.val)}
     out = store.write_run(results_dir, config, rows, meta)
     partial.unlink(missing_ok=True)
     return out

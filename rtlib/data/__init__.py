@@ -44,6 +44,8 @@ class TaskData:
     ood: dict[str, Split] = field(default_factory=dict)
     domain: str | None = None
     source: str = ""
+    #: Held out of the training images (:func:`hold_out`); ``None`` when nothing is.
+    val: Split | None = None
 
     @property
     def num_classes(self) -> int:
@@ -65,8 +67,16 @@ class TaskInfo:
     loader: Callable[..., TaskData]
 
 
+def interleave(parts: list[Split]) -> Split:
+    """One split taking an image from each part in turn, so any prefix mixes them evenly."""
+    longest = max(len(p) for p in parts)
+    picks = [(p, j) for j in range(longest) for p in parts if j < len(p)]
+    return Split(torch.stack([p.images[j] for p, j in picks]),
+                 torch.stack([p.labels[j] for p, j in picks]))
+
+
 def _glyph_task(name: str, train_size: int, test_size: int, seed: int, domain: str | None,
-                image_size: int) -> TaskData:
+                image_size: int, train_domains: str = "source") -> TaskData:
     from . import glyphs
 
     spec = glyphs.specs()[name]
@@ -76,15 +86,21 @@ def _glyph_task(name: str, train_size: int, test_size: int, seed: int, domain: s
         x, y = glyphs.generate(name, kind, count, seed=seed, domain=dom, size=image_size)
         return Split(torch.from_numpy(x), torch.from_numpy(y))
 
+    if train_domains == "all":  # the official code's DomainNet default: every domain trains
+        n = len(glyphs.DOMAINS)
+        train = interleave([split("train", train_size // n + (i < train_size % n), d)
+                            for i, d in enumerate(glyphs.DOMAINS)])
+    else:
+        train = split("train", train_size, domain)
     return TaskData(
-        name=name, classes=spec.classes, train=split("train", train_size, domain),
+        name=name, classes=spec.classes, train=train,
         test=split("test", test_size, domain),
         ood={d: split("test", test_size, d) for d in glyphs.DOMAINS if d != domain},
         domain=domain, source="embedded")
 
 
 def _synthetic_task(name: str, train_size: int, test_size: int, seed: int, domain: str | None,
-                    image_size: int) -> TaskData:
+                    image_size: int, train_domains: str = "source") -> TaskData:
     """Noise plus a class-specific pattern; the ``shifted`` domain adds a brightness shift."""
     classes = 4
     g = np.random.default_rng(seed)
@@ -133,16 +149,37 @@ def info(name: str) -> TaskInfo:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name, train_size, test_size, seed, domain, image_size, data_dir) -> TaskData:
+def _load_cached(name, train_size, test_size, seed, domain, image_size, data_dir,
+                 train_domains) -> TaskData:
     extra = {"data_dir": data_dir} if info(name).source == "hub" else {}
     return info(name).loader(train_size=train_size, test_size=test_size, seed=seed,
-                             domain=domain, image_size=image_size, **extra)
+                             domain=domain, image_size=image_size, train_domains=train_domains,
+                             **extra)
+
+
+def hold_out(task: TaskData, count: int) -> TaskData:
+    """``task`` with its last ``count`` training images moved to a validation split.
+
+    Sources order training images so that any stretch is close to class-balanced, so the
+    held-out tail is too; the training prefix (and ``train.subset``) is unchanged by it.
+    """
+    if count <= 0:
+        return task
+    from dataclasses import replace
+
+    train = task.train
+    keep = len(train) - count
+    return replace(task, train=Split(train.images[:keep], train.labels[:keep]),
+                   val=Split(train.images[keep:], train.labels[keep:]))
 
 
 def load_task(name: str, train_size: int = 2000, test_size: int = 512, seed: int = 0,
               domain: str | None = None, image_size: int | None = None,
-              data_dir: str | None = None) -> TaskData:
+              data_dir: str | None = None, train_domains: str = "source") -> TaskData:
     """Load (or render) task ``name``; ``domain`` is the domain trained and tested in-domain.
+
+    ``train_domains="all"`` trains on every domain of a task that has domains (the official
+    code's DomainNet default, which leaks the OOD domains into training), for comparison.
 
     ``data_dir`` (hub tasks only): a local folder of parquet files or image folders, or
     ``"hub"`` to download the official code's dataset once. Results are cached in memory, so
@@ -156,5 +193,6 @@ def load_task(name: str, train_size: int = 2000, test_size: int = 512, seed: int
             raise ConfigError("domain", domain, ["None (this task has no domains)"],
                               "unknown domain")
         check_choice("domain", domain, task.domains)
+    check_choice("train_domains", train_domains, ("source", "all"))
     return _load_cached(name, train_size, test_size, seed, domain, image_size or task.image_size,
-                        None if data_dir is None else str(data_dir))
+                        None if data_dir is None else str(data_dir), train_domains)

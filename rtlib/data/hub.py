@@ -218,7 +218,7 @@ def ensure_local(name: str, source: str | None = None) -> Path:
 
 
 def load_hub_task(name: str, train_size: int, test_size: int, seed: int, domain: str | None,
-                  image_size: int, data_dir: str | None = None):
+                  image_size: int, data_dir: str | None = None, train_domains: str = "source"):
     from . import Split, TaskData
 
     spec = HUB[name]
@@ -233,7 +233,9 @@ def load_hub_task(name: str, train_size: int, test_size: int, seed: int, domain:
         if not train_files:
             raise ValueError(f"{name}: no *train*.parquet under {folder}")
         d = spec.domains.index(domain) if spec.domains else None
-        x, y, _ = read_parquet(train_files, spec, image_size, d)
+        # train_domains="all": the official code's default, every domain in training.
+        x, y, _ = read_parquet(train_files, spec, image_size,
+                               None if train_domains == "all" else d)
         if test_files:
             xt, yt, _ = read_parquet(test_files, spec, image_size, d)
         else:  # a single split on the hub: hold out a seeded, balanced part of it
@@ -251,6 +253,11 @@ def load_hub_task(name: str, train_size: int, test_size: int, seed: int, domain:
     else:
         base = folder / domain if spec.domains else folder
         x, y, names = read_image_folder(base / "train", image_size)
+        if spec.domains and train_domains == "all":
+            for other in spec.domains:
+                if other != domain and (folder / other / "train").is_dir():
+                    xo, yo, _ = read_image_folder(folder / other / "train", image_size, names)
+                    x, y = torch.cat([x, xo]), torch.cat([y, yo])
         xt, yt, _ = read_image_folder(base / "test", image_size, names)
         for other in spec.domains:
             if other != domain and (folder / other / "test").is_dir():
