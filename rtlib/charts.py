@@ -186,7 +186,10 @@ def paper_vs_ours(ours: pd.DataFrame, paper: pd.DataFrame, title: str | None = N
 
     ``ours``: :func:`rtlib.pareto.aupf_table` output; ``paper``: :func:`rtlib.paper.aupf_frame`.
     """
-    a = paper.assign(setting="paper: " + paper["dataset"], source="paper")
+    # With several readings of the paper's table (rtlib.paper.READINGS), each is its own column.
+    label = (paper["reading"] + ": " if "reading" in paper and paper["reading"].nunique() > 1
+             else "") + paper["dataset"]
+    a = paper.assign(setting="paper: " + label, source="paper")
     b = ours.assign(setting="ours: " + ours["task"], source="ours")
     both = pd.concat([a[["setting", "source", "strategy", "aupf", "relative"]],
                       b[["setting", "source", "strategy", "aupf", "relative"]]])

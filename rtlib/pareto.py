@@ -9,6 +9,11 @@ of those points. We define it as the area under the frontier's staircase:
 f(x) is the best robust accuracy among the points that reach a clean accuracy of at least x, so
 AUPF rewards a run for reaching high clean accuracy *and* keeping robust accuracy while it does.
 Both axes are accuracies in [0, 1], so 0 <= AUPF <= 1, and AUPF <= max robust x max clean.
+
+The paper does not publish its formula. The other plausible reading, kept as a sensitivity check
+(:func:`aupf_trapezoid`), joins the frontier's points by straight lines and integrates over the
+frontier's own clean-accuracy span only: it ignores how far the run got from 0 and measures the
+shape of the trade-off where the run was (0 for a single-point frontier).
 """
 from __future__ import annotations
 
@@ -62,6 +67,17 @@ def aupf(clean: Sequence[float], robust: Sequence[float]) -> float:
     return float(np.sum(widths * r))
 
 
+def aupf_trapezoid(clean: Sequence[float], robust: Sequence[float]) -> float:
+    """Trapezoid area under the frontier between its lowest and highest clean accuracy."""
+    front = frontier(clean, robust)
+    c, r = front["clean"].to_numpy(), front["robust"].to_numpy()
+    return float(np.sum(np.diff(c) * (r[1:] + r[:-1]) / 2)) if len(c) >= 2 else 0.0
+
+
+#: The readings of "area under the Pareto frontier": ours (the default) and the alternative.
+AUPF_METHODS = {"staircase": aupf, "trapezoid": aupf_trapezoid}
+
+
 def steepness(clean: Sequence[float], robust: Sequence[float]) -> float:
     """Robust accuracy given up per unit of clean accuracy gained along the frontier.
 
@@ -100,7 +116,7 @@ def _binomial_resample(p: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
 
 def aupf_table(frame: pd.DataFrame, robust_col: str, clean_col: str = "test_acc",
                by: Sequence[str] = ("task", "strategy"), confidence: float = 0.95,
-               n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+               n_boot: int = 1000, seed: int = 0, method: str = "staircase") -> pd.DataFrame:
     """AUPF per (task, strategy) with a bootstrap interval and the relative AUPF per task.
 
     With several seeds, AUPF is the mean over seeds and the interval resamples seeds. With one
@@ -108,13 +124,17 @@ def aupf_table(frame: pd.DataFrame, robust_col: str, clean_col: str = "test_acc"
     images is redrawn from its binomial distribution (robust kept <= clean).
     Columns: ``aupf``, ``ci_low``, ``ci_high``, ``ci_method``, ``seeds``, ``steepness``,
     ``max_clean``, ``max_robust``, ``relative`` (AUPF / mean AUPF of the task's strategies - 1).
+    ``method``: a key of :data:`AUPF_METHODS` (``"staircase"``, ours; ``"trapezoid"``).
     """
+    from .errors import check_choice
+
+    area = AUPF_METHODS[check_choice("method", method, AUPF_METHODS)]
     rng = np.random.default_rng(seed)
     alpha = (1 - confidence) / 2
     rows = []
     for key, group in frame.groupby(list(by), sort=True):
         per_seed = {s: g for s, g in group.groupby("seed")}
-        values = np.array([aupf(g[clean_col], g[robust_col]) for g in per_seed.values()])
+        values = np.array([area(g[clean_col], g[robust_col]) for g in per_seed.values()])
         if len(values) >= 2:
             boots = rng.choice(values, (n_boot, len(values))).mean(1)
             method = f"seeds (n={len(values)})"
@@ -129,7 +149,7 @@ def aupf_table(frame: pd.DataFrame, robust_col: str, clean_col: str = "test_acc"
                 for _ in range(n_boot):
                     cb = _binomial_resample(c, n, rng)
                     rb = np.minimum(_binomial_resample(r, n, rng), cb)
-                    boots.append(aupf(cb, rb))
+                    boots.append(area(cb, rb))
                 boots, method = np.array(boots), f"binomial over {n} evaluation images"
         pooled = pd.concat(per_seed.values())
         slopes = [steepness(g[clean_col], g[robust_col]) for g in per_seed.values()]
@@ -149,6 +169,33 @@ def aupf_table(frame: pd.DataFrame, robust_col: str, clean_col: str = "test_acc"
     else:
         table["relative"] = relative(table["aupf"])
     return table
+
+
+def ranking_sensitivity(frame: pd.DataFrame, robust_col: str,
+                        by: Sequence[str] = ("task", "strategy")) -> pd.DataFrame:
+    """Do the strategies' AUPF rankings depend on the reading of AUPF?
+
+    Per task: each strategy's AUPF and rank (1 = best) under every method of
+    :data:`AUPF_METHODS`, whether the best strategy is the same, and the Spearman correlation
+    of the two rankings.
+    """
+    tables = {m: aupf_table(frame, robust_col, by=by, n_boot=1, method=m) for m in AUPF_METHODS}
+    keys = list(by)
+    merged = None
+    for m, t in tables.items():
+        t = t[keys + ["aupf"]].rename(columns={"aupf": f"aupf_{m}"})
+        group = [k for k in keys if k != "strategy"]
+        t[f"rank_{m}"] = (t.groupby(group)[f"aupf_{m}"].rank(ascending=False, method="min")
+                          if group else t[f"aupf_{m}"].rank(ascending=False, method="min"))
+        merged = t if merged is None else merged.merge(t, on=keys)
+    group = [k for k in keys if k != "strategy"]
+    first, second = list(AUPF_METHODS)[:2]
+    stats = merged.groupby(group).apply(lambda g: pd.Series({
+        "same_best": g.loc[g[f"aupf_{first}"].idxmax(), "strategy"]
+        == g.loc[g[f"aupf_{second}"].idxmax(), "strategy"],
+        "spearman": g[f"rank_{first}"].corr(g[f"rank_{second}"], method="spearman")}),
+        include_groups=False).reset_index()
+    return merged.merge(stats, on=group)
 
 
 def peak(frame: pd.DataFrame, col: str, by: Sequence[str] = ("task", "strategy", "seed")

@@ -138,3 +138,37 @@ def test_wilson_interval_matches_hand_computed_values():
     assert hi[2] == 1 and lo[2] == pytest.approx(1 - 0.014784, abs=1e-5)
     narrow = wilson_interval(0.5, 2000)
     assert narrow[1] - narrow[0] < hi[0] - lo[0]  # more images, tighter interval
+
+
+def test_trapezoid_reading_integrates_the_frontier_over_its_own_span():
+    from rtlib.pareto import aupf_trapezoid
+
+    # Frontier (0.5, 0.4) -> (0.9, 0.2); the dominated (0.4, 0.1) is ignored.
+    assert aupf_trapezoid([0.5, 0.9, 0.4], [0.4, 0.2, 0.1]) == pytest.approx(0.4 * 0.3)
+    assert aupf_trapezoid([0.7], [0.5]) == 0.0  # one point: no span
+    # The staircase reading counts from clean accuracy 0 instead.
+    assert pareto.aupf([0.5, 0.9], [0.4, 0.2]) == pytest.approx(0.5 * 0.4 + 0.4 * 0.2)
+
+
+def test_ranking_sensitivity_reports_a_flip_between_readings():
+    # Strategy a: one point far right (staircase large, trapezoid 0); b: a long sloped frontier.
+    rows = [("t", "a", 0, 0.9, 0.3), ("t", "b", 0, 0.3, 0.6), ("t", "b", 0, 0.8, 0.1)]
+    frame = pd.DataFrame(rows, columns=["task", "strategy", "seed", "test_acc", "robust_acc"])
+    table = pareto.ranking_sensitivity(frame, "robust_acc")
+    a, b = (table.set_index("strategy").loc[s] for s in "ab")
+    assert a.aupf_staircase == pytest.approx(0.27) and a.aupf_trapezoid == 0
+    assert b.aupf_staircase == pytest.approx(0.3 * 0.6 + 0.5 * 0.1)
+    assert (a.rank_staircase, a.rank_trapezoid) == (1, 2)
+    assert not table["same_best"].iloc[0] and table["spearman"].iloc[0] == pytest.approx(-1)
+
+
+def test_paper_readings_swap_only_the_two_suspect_columns():
+    from rtlib import paper
+
+    both = paper.aupf_frame(paper.READINGS).set_index(["reading", "dataset", "strategy"]).sort_index()
+    compacter = both.xs("compacter", level="strategy")["relative"]
+    assert compacter[("as published", "Stanford Dogs")] == pytest.approx(0.575, abs=0.001)
+    assert compacter[("columns swapped", "Caltech-256")] == pytest.approx(0.575, abs=0.001)
+    assert compacter[("columns swapped", "CUB-200")] == pytest.approx(0.346, abs=0.001)
+    for d in ("CIFAR-10", "CIFAR-100", "CUB-200"):
+        assert both.loc[("as published", d)].equals(both.loc[("columns swapped", d)])
