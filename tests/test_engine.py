@@ -32,7 +32,7 @@ def test_schedules():
     log = parse_schedule("log:12", 300)
     assert len(log) == 12 and log[0] == 0 and log[-1] == 300 and log == sorted(set(log))
     official = parse_schedule("official", 20_000)
-    assert official[:4] == [0, 50, 100, 130] and 4000 in official and official[-1] == 20_000
+    assert official[:4] == [0, 50, 100, 120] and 8000 in official and official[-1] == 20_000
     assert parse_schedule("official", 120) == [0, 50, 100, 120]
     for bad in ("log:1", "every:0", "cosine", "log:x", "official:3"):
         with pytest.raises(ConfigError, match="^schedule"):

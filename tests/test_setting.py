@@ -126,3 +126,18 @@ def test_official_domain_leak_is_an_explicit_option():
     with pytest.raises(ConfigError) as err:
         data.load_task("digits", train_size=10, test_size=8, train_domains="some")
     assert err.value.field == "train_domains"
+
+
+def test_every_preset_source_names_a_value_of_its_preset():
+    from rtlib import official
+    from rtlib.config import PRESETS
+
+    for name in PRESETS:
+        table = official.preset_sources(name)
+        assert set(PRESETS[name]["sources"]) <= set(table.index), name
+    paper = official.preset_sources("paper")
+    assert paper.loc["lr", "value"] == "0.0005" and paper.loc["full.lr", "value"] == "2e-05"
+    assert paper.loc["eps", "value"] == "1/255"
+    frame = official.differences_frame()
+    assert frame["kind"].isin(official.KINDS).all() and frame["what"].is_unique
+    assert "DomainNet training domains" in set(frame["what"])
