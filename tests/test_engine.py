@@ -113,6 +113,7 @@ def _cli(config: RunConfig, results: Path) -> list[str]:
             str(config.train_eval_size), "--steps", str(config.steps), "--batch-size",
             str(config.batch_size), "--lr", str(config.lr), "--schedule", config.schedule,
             "--attack-steps", str(config.attack_steps), "--warmup-steps", "0", "--no-weights",
+            "--val-fraction", str(config.val_fraction),
             "--eps", *[str(e) for e in config.eps]]
     return args
 
