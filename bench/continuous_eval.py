@@ -31,9 +31,9 @@ import torch.nn.functional as F
 import torchattacks
 
 from rtlib import store, train
-from rtlib.config import RunConfig, eps_label, parse_schedule
+from rtlib.config import RunConfig, eps_label
 from rtlib.evaluate import evaluate_point
-from rtlib.optim import adamw, cosine_with_warmup
+from rtlib.optim import adamw, warmup_then
 
 
 def reference_run(config: RunConfig, device: torch.device):
@@ -41,9 +41,10 @@ def reference_run(config: RunConfig, device: torch.device):
     task, model = train.prepare(config)
     model.to(device)
     opt = adamw(model, config.lr, config.weight_decay)
-    sched = cosine_with_warmup(opt, config.warmup_steps, config.steps)
+    total_steps = config.total_steps(len(task.train))
+    sched = warmup_then(opt, config.lr_schedule, config.warmup_steps, total_steps)
     batches = train._Batches(len(task.train), config.batch_size, config.seed)
-    points = parse_schedule(config.schedule, config.steps)
+    points = config.eval_steps(len(task.train))
     rows, t_train, t_attack, attacked = [], 0.0, 0.0, 0
 
     def accuracy(images, labels):
@@ -55,7 +56,7 @@ def reference_run(config: RunConfig, device: torch.device):
                 correct += (model(x).argmax(1).cpu() == labels[i:i + 64]).sum().item()
         return correct / len(images)
 
-    for step in range(config.steps + 1):
+    for step in range(total_steps + 1):
         if step in points:
             row = {"step": step, "train_acc": accuracy(task.train.images, task.train.labels),
                    "test_acc": accuracy(task.test.images, task.test.labels)}
@@ -75,7 +76,7 @@ def reference_run(config: RunConfig, device: torch.device):
                 row[f"robust_acc@{eps_label(eps)}"] = robust / len(task.test)
             t_attack += time.perf_counter() - t0
             rows.append(row)
-        if step == config.steps:
+        if step == total_steps:
             break
         t0 = time.perf_counter()
         model.train()
@@ -132,7 +133,7 @@ def main() -> None:
                        compile=args.compile).validate()
     device = train.resolve_device(args.device)
     col = f"robust_acc@{eps_label(config.eps[0])}"
-    n_points = len(parse_schedule(config.schedule, config.steps))
+    n_points = len(config.eval_steps())
 
     t0 = time.perf_counter()
     ref_rows, ref, ref_model, task = reference_run(config, device)
@@ -153,7 +154,7 @@ def main() -> None:
     fast = evaluate_point(ref_model, train.on_device(task, device), config,
                           task.train.subset(config.train_eval_size))
 
-    train_images = config.steps * config.batch_size
+    train_images = config.total_steps() * config.batch_size
     ours_train_s = float(ours["train_seconds"].iloc[-1])
     ours_eval_s = float(ours["eval_seconds"].sum())
     attacked_ours = int(ours["attacked"].sum())
@@ -163,7 +164,7 @@ def main() -> None:
     attack_gap = abs(fast[col] - ref_rows[-1][col])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}, {torch.get_num_threads()} threads), model {config.model}, "
-          f"task {config.task}, strategy {config.strategy}, {config.steps} steps of "
+          f"task {config.task}, strategy {config.strategy}, {config.total_steps()} steps of "
           f"{config.batch_size}, {n_points} evaluation points, {config.test_size} test images, "
           f"PGD-{config.attack_steps} at {config.eps[0] * 255:g}/255; rtlib precision "
           f"{precision}, compile {config.compile}")

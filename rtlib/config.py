@@ -150,15 +150,19 @@ class RunConfig:
         """Validation images held out of the ``train_size`` training images."""
         return int(round(self.train_size * self.val_fraction))
 
+    def planned_train_images(self) -> int:
+        """Images trained on: ``train_size`` less the validation split (a hub task with fewer
+        images than ``train_size`` trains on what it has, less the same share)."""
+        return self.train_size - self.val_count()
+
     def total_steps(self, train_images: int | None = None) -> int:
         """Optimizer steps: ``steps``, or ``epochs`` passes of ``ceil(train_images / batch)``
         steps (a short last batch, as Hugging Face's Trainer does). ``train_images`` defaults
-        to the planned count (``train_size`` less the validation split); a hub task with fewer
-        images than ``train_size`` gets its steps from the images it has."""
+        to :meth:`planned_train_images`."""
         if not self.epochs:
             return self.steps
         if train_images is None:
-            train_images = self.train_size - self.val_count()
+            train_images = self.planned_train_images()
         return self.epochs * math.ceil(train_images / self.batch_size)
 
     def eval_steps(self, train_images: int | None = None) -> list[int]:

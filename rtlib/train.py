@@ -94,7 +94,7 @@ def describe(config: RunConfig) -> dict[str, Any]:
     model = models.build(config.model, task.classes, **config.model_kwargs)
     strategies.apply(model, config.strategy, **config.hparams)
     trainable, total = models.count_parameters(model)
-    train_images = config.train_size - config.val_count()
+    train_images = config.planned_train_images()
     return {**config.to_dict(), "run_id": config.run_id(),
             "hparams": {k: list(v) if isinstance(v, tuple) else v
                         for k, v in model.strategy_hparams.items()},

@@ -13,6 +13,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHAPTERS = {  # page -> number of charts it must draw at the smoke preset (2 tasks)
     "index.html": 0,
     "book/executed/methods.html": 0,
+    "book/executed/differences.html": 0,
     "book/executed/rq1_robustness_during_finetuning.html": 2,
     "book/executed/rq2_strategies_and_complexity.html": 4,
     "book/executed/rq3_ood_robustness.html": 1,

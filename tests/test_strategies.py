@@ -132,13 +132,10 @@ def test_compacter_weight_is_a_sum_of_kronecker_products():
     expected = sum(torch.kron(phm.rules[i], blocks[i]) for i in range(phm.n))
     assert torch.allclose(phm.weight(), expected, atol=1e-6)
     # The rule is shared: one tensor for every projection of the network, down and up.
-    for other in (model.backbone.blocks[1].mlp.adapter.down, phm_up(model)):
+    second = model.backbone.blocks[1].mlp.adapter
+    for other in (second.down, second.up):
         assert other.rules is phm.rules
     assert sum("compacter_rule" in n for n, _ in model.named_parameters()) == 1
-
-
-def phm_up(model):
-    return model.backbone.blocks[1].mlp.adapter.up
 
 
 def test_separate_q_k_v_compute_the_fused_projection_and_train_independently(batch):
