@@ -158,8 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             for key, value in described.items():
                 print(f"{key:>18}: {value}")
         return 0
-    path = store.run_path(args.results_dir, config)
-    if path.exists():
+    path = store.complete_run(args.results_dir, config)
+    if path is not None:
         print(f"run {config.run_id()} is already complete: {path} (nothing to do)")
         return 0
     out = train.run(config, args.results_dir, device=args.device, progress=not args.quiet)

@@ -111,9 +111,11 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
     gen = torch.Generator().manual_seed(config.seed)
     state_path = out.with_name(out.name + ".state.pt")
     step, train_s, history = 0, 0.0, []
-    if state_path.exists():  # resume
-        state = torch.load(state_path, weights_only=False)
-        if state["config"] == asdict(config):
+    from .store import load_state, save_state
+
+    state = load_state(state_path)  # weights_only: a planted file cannot run code
+    if state is not None:  # resume
+        if state.get("config") == asdict(config):
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
@@ -141,12 +143,10 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
             history.append({"step": step, "loss": loss.item(), "test_accuracy_2048": acc,
                             "train_s": round(train_s, 1)})
             bar.write(json.dumps(history[-1]))
-            tmp = state_path.with_name(state_path.name + ".tmp")
-            torch.save({"config": asdict(config), "model": model.state_dict(),
-                        "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "gen": gen.get_state(), "step": step, "train_s": train_s,
-                        "history": history}, tmp)
-            tmp.replace(state_path)
+            save_state(state_path, {"config": asdict(config), "model": model.state_dict(),
+                                    "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                    "gen": gen.get_state(), "step": step, "train_s": train_s,
+                                    "history": history})
     bar.close()
 
     test_acc = accuracy(model, x_test, y_test)

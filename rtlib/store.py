@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -40,8 +42,77 @@ def partial_path(results_dir: str | Path, config: RunConfig) -> Path:
     return Path(results_dir) / "partial" / f"{config.run_id()}.pt"
 
 
+def set_aside(path: Path, reason: str) -> Path | None:
+    """Rename an unreadable file out of the way (``<name>.corrupt-<time>``), warning with its
+    name, so that the run is redone; returns the new name (``None`` when it cannot be moved,
+    e.g. in a read-only store)."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        path.replace(aside)
+    except OSError:
+        aside = None
+    warnings.warn(f"{path} cannot be read ({reason}); "
+                  + (f"set aside as {aside.name}" if aside else "it could not be moved")
+                  + ": the run will be redone", RuntimeWarning, stacklevel=2)
+    return aside
+
+
+def read_run(path: str | Path) -> tuple[dict[str, Any], pa.Table]:
+    """A run file's metadata and rows, read whole (footer, metadata and every row)."""
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {})[META_KEY])
+    if table.num_rows == 0 or "step" not in table.column_names:
+        raise ValueError("no evaluation rows")
+    return meta, table
+
+
+def complete_run(results_dir: str | Path, config: RunConfig) -> Path | None:
+    """The run's file when it exists and reads back whole; a file that does not is set aside
+    (:func:`set_aside`) and ``None`` is returned, so the run is redone. The one place that
+    answers "is this run complete?"."""
+    path = run_path(results_dir, config)
+    if not path.is_file():
+        return None
+    try:
+        meta, _ = read_run(path)
+        if meta.get("run_id") != config.run_id():
+            raise ValueError(f"it holds run {meta.get('run_id')!r}, not {config.run_id()}")
+    except Exception as err:  # noqa: BLE001 - any reason a file cannot be read means "redo"
+        set_aside(path, f"{type(err).__name__}: {err}")
+        return None
+    return path
+
+
 def is_complete(results_dir: str | Path, config: RunConfig) -> bool:
-    return run_path(results_dir, config).is_file()
+    return complete_run(results_dir, config) is not None
+
+
+def load_state(path: Path, **load_kwargs) -> dict | None:
+    """A resumable training state written by :func:`save_state`, or ``None`` when there is
+    none or it cannot be read (then it is set aside and training starts fresh).
+
+    Loaded with ``weights_only=True``: tensors, numbers, strings and containers only, so a
+    file planted in a results folder cannot run code when it is read.
+    """
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=True, **load_kwargs)
+        if not isinstance(state, dict):
+            raise ValueError("not a training state")
+        return state
+    except Exception as err:  # noqa: BLE001 - unreadable: start fresh, keep the file aside
+        set_aside(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        return None
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Write a resumable training state atomically (read back by :func:`load_state`)."""
+    import torch
+
+    atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
 
 
 def check_writable(results_dir: str | Path) -> None:
@@ -118,8 +189,14 @@ def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) ->
     for path in run_files(results_dir):
         if wanted is not None and path.stem not in wanted:
             continue
-        meta = read_meta(path)
-        frame = pq.read_table(path).to_pandas()
+        try:
+            meta, table = read_run(path)
+        except Exception as err:  # noqa: BLE001 - name the file; the next run redoes it
+            warnings.warn(f"{path} cannot be read ({type(err).__name__}: {err}); left out. "
+                          "Rerunning its configuration sets it aside and redoes the run.",
+                          RuntimeWarning, stacklevel=2)
+            continue
+        frame = table.to_pandas()
         cfg = meta["config"]
         eps0 = eps_label(cfg["eps"][0])
         # The run's first budget, under one name for every task (tasks may use other budgets).

@@ -147,9 +147,10 @@ def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
     """Fine-tune and continuously evaluate one config; returns the run's Parquet file."""
     config.validate()
     store.check_writable(results_dir)
+    done = store.complete_run(results_dir, config)
+    if done is not None:
+        return done
     path = store.run_path(results_dir, config)
-    if path.exists():
-        return path
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a write that was killed
         stale.unlink(missing_ok=True)
     device = resolve_device(device)
@@ -182,8 +183,8 @@ def _run(config: RunConfig, results_dir, device: torch.device, path: Path,
     rows: list[dict[str, Any]] = []
     step, images_seen, loss_sum, loss_count, train_seconds = 0, 0, 0.0, 0, 0.0
     partial = store.partial_path(results_dir, config)
-    if partial.exists():
-        state = torch.load(partial, map_location=device, weights_only=False)
+    state = store.load_state(partial, map_location=device)
+    if state is not None:
         if state.get("run_id") == config.run_id():
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
@@ -254,4 +255,4 @@ def _checkpoint(path: Path, config, model, opt, sched, batches, rows, step, imag
              "sched": sched.state_dict(), "batches": batches.state(),
              "torch_rng": torch.get_rng_state(), "rows": rows, "step": step,
              "images_seen": images_seen, "train_seconds": train_seconds}
-    store.atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+    store.save_state(path, state)
