@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from rtlib import config, store, sweep
+from rtlib import config, metrics, store, sweep
 
 BUDGETS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 
@@ -35,7 +35,7 @@ def main() -> None:
     for _, row in last.iterrows():
         cells = ""
         for e in BUDGETS:
-            robust = row[f"robust_acc@{config.eps_label(e)}"]
+            robust = row[metrics.robust(e)]
             cells += f"{robust:>5.2f} ({robust / row['test_acc']:.2f})"
         print(f"{row['task']:<10}{row['test_acc']:>7.3f}  {cells}")
     print("cells: robust accuracy (robust / clean)")

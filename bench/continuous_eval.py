@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from rtlib import store, train
-from rtlib.config import RunConfig, eps_label
+from rtlib import metrics, preflight, store, train
+from rtlib.config import RunConfig
 from rtlib.evaluate import evaluate_point
 from rtlib.optim import adamw, warmup_then
 
@@ -43,7 +43,7 @@ def reference_run(config: RunConfig, device: torch.device):
     opt = adamw(model, config.lr, config.weight_decay)
     total_steps = config.total_steps(len(task.train))
     sched = warmup_then(opt, config.lr_schedule, config.warmup_steps, total_steps)
-    batches = train._Batches(len(task.train), config.batch_size, config.seed)
+    batches = train.EpochBatches(len(task.train), config.batch_size, config.seed)
     points = config.eval_steps(len(task.train))
     rows, t_train, t_attack, attacked = [], 0.0, 0.0, 0
 
@@ -73,7 +73,7 @@ def reference_run(config: RunConfig, device: torch.device):
                     with torch.no_grad():
                         robust += (model(adv).argmax(1) == y).sum().item()
                     attacked += len(x)
-                row[f"robust_acc@{eps_label(eps)}"] = robust / len(task.test)
+                row[metrics.robust(eps)] = robust / len(task.test)
             t_attack += time.perf_counter() - t0
             rows.append(row)
         if step == total_steps:
@@ -124,15 +124,15 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     args = parser.parse_args()
     kwargs = {"img_size": args.img_size} if args.img_size else {}
-    config = RunConfig(task=args.task, strategy=args.strategy, model=args.model,
+    config = preflight.check(RunConfig(task=args.task, strategy=args.strategy, model=args.model,
                        weights=None if args.weights == "none" else args.weights,
                        model_kwargs=kwargs, train_size=args.train_size,
                        test_size=args.test_size, train_eval_size=512, steps=args.steps,
                        batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                        eps=(2 / 255,), attack_steps=15, precision=args.precision,
-                       compile=args.compile).validate()
+                       compile=args.compile))
     device = train.resolve_device(args.device)
-    col = f"robust_acc@{eps_label(config.eps[0])}"
+    col = metrics.robust(config.eps[0])
     n_points = len(config.eval_steps())
 
     t0 = time.perf_counter()

@@ -19,10 +19,9 @@ import torch
 import torchattacks
 from torch import nn
 
-from .errors import ConfigError, check_choice, check_float, check_int
-from .models import exact_convolutions
+from .config import ATTACKS, ConfigError, check_choice, check_float, check_int  # noqa: F401
+from .models import exact_convolutions, to_unit
 
-ATTACKS = ("pgd", "apgd", "autoattack")
 DEFAULT_EPS = 1 / 255
 DEFAULT_STEPS = 15
 
@@ -79,14 +78,10 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        x = _as_float(images[i:i + batch_size].to(device, non_blocking=True))
+        x = to_unit(images[i:i + batch_size].to(device, non_blocking=True))
         out.append(model(x).argmax(1).to(images.device))
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=images.device)
-
-
-def _as_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255 if images.dtype == torch.uint8 else images
 
 
 def robust_mask(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -108,7 +103,7 @@ def robust_mask(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         return robust
     for i in range(0, len(index), batch_size):
         idx = index[i:i + batch_size]
-        x = _as_float(images[idx].to(device))
+        x = to_unit(images[idx].to(device))
         y = labels[idx].to(device)
         adv = pgd(model, x, y, eps, step_size, steps, attack, num_classes, seed + i)
         robust[idx] = (predict(model, adv) == y).to(robust.device)

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from .errors import ConfigError
+from .config import ConfigError
 
 
 def _positive_int(text: str) -> int:
@@ -48,9 +48,10 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 def cmd_book(args: argparse.Namespace) -> int:
     import yaml
 
-    from . import book
+    from .report import book
 
     params = {name: yaml.safe_load(value) for name, value in args.parameters or []}
+    book.check_parameters(params)
     try:
         if args.execute_only:
             for path in book.execute(parameters=params):
@@ -67,51 +68,28 @@ def cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
-PRETRAIN_HELP = {
-    "steps": "optimizer steps",
-    "batch_size": "images per step",
-    "lr": "peak learning rate (AdamW)",
-    "weight_decay": "AdamW weight decay on weight matrices",
-    "warmup_steps": "linear warm-up steps before the cosine decay",
-    "label_smoothing": "label smoothing of the cross-entropy",
-    "train_images": "rendered upstream training images (sampled with replacement)",
-    "test_images": "rendered upstream test images for the final accuracy",
-    "shift": "random translation augmentation, in pixels",
-    "seed": "seed of the renderer, the initialization and the sampling",
-    "checkpoint_every": "steps between resumable training-state checkpoints",
-    "threads": "torch CPU threads (0: torch's default)",
-    "init": "warm start from this pretrain checkpoint (a second stage; '': from scratch)",
-}
-
-
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from dataclasses import fields
     from pathlib import Path
 
-    from .pretrain import PretrainConfig, pretrain
+    from .config import PretrainConfig
 
-    config = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
-    config.validate()
+    config = PretrainConfig(**_given(args, PretrainConfig)).check()
+    from .pretrain import pretrain
+
     meta = pretrain(config, Path(args.out), progress=not args.quiet)
     print(f"wrote {args.out}: upstream test accuracy {meta['upstream_test_accuracy']:.4f} "
           f"after {meta['images_seen']:,} images in {meta['train_seconds'] / 60:.1f} min")
     return 0
 
 
-def _eps(text: str) -> float:
+def _budget(text: str) -> float:
     """A budget in [0, 1] pixel units; "1/255" and "0.0039" both work."""
+    from .config import parse_budget
+
     try:
-        if "/" in text:
-            num, den = text.split("/")
-            value = float(num) / float(den)
-        else:
-            value = float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number like 1/255 or 0.0039, got {text!r}") \
-            from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a budget in [0, 1], got {text!r}")
-    return value
+        return parse_budget(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -123,33 +101,45 @@ def _hparam(text: str) -> tuple[str, object]:
     return name, yaml.safe_load(value)
 
 
+def _given(args: argparse.Namespace, cls) -> dict:
+    """The fields of dataclass ``cls`` given on the command line (absent options are not in
+    ``args``: their default is argparse.SUPPRESS, so the preset's value stands)."""
+    from dataclasses import fields
+
+    return {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+
+
 def run_overrides(args: argparse.Namespace) -> dict:
     """The RunConfig fields given on the command line (shared by ``run`` and ``sweep``)."""
-    given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
-    if args.eps:
-        given["eps"] = tuple(args.eps)
-    if args.no_weights:
-        given["weights"] = None
-    for flag in ("compile", "merge_for_eval"):
-        if getattr(args, flag, None) is not None:
-            given[flag] = getattr(args, flag)
+    from .config import RunConfig
+
+    given = _given(args, RunConfig)
+    for structured in ("task", "strategy", "hparams"):  # set by their own options
+        given.pop(structured, None)
+    if "eps" in given:
+        given["eps"] = tuple(given["eps"])
     return given
 
 
 def run_config_from_args(args: argparse.Namespace):
     from .config import RunConfig, preset_defaults
 
-    base = preset_defaults(args.preset, args.task, args.strategy)
+    base = preset_defaults(args.preset, args.strategy)
     given = run_overrides(args)
-    if args.hparam:
-        given["hparams"] = dict(args.hparam)
+    if getattr(args, "hparams", None):
+        given["hparams"] = dict(args.hparams)
     return RunConfig(task=args.task, strategy=args.strategy, **{**base, **given})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import store, train
+    from . import preflight
 
-    config = run_config_from_args(args).validate()
+    config = run_config_from_args(args)
+    config.check()
+    preflight.check_names(config)  # answered before torch is imported
+    preflight.check(config)
+    from . import metrics, store, train
+
     if args.dry_run:
         described = train.describe(config)
         if args.json:
@@ -158,51 +148,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             for key, value in described.items():
                 print(f"{key:>18}: {value}")
         return 0
-    path = store.complete_run(args.results_dir, config)
-    if path is not None:
-        print(f"run {config.run_id()} is already complete: {path} (nothing to do)")
-        return 0
-    out = train.run(config, args.results_dir, device=args.device, progress=not args.quiet)
+    device = train.resolve_device(args.device)
+    existing = store.complete_run(args.results_dir, config)
+    out = train.run(config, args.results_dir, device=str(device), progress=not args.quiet)
     frame = store.load(args.results_dir, [config])
     last = frame.iloc[-1]
-    robust = ", ".join(f"{c.split('@')[1]} {last[c]:.3f}" for c in store.robust_columns(frame))
-    print(f"wrote {out}: {len(frame)} evaluation points; at step {last['step']}: clean "
-          f"{last['test_acc']:.3f}, robust {robust}")
+    robust = ", ".join(f"{metrics.qualifier(c)} {last[c]:.3f}"
+                       for c in metrics.robust_columns(frame))
+    print(f"{'run is already complete' if existing else 'wrote'} {out}: {len(frame)} evaluation "
+          f"points; at step {last[metrics.STEP]}: clean {last[metrics.TEST_ACC]:.3f}, "
+          f"robust {robust}")
     return 0
-
-
-RUN_OPTIONS = {
-    "model": (str, "timm model name"),
-    "weights": (str, "pretrained weights: 'hub' (download), or a .safetensors/.pth file"),
-    "domain": (str, "domain to fine-tune on; the task's other domains are tested as OOD"),
-    "data_dir": (str, "hub tasks: a local folder (parquet files or image folders), or 'hub' to "
-                      "download the official dataset once"),
-    "train_size": (_positive_int, "training images"),
-    "test_size": (_positive_int, "evaluation images (test set and each OOD domain)"),
-    "train_eval_size": (_positive_int, "training images scored at each evaluation point"),
-    "data_seed": (int, "seed of the data (rendering, subsets)"),
-    "steps": (_positive_int, "optimizer steps (when --epochs is 0)"),
-    "epochs": (int, "passes over the training split; > 0 replaces --steps (the official "
-                    "setting counts in epochs)"),
-    "val_fraction": (float, "share of the training images held out as a validation split, "
-                            "scored at every point (the official code holds out 0.1)"),
-    "lr_schedule": (str, "after the warm-up: cosine, linear (decay to 0) or constant"),
-    "ood_train_domains": (str, "tasks with domains: 'source' trains on --domain only; 'all' "
-                               "trains on every domain, as the official code does for DomainNet "
-                               "by default (the OOD domains then leak into training)"),
-    "batch_size": (_positive_int, "images per step"),
-    "lr": (float, "peak learning rate (AdamW)"),
-    "weight_decay": (float, "AdamW weight decay"),
-    "warmup_steps": (int, "linear warm-up steps before the --lr-schedule"),
-    "grad_clip": (float, "gradient-norm clipping (0: off)"),
-    "seed": (int, "seed of initialization, batch order and attack starts"),
-    "schedule": (str, "evaluation points: 'official', 'log:N' or 'every:K'"),
-    "attack_steps": (_positive_int, "PGD iterations"),
-    "step_size_ratio": (float, "PGD step size as a fraction of eps (0.25: 0.25/255 at 1/255)"),
-    "attack": (str, "pgd, apgd or autoattack"),
-    "precision": (str, "auto (default: bf16 autocast on a GPU with the first layer and the "
-                       "perturbation in fp32, fp32 on the CPU), fp32 or bf16"),
-}
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -227,31 +183,72 @@ def _names(text: str) -> list[str]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from . import sweep
+    from . import preflight
+    from .config import RunConfig, preset_defaults
+
+    overrides = run_overrides(args)
+    for task in args.tasks:  # names first: answered before torch is imported
+        for strategy in args.strategies:
+            preflight.check_names(RunConfig(task=task, strategy=strategy, **{
+                **preset_defaults(args.preset, strategy), **overrides}).check())
+    from . import sweep, train
 
     configs = sweep.expand(args.tasks, args.strategies, args.seeds, preset=args.preset,
-                           **run_overrides(args))
-    summary = sweep.run(configs, args.results_dir, executor=args.executor, device=args.device,
+                           **overrides)
+    device = train.resolve_device(args.device)
+    summary = sweep.run(configs, args.results_dir, executor=args.executor, device=str(device),
                         progress=not args.quiet)
     print(sweep.summarize(summary))
     return 1 if (summary["status"] == "failed").any() else 0
 
 
+def _option_type(annotation: str):
+    """An argparse type for a dataclass field's annotation (a string: annotations are lazy)."""
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    if "None" in annotation:  # "none" means None (random weights, no domain)
+        return lambda text: None if text.lower() in ("none", "null") else text
+    return str
+
+
+def add_field_options(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
+                      show_default: bool = False) -> None:
+    """One option per field of dataclass ``cls``, with the field's own help. Absent options
+    stay out of the namespace (argparse.SUPPRESS), so a preset's value stands."""
+    from dataclasses import MISSING, fields
+
+    for f in fields(cls):
+        if f.name in skip or f.type in ("dict",):
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        help_text = f.metadata.get("help", "")
+        if show_default and f.default is not MISSING:
+            help_text += " (default: %(default)s)"
+        if f.type == "bool":
+            aliases = [f"--{a}" for a in f.metadata.get("aliases", ())]
+            p.add_argument(flag, *aliases, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=help_text)
+        elif f.name == "eps":
+            p.add_argument(flag, type=_budget, nargs="+", default=argparse.SUPPRESS,
+                           help=help_text)
+        else:
+            p.add_argument(flag, type=_option_type(f.type), default=(
+                f.default if show_default else argparse.SUPPRESS), help=help_text,
+                metavar=f.name.upper())
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options that set RunConfig fields and where runs go (``run`` and ``sweep``)."""
-    # argparse reads "-1/255" as an unknown option; let it reach _eps, which names the problem.
+    from .config import RunConfig
+
+    # argparse reads "-1/255" as an unknown option; let it reach _budget, which names the problem.
     if hasattr(p, "_negative_number_matcher"):
         p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(/\d*\.?\d+)?$")
-    p.add_argument("--eps", type=_eps, nargs="+",
-                   help="attack budgets in [0, 1] pixel units, e.g. 1/255 2/255")
-    for name, (kind, text) in RUN_OPTIONS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
-    p.add_argument("--no-weights", action="store_true", help="random initialization")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model (pays off on a GPU for long runs; compiling "
-                        "takes about a minute; numbers agree up to rounding)")
-    p.add_argument("--no-merge-eval", dest="merge_for_eval", action="store_false", default=None,
-                   help="evaluate LoRA/IA3/DoRA unmerged (default: merged, which is faster)")
+    add_field_options(p, RunConfig, skip=("task", "strategy"))
+    p.add_argument("--no-weights", dest="weights", action="store_const", const=None,
+                   default=argparse.SUPPRESS, help="random initialization (as --weights none)")
     p.add_argument("--results-dir", default="results", help="results store (default: results)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -323,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
                    help="sizes and sources to start from (default: %(default)s)")
     _add_run_options(p)
-    p.add_argument("--hparam", type=_hparam, action="append", metavar="NAME=VALUE",
+    p.add_argument("--hparam", type=_hparam, action="append", metavar="NAME=VALUE", dest="hparams",
                    help="strategy hyper-parameter, e.g. rank=4 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the fully resolved run (learning rate, schedule, evaluation "
@@ -339,9 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "RESULTS_DIR/failed/ and the sweep goes on; a summary ends it (exit status 1 "
                     "if any run failed).")
     p.add_argument("--tasks", type=_names, required=True, help="task names, e.g. 'digits fonts'")
-    p.add_argument("--strategies", type=_names,
-                   default=["full", "linear_probe", "bitfit", "lora", "ia3", "adapter",
-                            "compacter"], help="strategy names (default: the paper's seven)")
+    from .strategies import PAPER_STRATEGIES
+
+    p.add_argument("--strategies", type=_names, default=list(PAPER_STRATEGIES),
+                   help="strategy names (default: the paper's seven)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
     p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
                    help="sizes and sources to start from (default: %(default)s)")
@@ -351,20 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_sweep)
 
-    from dataclasses import fields
-
-    from .models import EMBEDDED_WEIGHTS
-    from .pretrain import PretrainConfig
+    from .config import EMBEDDED_WEIGHTS, PretrainConfig
 
     p = sub.add_parser(
         "pretrain", help="pre-train the embedded upstream ViT on the glyph world",
-        description="Train the embedded ViT (vit_glyph_p4_24) from scratch on the glyph world's "
-                    "upstream task and write a safetensors checkpoint that "
+        description="Train the embedded ViT (vit_glyph_p4_24) from scratch (or from --init) on "
+                    "the glyph world's upstream task and write a safetensors checkpoint that "
                     "rtlib.models.build(..., weights=OUT) loads like timm pretrained weights. "
                     "Resumes from OUT.state.pt when interrupted.")
-    for f in fields(PretrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                       help=f"{PRETRAIN_HELP[f.name]} (default: %(default)s)")
+    add_field_options(p, PretrainConfig, show_default=True)
     p.add_argument("--out", default=str(EMBEDDED_WEIGHTS),
                    help="checkpoint to write (default: the committed embedded checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -377,7 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .store import StoreError
 
+    def fail(message: str, status: int = 2) -> int:
+        parser.exit(status, f"{parser.prog} {args.command}: error: {message}\n")
+
     try:
         return args.func(args)
     except (ConfigError, StoreError) as err:
-        parser.exit(2, f"{parser.prog} {args.command}: error: {err}\n")
+        return fail(str(err))
+    except KeyboardInterrupt:
+        return fail("interrupted; rerun the same command to resume from the last evaluation "
+                    "point (complete runs are kept)", 130)
+    except Exception as err:  # the engine's own errors, by name, without importing it early
+        if type(err).__name__ in ("TrainingDiverged", "CorruptImage", "NotebookFailed"):
+            return fail(str(err))
+        raise

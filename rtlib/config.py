@@ -1,9 +1,13 @@
-"""Run configurations: typed, validated before any compute, identified by a stable hash.
+"""Run configurations: typed, checked field by field, identified by a stable hash.
 
-A :class:`RunConfig` says everything that determines a run's numbers. Its :meth:`run_id` is a
-hash of that content, so a results store can tell a completed run from a new one. Presets give
-the sizes of the three scales (DESIGN 3): ``paper`` (ViT-B/16 and the hub datasets, on a GPU),
-``embedded`` (the glyph world, offline on a CPU in minutes) and ``smoke`` (toy size, for CI).
+This module is a leaf: it imports neither torch nor any other part of rtlib, so a bad option is
+answered in well under a second. A :class:`RunConfig` says everything that determines a run's
+numbers; each field carries its type, default and help once (``metadata={"help": ...}``, as
+peft's configs do), and the command line is generated from the fields. :meth:`RunConfig.check`
+checks each field on its own; what needs tasks, strategies, attacks or timm is checked once, at
+the door, by :func:`rtlib.preflight.check`. :meth:`RunConfig.run_id` is a hash of the content,
+so a results store can tell a completed run from a new one. Presets give the sizes of the three
+scales (DESIGN 3): ``paper``, ``embedded`` and ``smoke``.
 """
 from __future__ import annotations
 
@@ -11,11 +15,82 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Iterable
 
-from .errors import ConfigError, check_choice, check_float, check_int
 
+# -- bad input -------------------------------------------------------------------------------
+class ConfigError(ValueError):
+    """A parameter has a value we cannot run with.
+
+    ``field`` is the parameter's name as the user spelled it (CLI flag, notebook parameter or
+    keyword argument); ``allowed`` describes the values that would work.
+    """
+
+    def __init__(self, field: str, value: Any, allowed: Any, reason: str | None = None):
+        self.field, self.value, self.allowed = field, value, allowed
+        if not isinstance(allowed, str):
+            allowed = ", ".join(str(a) for a in allowed)
+        msg = f"{field}: {reason or 'invalid value'} {value!r}; allowed: {allowed}"
+        super().__init__(msg)
+
+
+def check_choice(field: str, value: Any, allowed: Iterable[Any]) -> Any:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(field, value, sorted(allowed, key=str), "unknown value")
+    return value
+
+
+def check_int(field: str, value: Any, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    bounds = (f"an integer >= {minimum}" if maximum is None else
+              f"an integer in [{minimum}, {maximum}]") if minimum is not None else "an integer"
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(field, value, bounds, "not an integer:")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(field, value, bounds, "out of range:")
+    return value
+
+
+def check_float(field: str, value: Any, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> float:
+    lo_b, hi_b = ("(" if low_open else "["), (")" if high_open else "]")
+    rng = f"a number in {lo_b}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi_b}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(field, value, rng, "not a number:")
+    value = float(value)
+    if value != value:  # NaN
+        raise ConfigError(field, value, rng, "not a number:")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ConfigError(field, value, rng, "out of range:")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ConfigError(field, value, rng, "out of range:")
+    return value
+
+
+def parse_budget(text: Any) -> float:
+    """An attack budget in [0, 1] pixel units from ``"1/255"``, ``"0.0039"`` or a number."""
+    allowed = "a budget in [0, 1], e.g. 1/255 or 0.0039"
+    if isinstance(text, str):
+        try:
+            if "/" in text:
+                num, den = text.split("/")
+                value = float(num) / float(den)
+            else:
+                value = float(text)
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError("eps", text, allowed, "not a budget:") from None
+    else:
+        value = text
+    return check_float("eps", value, low=0, high=1)
+
+
+# -- facts the fields refer to ---------------------------------------------------------------
 SCHEDULE_KINDS = ("official", "log", "every")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 #: Learning-rate schedules (after the linear warm-up): Hugging Face Trainer's "cosine" and
@@ -24,125 +99,150 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 #: What a task with domains trains on: the source domain only (correct), or every domain (the
 #: official code's default for DomainNet, which leaks the "OOD" domains into training).
 OOD_TRAIN_DOMAINS = ("source", "all")
-#: Fields that say where or how fast things run, not what is computed: they do not change a
-#: run's identity (compiling and merging adapters for evaluation change rounding, not results).
-NOT_IDENTITY = ("data_dir", "compile", "merge_for_eval")
-#: Fields added after stores existed: hashed only when set away from their default, so that
-#: the stores made before them stay valid.
-HASHED_UNLESS_DEFAULT = {"precision": "auto", "epochs": 0, "val_fraction": 0.0,
-                         "lr_schedule": "cosine", "ood_train_domains": "source"}
+#: The attacks rtlib.attacks runs (torchattacks' PGD, APGD and AutoAttack).
+ATTACKS = ("pgd", "apgd", "autoattack")
+#: The embedded upstream model and its committed checkpoint (``python -m rtlib pretrain``).
+EMBEDDED_MODEL = "vit_glyph_p4_24"
+EMBEDDED_WEIGHTS = Path(__file__).resolve().parent / "weights" / f"{EMBEDDED_MODEL}.safetensors"
+#: Weights that are not a file: random initialization, the hub's, or our checkpoint.
+NAMED_WEIGHTS = (None, "hub", "timm", "embedded")
+
+
+def _field(default: Any, help: str, **meta: Any):
+    """A dataclass field whose metadata carries its help (and, for RunConfig, whether it is
+    part of a run's identity: ``identity=False``, or only when away from its default:
+    ``identity="unless default"``, for fields added after stores existed)."""
+    if default is dict or default is list:
+        return field(default_factory=default, metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def field_help(cls, name: str) -> str:
+    return {f.name: f.metadata.get("help", "") for f in fields(cls)}[name]
+
+
+def field_default(f) -> Any:
+    return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING \
+        else f.default
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str
-    strategy: str
-    hparams: dict = field(default_factory=dict)  # strategy hyper-parameters beyond the defaults
+    """One fine-tuning run with continuous evaluation. ``task`` and ``strategy`` are required;
+    every other field has a default that a preset (:data:`PRESETS`) usually replaces."""
+
+    task: str = _field(MISSING, "task name (python -m rtlib tasks)")
+    strategy: str = _field(MISSING, "fine-tuning strategy (python -m rtlib strategies)")
+    hparams: dict = _field(dict, "strategy hyper-parameters beyond its defaults, e.g. rank=4")
     # model
-    model: str = "vit_glyph_p4_24"
-    weights: str | None = None  # None: random; "hub"; "embedded" (our checkpoint); or a path
-    model_kwargs: dict = field(default_factory=dict)  # passed to timm (e.g. depth=2 in tests)
+    model: str = _field("vit_glyph_p4_24", "timm model name")
+    weights: str | None = _field(
+        None, "pretrained weights: 'embedded' (our upstream checkpoint), 'hub' (download), a "
+              ".safetensors/.pth file, or none (random initialization)")
+    model_kwargs: dict = _field(dict, "passed to timm.create_model (e.g. depth=2 in tests)")
     # data
-    domain: str | None = None  # domain trained on (and tested in-domain); others are OOD
-    ood_train_domains: str = "source"  # "source": train on `domain` only; "all": every domain
-    data_dir: str | None = None  # hub tasks: local copy or "hub"; not part of the run's identity
-    train_size: int = 2000
-    test_size: int = 512  # evaluation images per split (test and each OOD domain)
-    train_eval_size: int = 512  # fixed subset of the training set scored at each point
-    data_seed: int = 0
-    # held out from the training images as a validation split, scored at every point (the
-    # official code holds out 10%); choices such as the learning rate are made on it
-    val_fraction: float = 0.0
+    domain: str | None = _field(
+        None, "domain to fine-tune on (tested in-domain); the task's other domains are tested "
+              "as OOD")
+    ood_train_domains: str = _field(
+        "source", "tasks with domains: 'source' trains on --domain only; 'all' trains on every "
+                  "domain, as the official code does for DomainNet by default (the OOD domains "
+                  "then leak into training)", choices=OOD_TRAIN_DOMAINS,
+        identity="unless default")
+    data_dir: str | None = _field(
+        None, "hub tasks: a local folder (parquet files or image folders), or 'hub' to "
+              "download the official dataset once", identity=False)
+    train_size: int = _field(2000, "training images (the validation split included)", minimum=1)
+    test_size: int = _field(512, "evaluation images (test set and each OOD domain)", minimum=1)
+    train_eval_size: int = _field(512, "training images scored at each evaluation point",
+                                  minimum=1)
+    data_seed: int = _field(0, "seed of the data (rendering, subsets)", minimum=0)
+    val_fraction: float = _field(
+        0.0, "share of the training images held out as a validation split, scored at every "
+             "point (the official code holds out 0.1); choices such as the learning rate are "
+             "made on it", identity="unless default")
     # optimization
-    steps: int = 300
-    epochs: int = 0  # > 0: train this many passes over the training split (replaces steps)
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_schedule: str = "cosine"  # after the warm-up: "cosine", "linear" (to 0) or "constant"
-    grad_clip: float = 1.0
-    seed: int = 0
+    steps: int = _field(300, "optimizer steps (when --epochs is 0)", minimum=1)
+    epochs: int = _field(0, "passes over the training split; > 0 replaces --steps (the official "
+                            "setting counts in epochs)", minimum=0, identity="unless default")
+    batch_size: int = _field(64, "images per step (at most the training split)", minimum=1)
+    lr: float = _field(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = _field(0.0, "AdamW weight decay (not on biases, norms, embeddings)")
+    warmup_steps: int = _field(0, "linear warm-up steps before the --lr-schedule", minimum=0)
+    lr_schedule: str = _field("cosine", "after the warm-up: cosine, linear (decay to 0) or "
+                                        "constant", choices=LR_SCHEDULES,
+                              identity="unless default")
+    grad_clip: float = _field(1.0, "gradient-norm clipping (0: off)")
+    seed: int = _field(0, "seed of initialization, batch order and attack starts", minimum=0)
     # evaluation
-    schedule: str = "log:12"  # "official", "log:N" (N points) or "every:K"
-    eps: tuple[float, ...] = (1 / 255,)
-    attack_steps: int = 15
-    step_size_ratio: float = 0.25  # PGD step = ratio * eps (0.25/255 at 1/255)
-    attack: str = "pgd"
-    # execution (DESIGN 5): "auto" is bf16 autocast on a GPU that has it (first layer and
-    # perturbation in fp32), fp32 elsewhere; the precision used is in the run's metadata.
-    precision: str = "auto"
-    compile: bool = False  # torch.compile the model (worth it on a GPU for long runs)
-    merge_for_eval: bool = True  # evaluate LoRA/IA3/DoRA with their updates merged
+    schedule: str = _field("log:12", "evaluation points: 'official' (the official code's "
+                                     "should_log), 'log:N' (N points) or 'every:K'")
+    eps: tuple[float, ...] = _field((1 / 255,), "attack budgets in [0, 1] pixel units, e.g. "
+                                                "1/255 2/255")
+    attack_steps: int = _field(15, "PGD iterations", minimum=1)
+    step_size_ratio: float = _field(0.25, "PGD step size as a fraction of eps (0.25: 0.25/255 "
+                                          "at 1/255)")
+    attack: str = _field("pgd", "the attack: pgd, apgd or autoattack", choices=ATTACKS)
+    # execution (DESIGN 5)
+    precision: str = _field(
+        "auto", "auto (bf16 autocast on a GPU with the first layer and the perturbation in "
+                "fp32; fp32 on the CPU), fp32 or bf16", choices=PRECISION_CHOICES,
+        identity="unless default")
+    compile: bool = _field(False, "torch.compile the model (pays off on a GPU for long runs; "
+                                  "numbers agree up to rounding)", identity=False)
+    merge_for_eval: bool = _field(True, "evaluate LoRA/IA3/DoRA with their updates merged "
+                                        "(faster; same numbers)", identity=False,
+                                  aliases=("merge-eval",))
 
     def __post_init__(self):
-        object.__setattr__(self, "eps", tuple(float(e) for e in _as_list(self.eps)))
+        eps = self.eps
+        eps = [eps] if isinstance(eps, (int, float, str)) else list(eps)
+        object.__setattr__(self, "eps", tuple(
+            parse_budget(e) if isinstance(e, str) else float(e)
+            if isinstance(e, (int, float)) and not isinstance(e, bool) else e for e in eps))
         object.__setattr__(self, "hparams", dict(self.hparams or {}))
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs or {}))
 
-    # -- validation ---------------------------------------------------------------------------
-    def validate(self) -> "RunConfig":
-        """Raise :class:`~rtlib.errors.ConfigError` naming the first bad field."""
-        from . import data, strategies
-        from .attacks import ATTACKS
-
-        check_choice("task", self.task, data.task_names())
-        check_choice("strategy", self.strategy, strategies.names())
-        task = data.info(self.task)
-        if self.domain is not None:
-            if not task.domains:
-                raise ConfigError("domain", self.domain, ["None (this task has no domains)"],
-                                  "unknown domain")
-            check_choice("domain", self.domain, task.domains)
-        for name in ("train_size", "test_size", "train_eval_size", "steps", "batch_size",
-                     "attack_steps"):
-            check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "seed", "data_seed", "epochs"):
-            check_int(name, getattr(self, name), minimum=0)
+    # -- field-level checks (no torch, no registries) -----------------------------------------
+    def check(self) -> "RunConfig":
+        """Raise :class:`ConfigError` naming the first field whose value is bad on its own.
+        What needs the registries (task, strategy, attack, model, hyper-parameters) is
+        :func:`rtlib.preflight.check`'s."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "minimum" in f.metadata:
+                check_int(f.name, value, minimum=f.metadata["minimum"])
+            if "choices" in f.metadata:
+                check_choice(f.name, value, f.metadata["choices"])
+        for name in ("task", "strategy", "model"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(name, getattr(self, name), "a name", "not a name:")
         check_float("val_fraction", self.val_fraction, low=0, high=0.5, high_open=True)
         if self.val_fraction and not 1 <= self.val_count() < self.train_size:
             raise ConfigError("val_fraction", self.val_fraction,
                               f"a share that leaves 1 to {self.train_size - 1} validation images "
                               f"of train_size {self.train_size}", "out of range:")
-        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        check_choice("ood_train_domains", self.ood_train_domains, OOD_TRAIN_DOMAINS)
+        if self.batch_size > self.planned_train_images():
+            raise ConfigError("batch_size", self.batch_size,
+                              f"at most the {self.planned_train_images()} training images "
+                              "(train_size less the validation split)", "larger than the data:")
         check_float("lr", self.lr, low=0, low_open=True, high=10)
-        check_float("weight_decay", self.weight_decay, low=0)
+        check_float("weight_decay", self.weight_decay, low=0, high=10)
         check_float("grad_clip", self.grad_clip, low=0)
         check_float("step_size_ratio", self.step_size_ratio, low=0, low_open=True, high=1)
-        check_choice("attack", self.attack, ATTACKS)
-        check_choice("precision", self.precision, PRECISION_CHOICES)
         for name in ("compile", "merge_for_eval"):
             check_choice(name, getattr(self, name), (True, False))
         if not self.eps:
             raise ConfigError("eps", self.eps, "one or more budgets in [0, 1]", "empty:")
         for e in self.eps:
             check_float("eps", e, low=0, high=1)
+        if self.domain is not None and not isinstance(self.domain, str):
+            raise ConfigError("domain", self.domain, "a domain name or None", "not a name:")
+        if self.weights not in NAMED_WEIGHTS:
+            if not isinstance(self.weights, str) or not Path(self.weights).is_file():
+                raise ConfigError("weights", self.weights,
+                                  "none, embedded, hub, or an existing file", "file not found:")
         parse_schedule(self.schedule, self.total_steps())
-        if self.weights not in (None, "hub", "timm", "embedded"):
-            from pathlib import Path
-
-            if not Path(self.weights).is_file():
-                raise ConfigError("weights", self.weights, "None, hub, or an existing file",
-                                  "file not found:")
-        import timm
-        import torch
-
-        if not timm.is_model(self.model):
-            raise ConfigError("model", self.model, "a timm model name (timm.list_models())",
-                              "unknown timm model")
-        # The strategy's hyper-parameters, checked against the architecture (built on the meta
-        # device: no memory, no initialization, milliseconds even for ViT-B).
-        with torch.device("meta"):
-            backbone = timm.create_model(self.model, pretrained=False,
-                                         num_classes=task.classes, **self.model_kwargs)
-        strategies.get(self.strategy).resolve(backbone, self.hparams)
-        if self.precision == "bf16":
-            from .models import keep_first_layer_fp32
-
-            if keep_first_layer_fp32(backbone, backbone.pretrained_cfg.get("first_conv")) is None:
-                raise ConfigError("precision", self.precision, ["auto", "fp32"], f"{self.model} "
-                                  "has no first layer that can be kept in fp32, so")
         return self
 
     # -- derived sizes ------------------------------------------------------------------------
@@ -178,9 +278,13 @@ class RunConfig:
         return d
 
     def run_id(self) -> str:
-        """Stable hash of the full config (16 hex digits)."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY
-                    and not (k in HASHED_UNLESS_DEFAULT and v == HASHED_UNLESS_DEFAULT[k])}
+        """Stable hash of everything that determines the run's numbers (16 hex digits)."""
+        identity = self.to_dict()
+        for f in fields(self):
+            kind = f.metadata.get("identity", True)
+            if kind is False or (kind == "unless default"
+                                 and identity[f.name] == field_default(f)):
+                del identity[f.name]
         # Weights are identified by content, so a store is valid wherever the checkout lives.
         identity["weights"] = weights_identity(self.weights)
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
@@ -198,10 +302,10 @@ class RunConfig:
         return replace(self, **changes)
 
 
-def _as_list(value) -> list:
-    if isinstance(value, (int, float)):
-        return [value]
-    return list(value)
+#: RunConfig fields the command line and the book set (the rest are structured: task,
+#: strategy, hparams, model_kwargs).
+SCALAR_FIELDS = tuple(f.name for f in fields(RunConfig)
+                      if f.name not in ("task", "strategy", "hparams", "model_kwargs"))
 
 
 def parse_schedule(spec: str, total_steps: int) -> list[int]:
@@ -258,9 +362,49 @@ def eps_label(eps: float) -> str:
     return f"{eps * 255:.4g}/255"
 
 
+@dataclass
+class PretrainConfig:
+    """Pre-training the embedded upstream model on the glyph world (``python -m rtlib
+    pretrain``)."""
+
+    steps: int = _field(10_000, "optimizer steps", minimum=1)
+    batch_size: int = _field(256, "images per step", minimum=1)
+    lr: float = _field(2e-3, "peak learning rate (AdamW)")
+    weight_decay: float = _field(0.05, "AdamW weight decay on weight matrices")
+    warmup_steps: int = _field(500, "linear warm-up steps before the cosine decay", minimum=0)
+    label_smoothing: float = _field(0.1, "label smoothing of the cross-entropy")
+    train_images: int = _field(200_000, "rendered upstream training images (sampled with "
+                                        "replacement)", minimum=1)
+    test_images: int = _field(7_400, "rendered upstream test images for the final accuracy",
+                              minimum=1)
+    shift: int = _field(2, "random translation augmentation, in pixels", minimum=0)
+    seed: int = _field(0, "seed of the renderer, the initialization and the sampling", minimum=0)
+    checkpoint_every: int = _field(500, "steps between resumable training-state checkpoints",
+                                   minimum=1)
+    threads: int = _field(0, "torch CPU threads (0: torch's default)", minimum=0)
+    init: str = _field("", "warm start from this pretrain checkpoint (a second stage; '': from "
+                           "scratch)")
+
+    def check(self) -> "PretrainConfig":
+        for f in fields(self):
+            if "minimum" in f.metadata:
+                check_int(f.name, getattr(self, f.name), minimum=f.metadata["minimum"])
+        check_float("lr", self.lr, low=0, low_open=True, high=10)
+        check_float("weight_decay", self.weight_decay, low=0, high=10)
+        check_float("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        if self.init and not Path(self.init).is_file():
+            raise ConfigError("init", self.init, "an existing checkpoint written by pretrain",
+                              "file not found:")
+        return self
+
+    def command(self) -> str:
+        return "python -m rtlib pretrain " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in asdict(self).items())
+
+
 #: Sizes and sources of each scale. ``run``: RunConfig fields; ``tasks``: the tasks the book
-#: studies at this scale; ``task_overrides`` and ``strategy_overrides``: RunConfig fields per
-#: task (e.g. a task's eps) and per strategy (e.g. its learning rate); ``sources``: where each
+#: studies at this scale; ``strategy_overrides``: RunConfig fields per strategy (e.g. its
+#: learning rate); ``sources``: where each
 #: value of the preset comes from (the book's page on differences from the official code reads
 #: it). Nothing downstream branches on a preset's name.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -274,7 +418,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                     attack_steps=15, step_size_ratio=0.25),
         "tasks": ["cifar10", "cifar100", "caltech256", "cub200", "stanford_dogs"],
         "ood_task": "domainnet",
-        "task_overrides": {},
         "strategy_overrides": {
             "full": dict(lr=2e-5, lr_schedule="linear", warmup_steps=0),
         },
@@ -308,7 +451,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                     schedule="log:8", eps=(2 / 255,), attack_steps=10),
         "tasks": ["digits", "greek", "symbols", "fonts"],
         "ood_task": "digits",
-        "task_overrides": {},
         "strategy_overrides": {
             "full": dict(lr=5e-4, lr_schedule="linear", warmup_steps=0),
         },
@@ -329,7 +471,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                     lr=1e-3, schedule="log:4", eps=(2 / 255,), attack_steps=3),
         "tasks": ["digits", "fonts"],
         "ood_task": "digits",
-        "task_overrides": {},
         "strategy_overrides": {},
         "sources": {},
     },
@@ -344,8 +485,6 @@ def _preset(name: str) -> dict[str, Any]:
 def resolve_weights(weights: str | None) -> str | None:
     """``"embedded"`` means the committed upstream checkpoint (random init if it is absent)."""
     if weights == "embedded":
-        from .models import EMBEDDED_WEIGHTS
-
         return str(EMBEDDED_WEIGHTS) if EMBEDDED_WEIGHTS.is_file() else None
     return weights
 
@@ -356,11 +495,9 @@ def weights_identity(weights: str | None) -> str | None:
     path = resolve_weights(weights)
     if path is None:
         return None  # "embedded" without a checkpoint: random initialization
-    from pathlib import Path
-
     p = Path(path)
     if not p.is_file():
-        return str(weights)  # validate() reports it
+        return str(weights)  # check() reports it
     return _file_digest(str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size)
 
 
@@ -373,18 +510,14 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-def preset_defaults(name: str, task: str | None = None, strategy: str | None = None
-                    ) -> dict[str, Any]:
-    """RunConfig fields of preset ``name``, with ``task``'s and ``strategy``'s overrides."""
+def preset_defaults(name: str, strategy: str | None = None) -> dict[str, Any]:
+    """RunConfig fields of preset ``name``, with ``strategy``'s overrides."""
     preset = _preset(name)
-    return {**preset["run"], **preset["task_overrides"].get(task, {}),
-            **preset["strategy_overrides"].get(strategy, {})}
+    return {**preset["run"], **preset["strategy_overrides"].get(strategy, {})}
 
 
 def preset_tasks(name: str) -> list[str]:
     return list(_preset(name)["tasks"])
-
-
 
 
 def preset_ood_task(name: str) -> str:

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import strategies
+from . import metrics, strategies
 from .attacks import eps_sweep, predict
-from .config import RunConfig, eps_label
-from .data import Split, TaskData
+from .config import RunConfig
+from .data.tasks import Split, TaskData
 
 
 def accuracy(model: nn.Module, split: Split) -> tuple[float, torch.Tensor]:
@@ -32,27 +32,27 @@ def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
     row: dict[str, Any] = {}
     context = strategies.merged(model) if config.merge_for_eval else contextlib.nullcontext()
     with context:
-        row["train_acc"], _ = accuracy(model, train_eval)
+        row[metrics.TRAIN_ACC], _ = accuracy(model, train_eval)
         if task.val is not None:
-            row["val_acc"], _ = accuracy(model, task.val)
-        row["test_acc"], correct = accuracy(model, task.test)
+            row[metrics.VAL_ACC], _ = accuracy(model, task.val)
+        row[metrics.TEST_ACC], correct = accuracy(model, task.test)
         t_attack = time.perf_counter()
         robust = eps_sweep(model, task.test.images, task.test.labels, config.eps,
                            step_size_ratio=config.step_size_ratio, steps=config.attack_steps,
                            attack=config.attack, num_classes=task.num_classes, seed=config.seed,
                            clean_correct=correct)
         _synchronize(task.test.images)
-        row["attack_seconds"] = time.perf_counter() - t_attack
+        row[metrics.ATTACK_SECONDS] = time.perf_counter() - t_attack
         for eps in config.eps:
-            row[f"robust_acc@{eps_label(eps)}"] = robust[eps]
+            row[metrics.robust(eps)] = robust[eps]
         for domain, split in task.ood.items():
-            row[f"ood_acc@{domain}"], _ = accuracy(model, split)
+            row[metrics.ood(domain)], _ = accuracy(model, split)
     # Each budget attacks the survivors of the smaller one (eps_sweep); budget 0 attacks none.
     budgets = sorted(e for e in set(config.eps) if e > 0)
-    survivors = [row["test_acc"]] + [robust[e] for e in budgets[:-1]]
-    row["attacked"] = int(round(len(task.test) * sum(survivors))) if budgets else 0
-    row["test_n"] = len(task.test)
-    row["eval_seconds"] = time.perf_counter() - t0
+    survivors = [row[metrics.TEST_ACC]] + [robust[e] for e in budgets[:-1]]
+    row[metrics.ATTACKED] = int(round(len(task.test) * sum(survivors))) if budgets else 0
+    row[metrics.TEST_N] = len(task.test)
+    row[metrics.EVAL_SECONDS] = time.perf_counter() - t0
     return row
 
 

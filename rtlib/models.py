@@ -21,7 +21,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import ConfigError, check_choice
+from .config import ConfigError, check_choice
 
 #: ``weights=`` values that mean "download timm's pretrained weights" (the only networked path).
 HUB_WEIGHTS = ("hub", "timm")
@@ -78,8 +78,15 @@ def keep_first_layer_fp32(backbone: nn.Module, name: str | None) -> str | None:
     return name if isinstance(layer, _FirstLayerFP32) else None
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Images as floats in [0, 1]: uint8 images (how every task stores them) divided by 255,
+    float images unchanged. The one place the ``/ 255`` lives."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
 class NormalizedModel(nn.Module):
-    """``backbone((x - mean) / std)`` for images ``x`` in [0, 1] of shape (N, C, H, W)."""
+    """``backbone((x - mean) / std)`` for images ``x`` of shape (N, C, H, W): uint8 in
+    [0, 255] (converted by :func:`to_unit`) or float in [0, 1] (what an attack perturbs)."""
 
     def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -104,7 +111,7 @@ class NormalizedModel(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std
+        x = (to_unit(images) - self.mean) / self.std
         if self.compute_dtype is None:
             return self.backbone(x)
         with torch.autocast(x.device.type, dtype=self.compute_dtype):
@@ -167,10 +174,23 @@ def build(
                                   "file not found:")
             head = timm.models.get_pretrained_cfg_value(name, "classifier") or "head"
             # Declaring the checkpoint's own head size lets timm drop it when it differs.
-            overlay = dict(file=str(path), num_classes=_checkpoint_classes(path, head))
+            try:
+                overlay = dict(file=str(path), num_classes=_checkpoint_classes(path, head))
+            except Exception as err:  # noqa: BLE001 - any unreadable file: name it
+                raise ConfigError("weights", str(path), "a .safetensors or .pth checkpoint",
+                                  f"unreadable ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:200] if str(err) else ''}):"
+                                  ) from None
             pretrained = True
-    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                              pretrained_cfg_overlay=overlay, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                  pretrained_cfg_overlay=overlay, **kwargs)
+    except RuntimeError as err:  # a checkpoint of another architecture
+        if overlay is None:
+            raise
+        raise ConfigError("weights", overlay["file"], f"a checkpoint of {name}",
+                          f"does not fit the model ({str(err).splitlines()[0][:200]}):"
+                          ) from None
     if pretrained and overlay is not None and overlay["num_classes"] == num_classes:
         model.reset_classifier(num_classes)  # a fresh head even when the sizes happen to match
     cfg = model.pretrained_cfg
@@ -202,9 +222,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 from timm.models import generate_default_cfgs, register_model  # noqa: E402
 from timm.models.vision_transformer import _create_vision_transformer  # noqa: E402
 
-EMBEDDED_MODEL = "vit_glyph_p4_24"
-#: The committed upstream checkpoint made by ``python -m rtlib pretrain`` (see its metadata).
-EMBEDDED_WEIGHTS = Path(__file__).resolve().parent / "weights" / f"{EMBEDDED_MODEL}.safetensors"
+from .config import EMBEDDED_MODEL, EMBEDDED_WEIGHTS  # noqa: E402,F401 - the config owns them
 
 default_cfgs = generate_default_cfgs({
     f"{EMBEDDED_MODEL}.rtlib_glyphs": dict(

@@ -126,7 +126,7 @@ def aupf_table(frame: pd.DataFrame, robust_col: str, clean_col: str = "test_acc"
     ``max_clean``, ``max_robust``, ``relative`` (AUPF / mean AUPF of the task's strategies - 1).
     ``method``: a key of :data:`AUPF_METHODS` (``"staircase"``, ours; ``"trapezoid"``).
     """
-    from .errors import check_choice
+    from .config import check_choice
 
     area = AUPF_METHODS[check_choice("method", method, AUPF_METHODS)]
     rng = np.random.default_rng(seed)

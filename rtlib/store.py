@@ -1,35 +1,50 @@
-"""Results store: one Parquet file per run, named by the run's config hash.
+"""Results store: the one owner of a results folder and of how every project file is written.
 
-``<results_dir>/runs/<run_id>.parquet`` holds the run's rows (one per evaluation point) and, in
-the file's metadata, the config, library versions, device, seed and trainable parameter counts.
-Files appear atomically (written to a temporary name, then renamed), so a reader never sees half
-a run. A run in progress keeps a resumable checkpoint under ``<results_dir>/partial/``; it is
-removed only after the run's file exists.
+Layout of ``<results_dir>``:
+
+- ``runs/<run_id>.parquet``: a completed run, one row per evaluation point (names from
+  :mod:`rtlib.metrics`) and, in the file's metadata, the config, library versions, device, seed
+  and trainable parameter counts;
+- ``partial/<run_id>.pt``: the resumable state of a run in progress (read with
+  ``weights_only=True``: a planted file cannot run code); removed once the run's file exists;
+- ``failed/<run_id>.json``: why a run of a sweep failed; removed when it succeeds;
+- ``locks/<run_id>.lock``: held (``flock``, released when the process dies) while a process
+  computes the run, so two processes never train the same run: the second waits and reads the
+  first's result.
+
+Every file the project writes goes through :func:`atomic_write` (a temporary name, then a
+rename), so a reader never sees half a file, and gets the permissions the umask allows (a shared
+store stays readable to others). :func:`complete_run` is the one place that answers "is this run
+complete?": a file that does not read back whole is set aside and redone. Nothing is written, and
+no writability is asked, until a run has to be computed: a complete store renders read-only.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import metrics
 from .config import RunConfig, eps_label
-from .pareto import wilson_interval
 
 META_KEY = b"rtlib"
 
 
 class StoreError(RuntimeError):
-    """The results directory cannot be used (read-only, full, not a directory)."""
+    """The results folder cannot be used (read-only, full, not a folder, missing)."""
 
 
+# -- the folder ------------------------------------------------------------------------------
 def runs_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "runs"
 
@@ -40,6 +55,48 @@ def run_path(results_dir: str | Path, config: RunConfig) -> Path:
 
 def partial_path(results_dir: str | Path, config: RunConfig) -> Path:
     return Path(results_dir) / "partial" / f"{config.run_id()}.pt"
+
+
+def failure_path(results_dir: str | Path, config: RunConfig) -> Path:
+    return Path(results_dir) / "failed" / f"{config.run_id()}.json"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# -- writing ---------------------------------------------------------------------------------
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp_path)``, then rename over ``path``: a reader sees the old file or the
+    whole new one. On any failure nothing is left behind and :class:`StoreError` names the file
+    (a full disk included, whichever library wrote)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise StoreError(f"could not write {path}: {err.strerror or err}") from err
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared store must be readable
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, Exception):
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else \
+                str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise StoreError(f"could not write {path}: {reason}") from err
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def set_aside(path: Path, reason: str) -> Path | None:
@@ -57,11 +114,12 @@ def set_aside(path: Path, reason: str) -> Path | None:
     return aside
 
 
+# -- runs ------------------------------------------------------------------------------------
 def read_run(path: str | Path) -> tuple[dict[str, Any], pa.Table]:
     """A run file's metadata and rows, read whole (footer, metadata and every row)."""
     table = pq.read_table(path)
     meta = json.loads((table.schema.metadata or {})[META_KEY])
-    if table.num_rows == 0 or "step" not in table.column_names:
+    if table.num_rows == 0 or metrics.STEP not in table.column_names:
         raise ValueError("no evaluation rows")
     return meta, table
 
@@ -83,10 +141,68 @@ def complete_run(results_dir: str | Path, config: RunConfig) -> Path | None:
     return path
 
 
-def is_complete(results_dir: str | Path, config: RunConfig) -> bool:
-    return complete_run(results_dir, config) is not None
+@contextlib.contextmanager
+def claim(results_dir: str | Path, config: RunConfig, wait: bool = True
+          ) -> Iterator[Path | None]:
+    """Hold the run's lock; yield its complete file, or ``None`` when it has to be computed.
+
+    The lock is an ``flock`` on ``locks/<run_id>.lock``: the kernel releases it when its process
+    dies, so a killed run never blocks the next. A second process asking for the same run waits
+    (``wait=True``) and then finds it complete. Creating the lock is the first write a run makes:
+    a read-only or missing store fails here, with its reason, before any compute.
+    """
+    done = complete_run(results_dir, config)
+    if done is not None:  # nothing to write: no lock, so a read-only store works
+        yield done
+        return
+    lock = Path(results_dir) / "locks" / f"{config.run_id()}.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a")
+    except OSError as err:
+        raise StoreError(f"results directory {results_dir} is not writable: "
+                         f"{err.strerror or err}") from err
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise StoreError(f"run {config.run_id()} is being computed by another process "
+                             f"(lock {lock})") from None
+        # Under the lock, nobody else writes this run: its stale temporary files are ours.
+        path = run_path(results_dir, config)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        yield complete_run(results_dir, config)  # the other process may have finished it
 
 
+def write_run(results_dir: str | Path, config: RunConfig, rows: list[dict[str, Any]],
+              meta: dict[str, Any]) -> Path:
+    """Write a completed run atomically; returns its path."""
+    path = run_path(results_dir, config)
+    table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+    info = {"run_id": config.run_id(), "config": config.to_dict(), **meta}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           META_KEY: json.dumps(info).encode()})
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def record_failure(results_dir: str | Path, config: RunConfig, message: str,
+                   traceback_text: str) -> Path | None:
+    """Write why a run failed (``failed/<run_id>.json``); ``None`` when even that cannot be
+    written (a full disk): the caller still has the message."""
+    record = {"config": config.to_dict(), "error": message, "traceback": traceback_text}
+    try:
+        return write_text(failure_path(results_dir, config), json.dumps(record))
+    except StoreError:
+        return None
+
+
+def clear_failure(results_dir: str | Path, config: RunConfig) -> None:
+    with contextlib.suppress(OSError):
+        failure_path(results_dir, config).unlink(missing_ok=True)
+
+
+# -- resumable training state ----------------------------------------------------------------
 def load_state(path: Path, **load_kwargs) -> dict | None:
     """A resumable training state written by :func:`save_state`, or ``None`` when there is
     none or it cannot be read (then it is set aside and training starts fresh).
@@ -112,50 +228,10 @@ def save_state(path: Path, state: dict) -> None:
     """Write a resumable training state atomically (read back by :func:`load_state`)."""
     import torch
 
-    atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def check_writable(results_dir: str | Path) -> None:
-    """Fail early, with the reason, when runs cannot be written into ``results_dir``."""
-    path = Path(results_dir)
-    try:
-        runs_dir(path).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=runs_dir(path), prefix=".probe-"):
-            pass
-    except OSError as err:
-        raise StoreError(f"results directory {path} is not writable: {err.strerror or err}") \
-            from err
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``; on failure nothing is left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise StoreError(f"could not write {path}: {err.strerror or err}") from err
-        raise
-
-
-def write_run(results_dir: str | Path, config: RunConfig, rows: list[dict[str, Any]],
-              meta: dict[str, Any]) -> Path:
-    """Write a completed run atomically; returns its path."""
-    path = run_path(results_dir, config)
-    table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
-    info = {"run_id": config.run_id(), "config": config.to_dict(), **meta}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           META_KEY: json.dumps(info).encode()})
-    atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
-    return path
-
-
+# -- reading ---------------------------------------------------------------------------------
 def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(pq.read_schema(path).metadata[META_KEY])
 
@@ -172,18 +248,16 @@ CONFIG_COLUMNS = ("task", "strategy", "model", "weights", "domain", "seed", "ste
 
 
 def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) -> pd.DataFrame:
-    """A tidy DataFrame: one row per run and evaluation point.
+    """One row per run and evaluation point.
 
     Columns: ``run_id``, the config fields of :data:`CONFIG_COLUMNS`, ``hparams`` (JSON),
     ``eps`` (the run's first budget), ``trainable`` and ``total`` parameters, ``precision`` (fp32
-    or bf16, as run), then the evaluation columns (``step``, ``epoch``, ``images_seen``,
-    ``train_loss``, ``train_acc``, ``test_acc``, ``robust_acc@<eps>`` per budget,
-    ``robust_acc`` (at ``eps``),
-    ``test_acc_lo/hi`` and ``robust_acc_lo/hi`` (95% Wilson intervals over the ``test_n``
-    evaluation images), ``ood_acc@<domain>``, ``train_seconds``, ``eval_seconds``,
-    ``attack_seconds`` and ``attacked``). With ``configs``, only those runs (the ones not yet
-    run are absent).
+    or bf16, as run), then the run's rows (:mod:`rtlib.metrics`), and ``robust_acc``, robust
+    accuracy at ``eps``. With ``configs``, only those runs (the ones not yet run are absent).
+    A missing folder is an error; a file that cannot be read is named in a warning and left out.
     """
+    if not Path(results_dir).is_dir():
+        raise StoreError(f"results directory {results_dir} does not exist or is not a folder")
     wanted = None if configs is None else {c.run_id() for c in configs}
     frames = []
     for path in run_files(results_dir):
@@ -198,15 +272,10 @@ def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) ->
             continue
         frame = table.to_pandas()
         cfg = meta["config"]
-        eps0 = eps_label(cfg["eps"][0])
         # The run's first budget, under one name for every task (tasks may use other budgets).
-        frame["robust_acc"] = frame[f"robust_acc@{eps0}"]
-        if "test_n" in frame:  # 95% intervals from the number of evaluation images
-            for col in ("test_acc", "robust_acc"):
-                frame[f"{col}_lo"], frame[f"{col}_hi"] = wilson_interval(frame[col],
-                                                                         frame["test_n"])
+        frame[metrics.ROBUST] = frame[metrics.robust(cfg["eps"][0])]
         front = {"run_id": meta["run_id"], **{k: cfg.get(k) for k in CONFIG_COLUMNS},
-                 "eps": eps0,
+                 "eps": eps_label(cfg["eps"][0]),
                  "hparams": json.dumps(cfg.get("hparams", {}), sort_keys=True),
                  "trainable": meta.get("trainable"), "total": meta.get("total"),
                  # what the run computed in (stores from before the field: fp32)
@@ -215,14 +284,6 @@ def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) ->
             frame.insert(i, k, [v] * len(frame))
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=["run_id", *CONFIG_COLUMNS, "hparams", "step"])
+        return pd.DataFrame(columns=["run_id", *CONFIG_COLUMNS, "hparams", metrics.STEP])
     return pd.concat(frames, ignore_index=True).sort_values(
-        ["task", "strategy", "seed", "run_id", "step"], kind="stable").reset_index(drop=True)
-
-
-def robust_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith("robust_acc@")]
-
-
-def ood_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith("ood_acc@")]
+        ["task", "strategy", "seed", "run_id", metrics.STEP], kind="stable").reset_index(drop=True)

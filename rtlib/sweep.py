@@ -8,7 +8,6 @@ summary at the end says what was done, skipped and failed, and why.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -17,22 +16,20 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from . import store
-from .config import RunConfig, preset_defaults
-from .errors import ConfigError, check_choice
+from . import preflight, store
+from .config import ConfigError, RunConfig, check_choice, check_int, preset_defaults
 
 EXECUTORS = ("local", "ray")
 
 
 def expand(tasks: Sequence[str], strategies: Sequence[str], seeds: Iterable[int] = (0,),
            preset: str = "embedded", hparams: Mapping[str, Mapping[str, Sequence[Any]]] | None
-           = None, task_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-           **overrides: Any) -> list[RunConfig]:
+           = None, **overrides: Any) -> list[RunConfig]:
     """Run configs for every (task, strategy, seed, hyper-parameter combination).
 
     ``hparams``: per strategy, lists of values to grid over, e.g. ``{"lora": {"rank": [4, 8]}}``.
-    ``overrides`` replace the preset's values (its per-task and per-strategy values included)
-    for every run; ``task_overrides`` per task. Every config is validated before anything runs.
+    ``overrides`` replace the preset's values (its per-strategy values included) for every run.
+    Every config passes :func:`rtlib.preflight.check` before anything runs.
     """
     if isinstance(tasks, str) or isinstance(strategies, str):
         raise ConfigError("tasks" if isinstance(tasks, str) else "strategies",
@@ -43,10 +40,9 @@ def expand(tasks: Sequence[str], strategies: Sequence[str], seeds: Iterable[int]
         grid = (hparams or {}).get(strategy, {})
         names = sorted(grid)
         for values in itertools.product(*(grid[n] for n in names)):
-            fields = {**preset_defaults(preset, task, strategy),
-                      **(task_overrides or {}).get(task, {}), **overrides, "seed": seed}
-            configs.append(RunConfig(task=task, strategy=strategy,
-                                     hparams=dict(zip(names, values)), **fields).validate())
+            fields = {**preset_defaults(preset, strategy), **overrides, "seed": seed}
+            configs.append(preflight.check(RunConfig(
+                task=task, strategy=strategy, hparams=dict(zip(names, values)), **fields)))
     return configs
 
 
@@ -61,30 +57,22 @@ class Outcome:
     error: str = ""
 
 
-def _failure_path(results_dir: Path, config: RunConfig) -> Path:
-    return Path(results_dir) / "failed" / f"{config.run_id()}.json"
-
-
 def run_one(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
             progress: bool = False) -> Outcome:
-    """Run one config, turning an exception into a recorded failure."""
+    """Run one config (waiting for another process that computes it), turning an exception
+    into a recorded failure."""
     from . import train
 
     t0 = time.perf_counter()
     key = dict(run_id=config.run_id(), task=config.task, strategy=config.strategy,
                seed=config.seed)
-    if store.is_complete(results_dir, config):
-        return Outcome(**key, status="skipped", seconds=0.0)
-    failure = _failure_path(Path(results_dir), config)
     try:
         train.run(config, results_dir, device=device, progress=progress)
     except Exception as err:  # noqa: BLE001 - one failing run must not take the others down
         message = f"{type(err).__name__}: {err}"
-        record = {"config": config.to_dict(), "error": message,
-                  "traceback": traceback.format_exc()}
-        store.atomic_write_bytes(failure, lambda tmp: Path(tmp).write_text(json.dumps(record)))
+        store.record_failure(results_dir, config, message, traceback.format_exc())
         return Outcome(**key, status="failed", seconds=time.perf_counter() - t0, error=message)
-    failure.unlink(missing_ok=True)
+    store.clear_failure(results_dir, config)
     return Outcome(**key, status="done", seconds=time.perf_counter() - t0)
 
 
@@ -107,27 +95,33 @@ def run(configs: Sequence[RunConfig], results_dir: str | Path, executor: str = "
     """
     import os
 
-    from .errors import check_int
-
     check_choice("executor", executor, EXECUTORS)
-    store.check_writable(results_dir)
-    todo = [c for c in configs if not store.is_complete(results_dir, c)]
+    # Complete runs are skipped without writing anything: a complete store may be read-only.
+    done = {i for i, c in enumerate(configs) if store.complete_run(results_dir, c) is not None}
+    todo = [c for i, c in enumerate(configs) if i not in done]
     cpus = os.cpu_count() or 1
     workers = min(cpus, max(1, len(todo))) if workers is None else check_int(
         "workers", workers, minimum=1)
-    if executor == "ray":
-        outcomes = _run_ray(configs, results_dir)
+    if not todo:
+        computed = []
+    elif executor == "ray":
+        computed = _run_ray(todo, results_dir)
     elif workers == 1 or len(todo) <= 1:
         from tqdm.auto import tqdm
 
-        outcomes = []
-        bar = tqdm(configs, desc="runs", disable=not progress)
+        computed = []
+        bar = tqdm(todo, desc="runs", unit="run", disable=not progress)
         for config in bar:
             bar.set_postfix_str(f"{config.task}/{config.strategy}/seed {config.seed}")
-            outcomes.append(run_one(config, results_dir, device=device, progress=False))
+            computed.append(run_one(config, results_dir, device=device, progress=progress))
     else:
-        outcomes = _run_pool(configs, results_dir, device, workers, max(1, cpus // workers),
+        computed = _run_pool(todo, results_dir, device, workers, max(1, cpus // workers),
                              progress)
+    outcomes, computed = [], iter(computed)
+    for i, c in enumerate(configs):
+        outcomes.append(Outcome(run_id=c.run_id(), task=c.task, strategy=c.strategy,
+                                seed=c.seed, status="skipped", seconds=0.0)
+                        if i in done else next(computed))
     return pd.DataFrame([o.__dict__ for o in outcomes])
 
 
@@ -143,7 +137,7 @@ def _run_pool(configs, results_dir, device, workers, threads, progress) -> list[
         futures = {pool.submit(_run_one_in_worker, c, results_dir, device, threads): i
                    for i, c in enumerate(configs)}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs",
-                           disable=not progress):
+                           unit="run", disable=not progress):
             outcomes[futures[future]] = future.result()
     return [outcomes[i] for i in range(len(configs))]
 

@@ -1,10 +1,13 @@
-"""The fine-tuning loop with continuous evaluation.
+"""The training loop (one, for pre-training and fine-tuning) and fine-tuning runs.
 
-``run(config, results_dir)`` fine-tunes one model and evaluates it at every step of the
+:func:`loop` is the loop: batches, loss, clipping, the optimizer and schedule steps, a progress
+bar, and a call at every evaluation point; its resumable state is a :class:`TrainState`.
+``run(config, results_dir)`` fine-tunes one model with it and evaluates at every step of the
 config's schedule; the rows go to the results store in one atomic write when the run ends.
 After each evaluation point the training state is checkpointed (atomically) under
 ``results_dir/partial``, so a run that is killed resumes from its last point and finishes with
 the same numbers as an uninterrupted one. Running a config that is complete is a no-op.
+:mod:`rtlib.pretrain` runs the same loop on the upstream task.
 
 The fast path (on by default where it is safe): bf16 autocast on a GPU, with the input, its
 normalization, the first layer and the attack's perturbation in fp32 (:mod:`rtlib.models`);
@@ -16,15 +19,18 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
-from . import data, models, store, strategies
-from .config import RunConfig, eps_label, resolve_weights
+from . import data, metrics, models, preflight, store, strategies
+from .config import ConfigError, RunConfig, resolve_weights
+from .data.tasks import Split, TaskData
 from .evaluate import evaluate_point
 from .optim import adamw, seed_everything, warmup_then
 
@@ -34,9 +40,20 @@ class TrainingDiverged(RuntimeError):
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; anything else, or a
+    GPU this machine does not have, is a :class:`ConfigError` naming the field."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    allowed = ["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(gpus)] if gpus else [])
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", device, allowed, "unknown device") from None
+    if parsed.type not in ("cpu", "cuda") or (parsed.type == "cuda" and (
+            not gpus or (parsed.index or 0) >= gpus)):
+        raise ConfigError("device", device, allowed, "not on this machine:")
+    return parsed
 
 
 def resolve_precision(precision: str, device: torch.device, model=None) -> str:
@@ -50,13 +67,13 @@ def resolve_precision(precision: str, device: torch.device, model=None) -> str:
     return "bf16" if usable and native else "fp32"
 
 
-def on_device(task: data.TaskData, device: torch.device) -> data.TaskData:
+def on_device(task: TaskData, device: torch.device) -> TaskData:
     """The task's splits on ``device``, still uint8 (4x less memory than float)."""
     if device.type == "cpu":
         return task
 
-    def move(split: data.Split) -> data.Split:
-        return data.Split(split.images.to(device), split.labels.to(device))
+    def move(split: Split) -> Split:
+        return Split(split.images.to(device), split.labels.to(device))
 
     return dataclasses.replace(task, train=move(task.train), test=move(task.test),
                                ood={k: move(v) for k, v in task.ood.items()})
@@ -72,7 +89,8 @@ def model_input_size(config: RunConfig) -> int:
 
 
 def prepare(config: RunConfig):
-    """The task's data and the model prepared with the config's strategy."""
+    """The task's data and the model prepared with the config's strategy (a config that
+    passed :func:`rtlib.preflight.check`)."""
     task = data.load_task(config.task, config.train_size, config.test_size, config.data_seed,
                           config.domain, image_size=model_input_size(config),
                           data_dir=config.data_dir, train_domains=config.ood_train_domains)
@@ -89,7 +107,7 @@ def describe(config: RunConfig) -> dict[str, Any]:
     """The fully resolved run, computed without data, weights or training (``--dry-run``):
     every field, the run id, steps, evaluation steps, and the strategy's resolved
     hyper-parameters and trainable count (on randomly initialized weights: same count)."""
-    config.validate()
+    preflight.check(config)
     task = data.info(config.task)
     model = models.build(config.model, task.classes, **config.model_kwargs)
     strategies.apply(model, config.strategy, **config.hparams)
@@ -116,8 +134,8 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-class _Batches:
-    """Epoch-wise shuffled mini-batches drawn with a private, checkpointable generator.
+class EpochBatches:
+    """Epoch-wise shuffled mini-batch indices drawn with a private, checkpointable generator.
 
     Each epoch ends with a short batch when the batch size does not divide the split, as in
     Hugging Face's Trainer, so ``epochs`` means the same number of steps in both."""
@@ -134,32 +152,121 @@ class _Batches:
         self.pos += len(idx)
         return idx
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "order": self.order, "pos": self.pos}
 
-    def load(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
         self.order, self.pos = state["order"], state["pos"]
 
 
+@dataclass
+class TrainState:
+    """What a training loop needs to resume exactly: the model, optimizer, schedule and batch
+    sampler, the counters, and what was recorded at the evaluation points (``rows``)."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    sampler: Any  # has state_dict() / load_state_dict()
+    step: int = 0
+    images_seen: int = 0
+    train_seconds: float = 0.0
+    rows: list = field(default_factory=list)
+    loss_sum: float = 0.0  # since the last evaluation point
+    loss_count: int = 0
+
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.loss_count if self.loss_count else float("nan")
+
+    def save(self, path: Path, identity: Any) -> None:
+        """Checkpoint atomically; ``identity`` (a run id or config) guards against resuming
+        another run's state."""
+        store.save_state(path, {
+            "identity": identity, "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+            "sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "step": self.step, "images_seen": self.images_seen,
+            "train_seconds": self.train_seconds, "rows": self.rows})
+
+    def resume(self, path: Path, identity: Any, map_location=None) -> bool:
+        """Load the checkpoint at ``path`` if it is this run's; ``True`` when resumed. A state
+        that cannot be read, or is another run's, is ignored (training starts fresh)."""
+        state = store.load_state(path, map_location=map_location)
+        if state is None or state.get("identity") != identity:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.images_seen = state["step"], state["images_seen"]
+        self.train_seconds, self.rows = state["train_seconds"], state["rows"]
+        return True
+
+
+def loop(state: TrainState, total_steps: int, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+         points: set[int], on_point: Callable[[TrainState], str | None],
+         loss_fn: Callable = F.cross_entropy, grad_clip: float = 1.0, label: str = "train",
+         progress: bool = True) -> TrainState:
+    """Train ``state.model`` up to ``total_steps``, calling ``on_point(state)`` at each step of
+    ``points`` (before the step is taken; once per step, also after a resume); what it returns
+    is shown on the progress bar.
+
+    ``batch()`` returns the next (images, labels), images uint8 or in [0, 1] (the model
+    converts). Raises :class:`TrainingDiverged` on a loss that is not finite.
+    """
+    model, params = state.model, [p for p in state.model.parameters() if p.requires_grad]
+    bar = tqdm(total=total_steps, initial=state.step, desc=label, disable=not progress,
+               leave=False)
+    last_point = state.rows[-1].get("step") if state.rows else None
+    note = ""
+    while True:
+        if state.step in points and state.step != last_point:
+            note = on_point(state) or note
+            last_point = state.step
+        if state.step >= total_steps:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        x, y = batch()
+        loss = loss_fn(model(x), y)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"{label}: loss became {loss.item()} at step {state.step + 1}"
+                                   f" (lr {state.opt.param_groups[0]['lr']:.3g}); lower the "
+                                   "learning rate")
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        state.opt.step()
+        state.sched.step()
+        state.step += 1
+        state.images_seen += len(y)
+        state.loss_sum, state.loss_count = state.loss_sum + loss.item(), state.loss_count + 1
+        state.train_seconds += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix_str(f"{note} loss {loss.item():.3f}".strip(), refresh=False)
+    bar.close()
+    return state
+
+
 def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
         progress: bool = True) -> Path:
-    """Fine-tune and continuously evaluate one config; returns the run's Parquet file."""
-    config.validate()
-    store.check_writable(results_dir)
-    done = store.complete_run(results_dir, config)
-    if done is not None:
-        return done
-    path = store.run_path(results_dir, config)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a write that was killed
-        stale.unlink(missing_ok=True)
-    device = resolve_device(device)
-    with models.exact_convolutions():  # fp32 first layer means fp32, not TF32 (DESIGN 5)
-        return _run(config, results_dir, device, path, progress)
+    """Fine-tune and continuously evaluate one config; returns the run's Parquet file.
+
+    Another process computing the same run is waited for (the store's lock), and a complete
+    run is returned as it is."""
+    preflight.check(config)
+    with store.claim(results_dir, config) as done:
+        if done is not None:
+            return done
+        device = resolve_device(device)
+        with models.exact_convolutions():  # fp32 first layer means fp32, not TF32 (DESIGN 5)
+            return _run(config, results_dir, device, progress)
 
 
-def _run(config: RunConfig, results_dir, device: torch.device, path: Path,
-         progress: bool) -> Path:
+def _run(config: RunConfig, results_dir, device: torch.device, progress: bool) -> Path:
     task, model = prepare(config)
     trainable, total = models.count_parameters(model)
     model.to(device)
@@ -176,64 +283,32 @@ def _run(config: RunConfig, results_dir, device: torch.device, path: Path,
     train_eval = task.train.subset(config.train_eval_size)
     total_steps = config.total_steps(len(task.train))
     opt = adamw(model, config.lr, config.weight_decay)
-    sched = warmup_then(opt, config.lr_schedule, config.warmup_steps, total_steps)
-    batches = _Batches(len(task.train), config.batch_size, config.seed)
+    state = TrainState(model, opt, warmup_then(opt, config.lr_schedule, config.warmup_steps,
+                                               total_steps),
+                       EpochBatches(len(task.train), config.batch_size, config.seed))
     points = config.eval_steps(len(task.train))
-
-    rows: list[dict[str, Any]] = []
-    step, images_seen, loss_sum, loss_count, train_seconds = 0, 0, 0.0, 0, 0.0
     partial = store.partial_path(results_dir, config)
-    state = store.load_state(partial, map_location=device)
-    if state is not None:
-        if state.get("run_id") == config.run_id():
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            batches.load(state["batches"])
-            torch.set_rng_state(state["torch_rng"])
-            rows, step, images_seen = state["rows"], state["step"], state["images_seen"]
-            train_seconds = state["train_seconds"]
+    state.resume(partial, config.run_id(), map_location=device)
 
-    label = f"{config.task}/{config.strategy}"
-    bar = tqdm(total=total_steps, initial=step, desc=label, disable=not progress, leave=False)
     x_all, y_all = task.train.images, task.train.labels
-    while True:
-        if step in points and (not rows or rows[-1]["step"] != step):
-            row = {"step": step, "epoch": images_seen / len(task.train),
-                   "images_seen": images_seen,
-                   "train_loss": loss_sum / loss_count if loss_count else float("nan")}
-            row.update(evaluate_point(model, task, config, train_eval))
-            row["train_seconds"] = train_seconds
-            rows.append(row)
-            loss_sum, loss_count = 0.0, 0
-            bar.set_postfix(clean=f"{row['test_acc']:.3f}",
-                            robust=f"{row[f'robust_acc@{eps_label(config.eps[0])}']:.3f}")
-            _checkpoint(partial, config, model, opt, sched, batches, rows, step, images_seen,
-                        train_seconds)
-        if step >= total_steps:
-            break
-        t0 = time.perf_counter()
-        model.train()
-        idx = batches.next()
-        idx = idx.to(x_all.device)
-        x = x_all[idx].to(device, non_blocking=True).float() / 255
-        loss = F.cross_entropy(model(x), y_all[idx].to(device))
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"{label}: loss became {loss.item()} at step {step + 1} "
-                                   f"(lr {config.lr}); lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], config.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        images_seen += len(idx)
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1  # .item() synchronizes
-        train_seconds += time.perf_counter() - t0
-        bar.update(1)
-    bar.close()
+    first_budget = metrics.robust(config.eps[0])
+
+    def batch():
+        idx = state.sampler.next().to(x_all.device)
+        return x_all[idx].to(device, non_blocking=True), y_all[idx].to(device)
+
+    def evaluate(state: TrainState) -> str:
+        row = {metrics.STEP: state.step, metrics.EPOCH: state.images_seen / len(task.train),
+               metrics.IMAGES_SEEN: state.images_seen, metrics.TRAIN_LOSS: state.mean_loss()}
+        row.update(evaluate_point(model, task, config, train_eval))
+        row[metrics.TRAIN_SECONDS] = state.train_seconds
+        state.rows.append(row)
+        state.loss_sum, state.loss_count = 0.0, 0
+        state.save(partial, config.run_id())
+        return f"clean {row[metrics.TEST_ACC]:.3f} robust {row[first_budget]:.3f}"
+
+    loop(state, total_steps, batch, set(points), evaluate, grad_clip=config.grad_clip,
+         label=f"{config.task}/{config.strategy}", progress=progress)
 
     meta = {"versions": _versions(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -244,15 +319,6 @@ def _run(config: RunConfig, results_dir, device: torch.device, path: Path,
             "ood_domains": list(task.ood), "points": points, "total_steps": total_steps,
             "train_images": len(task.train),
             "val_images": 0 if task.val is None else len(task.val)}
-    out = store.write_run(results_dir, config, rows, meta)
+    out = store.write_run(results_dir, config, state.rows, meta)
     partial.unlink(missing_ok=True)
     return out
-
-
-def _checkpoint(path: Path, config, model, opt, sched, batches, rows, step, images_seen,
-                train_seconds) -> None:
-    state = {"run_id": config.run_id(), "model": model.state_dict(), "opt": opt.state_dict(),
-             "sched": sched.state_dict(), "batches": batches.state(),
-             "torch_rng": torch.get_rng_state(), "rows": rows, "step": step,
-             "images_seen": images_seen, "train_seconds": train_seconds}
-    store.save_state(path, state)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from rtlib import attacks
-from rtlib.errors import ConfigError
+from rtlib.config import ConfigError
 
 from .conftest import build_tiny
 

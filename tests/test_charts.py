@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import vl_convert as vlc
 
-from rtlib import charts, pareto, paper
+from rtlib import pareto
+from rtlib.report import charts, paper
 
 ROBUST = "robust_acc@2/255"
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from rtlib import data
 from rtlib.data import glyphs, hub
-from rtlib.errors import ConfigError
+from rtlib.config import ConfigError
 
 
 def test_same_seed_same_tensors_other_seed_other_tensors():

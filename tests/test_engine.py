@@ -10,9 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rtlib import store, train
-from rtlib.config import RunConfig, parse_schedule
-from rtlib.errors import ConfigError
+from rtlib import preflight, store, train
+from rtlib.config import ConfigError, RunConfig, parse_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = {"img_size": 16, "depth": 1, "embed_dim": 32, "num_heads": 2}
@@ -56,7 +55,7 @@ def test_run_id_is_stable_and_sensitive():
 ])
 def test_bad_config_names_the_field(changes, field):
     with pytest.raises(ConfigError) as err:
-        tiny_config(**changes).validate()
+        preflight.check(tiny_config(**changes))
     assert err.value.field == field
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rtlib import attacks, data, models, store, strategies, train
+from rtlib import attacks, data, models, preflight, store, strategies, train
 from rtlib.config import RunConfig
-from rtlib.errors import ConfigError
+from rtlib.config import ConfigError
 
 from .test_engine import tiny_config
 
@@ -79,10 +79,10 @@ def test_precision_is_validated():
         model.set_precision("fp16")
     assert err.value.field == "precision" and "bf16" in str(err.value)
     with pytest.raises(ConfigError) as err:
-        tiny_config(precision="half").validate()
+        preflight.check(tiny_config(precision="half"))
     assert err.value.field == "precision" and "auto" in str(err.value)
     with pytest.raises(ConfigError) as err:
-        tiny_config(compile="yes").validate()
+        preflight.check(tiny_config(compile="yes"))
     assert err.value.field == "compile"
 
 

@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import save_file
 
 from rtlib import models
-from rtlib.errors import ConfigError
+from rtlib.config import ConfigError
 
 from .conftest import TINY, build_tiny
 

@@ -163,7 +163,7 @@ def test_ranking_sensitivity_reports_a_flip_between_readings():
 
 
 def test_paper_readings_swap_only_the_two_suspect_columns():
-    from rtlib import paper
+    from rtlib.report import paper
 
     both = paper.aupf_frame(paper.READINGS).set_index(["reading", "dataset", "strategy"]).sort_index()
     compacter = both.xs("compacter", level="strategy")["relative"]

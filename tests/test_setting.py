@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from rtlib import cli, data, optim
+from rtlib import cli, data, optim, preflight
 from rtlib.config import RunConfig, parse_schedule, preset_defaults
-from rtlib.errors import ConfigError
+from rtlib.config import ConfigError
 
 
 def _should_log(step):  # scripts/finetune.py of kyangl/robustness-finetuning, verbatim
@@ -79,7 +79,7 @@ def test_bad_setting_values_name_the_field(field, value, allowed):
     config = RunConfig(task="digits", strategy="full", **{**preset_defaults("smoke"),
                                                            field: value})
     with pytest.raises(ConfigError) as err:
-        config.validate()
+        preflight.check(config)
     assert err.value.field == field and allowed in str(err.value)
 
 
@@ -129,7 +129,7 @@ def test_official_domain_leak_is_an_explicit_option():
 
 
 def test_every_preset_source_names_a_value_of_its_preset():
-    from rtlib import official
+    from rtlib.report import official
     from rtlib.config import PRESETS
 
     for name in PRESETS:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rtlib import cli, models, strategies
-from rtlib.errors import ConfigError
+from rtlib.config import ConfigError
 
 from .conftest import build_tiny
 

@@ -2,7 +2,8 @@
 import numpy as np
 import pandas as pd
 
-from rtlib import pareto, study
+from rtlib import pareto
+from rtlib.report import study
 
 STRATEGIES = ["full", "linear_probe", "bitfit", "lora", "ia3", "adapter", "compacter"]
 

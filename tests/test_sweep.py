@@ -10,8 +10,9 @@ import time
 import pandas as pd
 import pytest
 
-from rtlib import cli, store, study, sweep, train
-from rtlib.errors import ConfigError
+from rtlib import cli, store, sweep, train
+from rtlib.report import study
+from rtlib.config import ConfigError
 
 from .test_engine import TINY_MODEL
 

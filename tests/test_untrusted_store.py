@@ -69,7 +69,7 @@ def test_a_corrupt_complete_run_is_set_aside_and_redone(tmp_path, damage):
     path.write_bytes({"truncate": data[: len(data) // 2], "random": os.urandom(len(data)),
                       "empty": b""}[damage])
     with pytest.warns(RuntimeWarning, match=path.name):
-        assert not store.is_complete(tmp_path, config)
+        assert store.complete_run(tmp_path, config) is None
     assert len(_aside(path.parent, path.name)) == 1
     train.run(config, tmp_path, progress=False)
     redone = store.load(tmp_path)

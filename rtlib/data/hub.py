@@ -21,50 +21,21 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, check_choice
+from ..config import ConfigError, check_choice
+from .catalog import DOMAINNET_DOMAINS, HUB, HubSpec  # noqa: F401
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
 
 
 class CorruptImage(ValueError):
     """An image that Pillow cannot decode; the message names the file (and row)."""
 
-
-@dataclass(frozen=True)
-class HubSpec:
-    name: str
-    repo: str  # Hugging Face dataset ID used by the official code
-    classes: int
-    image_column: str | None = None  # None: detected
-    label_column: str | None = None
-    label_offset: int = 0  # subtracted from stored labels (Caltech-256 starts at 1)
-    domains: tuple[str, ...] = ()
-    description: str = ""
-
-
-HUB = {s.name: s for s in (
-    HubSpec("cifar10", "uoft-cs/cifar10", 10, "img", "label",
-            description="CIFAR-10: 10 classes of 32 px photos (simple, close to ImageNet)"),
-    HubSpec("cifar100", "uoft-cs/cifar100", 100, "img", "fine_label",
-            description="CIFAR-100: 100 classes of 32 px photos"),
-    HubSpec("caltech256", "ilee0022/Caltech-256", 257, "image", "label", label_offset=1,
-            description="Caltech-256: 257 object classes (labels start at 1 on the hub)"),
-    HubSpec("cub200", "efekankavalci/CUB_200_2011", 200, "image", "label",
-            description="CUB-200-2011: 200 bird species (fine-grained)"),
-    HubSpec("stanford_dogs", "amaye15/stanford-dogs", 120, None, None,
-            description="Stanford Dogs: 120 dog breeds (fine-grained)"),
-    HubSpec("domainnet", "wltjr1007/DomainNet", 345, "image", "label",
-            domains=DOMAINNET_DOMAINS,
-            description="DomainNet: 345 classes in 6 domains; train on one, test on the others"),
-)}
 
 #: Where local copies live: RTLIB_DATA/<task>/ (parquet files or an image-folder tree).
 DATA_ROOT_ENV = "RTLIB_DATA"
@@ -74,16 +45,43 @@ def data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV, Path.home() / ".cache" / "rtlib" / "data"))
 
 
+#: The largest image decoded (pixels): DomainNet's and Caltech's largest are a few megapixels;
+#: more is a decompression bomb or a mistake, refused before it is decoded.
+MAX_PIXELS = 40_000_000
+#: The largest image file read from a folder (bytes).
+MAX_FILE_BYTES = 64 << 20
+
+
 def decode(blob: bytes, size: int, name: str) -> np.ndarray:
-    """Bytes of an image file -> (3, size, size) uint8."""
+    """Bytes of an image file -> (3, size, size) uint8. An undecodable or oversized image is a
+    :class:`CorruptImage` naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(blob)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise CorruptImage(f"image {name} is {img.width} x {img.height} pixels, more "
+                                   f"than the {MAX_PIXELS:,} rtlib decodes")
             img = img.convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except CorruptImage:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:
         raise CorruptImage(f"cannot decode image {name}: {err}") from err
+
+
+def _read_image_file(path: Path, root: Path) -> bytes:
+    """An image file's bytes: a regular file inside ``root`` (a link out of the folder, or to
+    a device such as /dev/zero, is refused) of at most :data:`MAX_FILE_BYTES`."""
+    real = path.resolve()
+    if not real.is_relative_to(root.resolve()) or not real.is_file():
+        raise CorruptImage(f"image {path} is not a regular file inside {root} (it points to "
+                           f"{real}); links out of the data folder are not followed")
+    if real.stat().st_size > MAX_FILE_BYTES:
+        raise CorruptImage(f"image {path} is {real.stat().st_size:,} bytes, more than the "
+                           f"{MAX_FILE_BYTES:,} rtlib reads")
+    return real.read_bytes()
 
 
 # -- parquet ----------------------------------------------------------------------------------
@@ -160,7 +158,7 @@ def read_image_folder(root: Path, size: int, classes: Sequence[str] | None = Non
             continue
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(decode(path.read_bytes(), size, str(path)))
+                images.append(decode(_read_image_file(path, root), size, str(path)))
                 labels.append(index)
     if not images:
         raise ValueError(f"no images under {root} (expected {root}/<class>/<image>)")
@@ -219,7 +217,7 @@ def ensure_local(name: str, source: str | None = None) -> Path:
 
 def load_hub_task(name: str, train_size: int, test_size: int, seed: int, domain: str | None,
                   image_size: int, data_dir: str | None = None, train_domains: str = "source"):
-    from . import Split, TaskData
+    from .tasks import Split, TaskData
 
     spec = HUB[name]
     folder = ensure_local(name, data_dir)
@@ -268,13 +266,3 @@ def load_hub_task(name: str, train_size: int, test_size: int, seed: int, domain:
     return TaskData(name=name, classes=classes, train=Split(*_take(x, y, train_size, seed)),
                     test=Split(*_take(xt, yt, test_size, seed)), ood=ood, domain=domain,
                     source="hub")
-
-
-def hub_tasks() -> dict:
-    import functools
-
-    from . import TaskInfo
-
-    return {name: TaskInfo(name, spec.classes, spec.domains, "hub", 224, spec.description,
-                           functools.partial(load_hub_task, name))
-            for name, spec in HUB.items()}

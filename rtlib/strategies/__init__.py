@@ -1,195 +1,29 @@
-"""The registry of fine-tuning strategies.
+"""Fine-tuning strategies: a registry of :class:`~rtlib.strategies.base.Strategy` records.
 
-``apply(model, name, **hparams)`` prepares a :class:`rtlib.models.NormalizedModel` in place and
-returns it: the backbone's parameters are frozen or not, modules are injected, and the
-classification head always trains. Adding a strategy is one :func:`register` call (see DoRA).
+``apply(model, name, **hparams)`` prepares a :class:`rtlib.models.NormalizedModel` in place;
+``names()``, ``get(name)``, ``save``, ``load``, ``merged``, ``summary``: see
+:mod:`rtlib.strategies.registry`. This package face is light: it knows the built-in names
+without importing torch or peft (so a misspelled strategy is answered at once) and loads the
+registry on first use of anything else.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
-import warnings
-from pathlib import Path
-from typing import Any, Iterable
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
-
-from ..errors import ConfigError, check_choice
-from ..models import NormalizedModel, classifier_names, count_parameters
-from .adapter import ADAPTER
-from .base import INFORMATION, MECHANISMS, Strategy
-from .compacter import COMPACTER
-from .peft_based import DORA, IA3, LORA
-from .select import BITFIT, FULL, LINEAR_PROBE
-
-REGISTRY: dict[str, Strategy] = {}
-#: The model the official trainable counts (``Strategy.official_trainable``) are for.
-OFFICIAL_COUNT_MODEL = "vit_base_patch16_224"
+#: The paper's seven strategies in its order, then our extensions: the built-in registry's
+#: names (it asserts that they match its records and their ``in_paper`` flags).
+PAPER_STRATEGIES = ("full", "linear_probe", "bitfit", "lora", "ia3", "adapter", "compacter")
+BUILTIN = PAPER_STRATEGIES + ("dora",)
 
 
-def register(strategy: Strategy) -> Strategy:
-    if strategy.name in REGISTRY:
-        raise ValueError(f"strategy {strategy.name!r} is already registered")
-    REGISTRY[strategy.name] = strategy
-    return strategy
+#: Loaded on first use from :mod:`rtlib.strategies.registry`.
+LAZY = ("REGISTRY", "OFFICIAL_COUNT_MODEL", "Strategy", "INFORMATION", "MECHANISMS", "register",
+        "names", "ordered", "adapting", "get", "apply", "save", "load", "summary", "trainable_state",
+        "merged")
 
 
-for _s in (FULL, LINEAR_PROBE, BITFIT, LORA, IA3, ADAPTER, COMPACTER, DORA):
-    register(_s)
+def __getattr__(name: str):
+    if name not in LAZY:  # submodules (base, select, peft_based, ...) are imported as usual
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-#: The seven strategies of the paper, in its order.
-PAPER_STRATEGIES = tuple(s.name for s in REGISTRY.values() if s.in_paper)
-
-
-def names(include_extensions: bool = True) -> list[str]:
-    return [n for n, s in REGISTRY.items() if include_extensions or s.in_paper]
-
-
-def get(name: str) -> Strategy:
-    check_choice("strategy", name, REGISTRY)
-    return REGISTRY[name]
-
-
-def resolve(model: NormalizedModel, name: str, **hparams: Any) -> dict:
-    """Validate ``hparams`` for strategy ``name`` on ``model`` without changing the model."""
-    return get(name).resolve(model.backbone, hparams)
-
-
-def apply(model: NormalizedModel, name: str, **hparams: Any) -> NormalizedModel:
-    """Prepare ``model`` for fine-tuning with strategy ``name`` (in place) and return it.
-
-    Raises :class:`~rtlib.errors.ConfigError` naming the field for an unknown strategy, an
-    unknown hyper-parameter, or a bad value, before the model is touched.
-    """
-    if not isinstance(model, NormalizedModel):
-        raise TypeError("apply() takes a model made by rtlib.models.build()")
-    if getattr(model, "strategy", None):
-        raise ValueError(f"this model is already prepared for {model.strategy!r}; build a new one")
-    strategy = get(name)
-    hp = strategy.resolve(model.backbone, hparams)
-    model.backbone = strategy.prepare(model.backbone, hp)
-    for head_param in classifier_names(model):
-        model.get_parameter(head_param).requires_grad_(True)
-    model.strategy, model.strategy_hparams = name, hp
-    return model
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save(model: NormalizedModel, path: str | Path) -> Path:
-    """Write the trainable parameters and the strategy's name and hyper-parameters (safetensors).
-
-    The frozen weights are not saved: :func:`load` needs the same base model.
-    """
-    path = Path(path)
-    meta = {"strategy": model.strategy, "hparams": json.dumps(_jsonable(model.strategy_hparams)),
-            "model": getattr(model, "model_name", ""), "weights": str(getattr(model, "weights", ""))}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(trainable_state(model), str(tmp), metadata=meta)
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return path
-
-
-def load(base: NormalizedModel, path: str | Path) -> NormalizedModel:
-    """Apply the saved strategy to ``base`` (an unprepared model) and load its trained weights."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("path", str(path), "a file written by rtlib.strategies.save",
-                          "file not found:")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "strategy" not in meta:
-        raise ValueError(f"{path} was not written by rtlib.strategies.save (no strategy metadata)")
-    model = apply(base, meta["strategy"], **json.loads(meta["hparams"]))
-    state = load_file(str(path))
-    expected = set(trainable_state(model))
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ValueError(f"{path} does not match this model: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
-    model.load_state_dict(state, strict=False)
-    return model
-
-
-@contextlib.contextmanager
-def merged(model: NormalizedModel):
-    """Evaluate with peft's updates (LoRA, IA3, DoRA) merged into the frozen weights.
-
-    A merged layer is one matrix product instead of two paths (LoRA) or an extra rescale (IA3),
-    which speeds up the many forward and backward passes of an attack. On exit the frozen
-    weights are restored bit for bit (unmerging by subtraction or division would leave rounding
-    in weights that training goes on from). For other strategies this does nothing.
-    """
-    backbone = model.backbone
-    if not hasattr(backbone, "merge_adapter"):
-        yield model
-        return
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    saved = []
-    for module in backbone.modules():
-        if isinstance(module, BaseTunerLayer):
-            base = module.get_base_layer()
-            bias = getattr(base, "bias", None)
-            saved.append((base, base.weight.data.clone(),
-                          None if bias is None else bias.data.clone()))
-    backbone.merge_adapter()
-    try:
-        yield model
-    finally:
-        with warnings.catch_warnings():  # peft warns that IA3's unmerge is inexact: we restore
-            warnings.simplefilter("ignore", UserWarning)
-            backbone.unmerge_adapter()
-        for base, weight, bias in saved:
-            base.weight.data = weight
-            if bias is not None:
-                base.bias.data = bias
-
-
-def _jsonable(hp: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
-
-
-def summary(model: NormalizedModel, strategies: Iterable[str] | None = None) -> list[dict]:
-    """For each strategy: trainable and total parameters of ``model`` prepared with it."""
-    rows = []
-    for name in strategies or names():
-        s = get(name)
-        prepared = apply(copy.deepcopy(model), name)
-        trainable, total = count_parameters(prepared)
-        rows.append({"strategy": name, "title": s.title, "trainable": trainable, "total": total,
-                     "percent": 100.0 * trainable / total, "paper_percent": s.paper_percent,
-                     "official_trainable": s.official_trainable,
-                     "information": s.information, "mechanism": s.mechanism,
-                     "in_paper": s.in_paper, "adapts": s.adapts})
-        del prepared
-    return rows
-
-
-__all__ = ["REGISTRY", "PAPER_STRATEGIES", "Strategy", "INFORMATION", "MECHANISMS", "register",
-           "names", "get", "resolve", "apply", "save", "load", "summary", "strategy_table",
-           "trainable_state", "merged"]
-
-
-def strategy_table(model: NormalizedModel, strategies: Iterable[str] | None = None):
-    """:func:`summary` as a pandas DataFrame indexed by strategy, for the book."""
-    import pandas as pd
-
-    frame = pd.DataFrame(summary(model, strategies)).set_index("strategy")
-    # The official counts are for ViT-B/16 with a 10-class head: compared on that model only.
-    comparable = (getattr(model, "model_name", "").startswith(OFFICIAL_COUNT_MODEL)
-                  and getattr(model, "num_classes", None) == 10)
-    frame["equals official count"] = [
-        bool(t == o) if comparable and not pd.isna(o) else None
-        for t, o in zip(frame["trainable"], frame["official_trainable"])]
-    return frame.rename(columns={"paper_percent": "paper %", "in_paper": "in paper",
-                                 "official_trainable": "official count"})[
-        ["title", "information", "mechanism", "adapts", "trainable", "total", "percent",
-         "paper %", "official count", "equals official count", "in paper"]]
+    # torch and peft: only when a strategy is really used
+    return getattr(importlib.import_module(f"{__name__}.registry"), name)

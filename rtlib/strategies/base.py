@@ -1,12 +1,12 @@
 """The strategy record and the checks its hyper-parameters share."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from ..errors import ConfigError, check_choice, check_float, check_int
+from ..config import ConfigError, check_choice, check_float, check_int
 
 #: The paper's first axis: *which* information a strategy adapts.
 INFORMATION = {
@@ -46,7 +46,6 @@ class Strategy:
     official_trainable: int | None = None
     reference: str = ""
     notes: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         assert self.information in INFORMATION, self.information

@@ -97,7 +97,10 @@ def _validate_lora(prefix: str):
     def validate(backbone: nn.Module, hp: dict) -> dict:
         hp = dict(hp)
         hp["rank"] = check_int(f"{prefix}.rank", hp["rank"], minimum=1)
-        hp["alpha"] = check_float(f"{prefix}.alpha", hp["alpha"], low=0, low_open=True)
+        # alpha / rank scales the update: beyond a few thousand it only diverges (1e30 trained
+        # to chance and looked like a finished run)
+        hp["alpha"] = check_float(f"{prefix}.alpha", hp["alpha"], low=0, low_open=True,
+                                  high=4096)
         hp["dropout"] = check_float(f"{prefix}.dropout", hp["dropout"], low=0, high=1,
                                     high_open=True)
         hp["target_modules"] = _check_targets(f"{prefix}.target_modules", hp["target_modules"],

@@ -164,7 +164,7 @@ def preset_sources(preset: str = "paper"):
     """The preset's values and where each comes from (strategy overrides as ``strategy.field``)."""
     import pandas as pd
 
-    from .config import PRESETS, eps_label
+    from ..config import PRESETS, eps_label
 
     def shown(key: str, value) -> str:  # exact, readable values (5e-4, not a rounded 0.001)
         if key == "eps":
@@ -183,6 +183,26 @@ def preset_sources(preset: str = "paper"):
 def schedule_steps(total_steps: int = 30_000) -> str:
     """Our ``official`` evaluation steps for a run of ``total_steps`` (tests/test_setting.py
     checks them against the official ``should_log``, transcribed verbatim)."""
-    from .config import parse_schedule
+    from ..config import parse_schedule
 
     return ", ".join(f"{s:,}" for s in parse_schedule("official", total_steps))
+
+
+def strategy_table(model, names=None):
+    """The strategies on ``model`` (:func:`rtlib.strategies.summary`) as a DataFrame indexed
+    by strategy, with the official counts beside ours, for the book."""
+    import pandas as pd
+
+    from ..strategies import OFFICIAL_COUNT_MODEL, summary
+
+    frame = pd.DataFrame(summary(model, names)).set_index("strategy")
+    # The official counts are for ViT-B/16 with a 10-class head: compared on that model only.
+    comparable = (getattr(model, "model_name", "").startswith(OFFICIAL_COUNT_MODEL)
+                  and getattr(model, "num_classes", None) == 10)
+    frame["equals official count"] = [
+        bool(t == o) if comparable and not pd.isna(o) else None
+        for t, o in zip(frame["trainable"], frame["official_trainable"])]
+    return frame.rename(columns={"paper_percent": "paper %", "in_paper": "in paper",
+                                 "official_trainable": "official count"})[
+        ["title", "information", "mechanism", "adapts", "trainable", "total", "percent",
+         "paper %", "official count", "equals official count", "in paper"]]

@@ -2,7 +2,9 @@
 
 Notebook templates live in ``notebooks/`` without outputs; executed copies are written to
 ``book/executed/`` (a build product). A notebook that fails stops the build with its name and
-the failing cell, and its executed copy is kept for inspection.
+the failing cell, and its executed copy is kept for inspection. The book is built from a source
+checkout (``_toc.yml``, ``notebooks/``, ``book/``): :func:`root` finds it from the working
+directory or from this package, and says so when there is none.
 """
 from __future__ import annotations
 
@@ -12,17 +14,47 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
-EXECUTED = ROOT / "book" / "executed"
-
-
-STATIC = ROOT / "_static"
 VEGA_BUNDLE = "vega-offline.js"
 
 
 class NotebookFailed(RuntimeError):
     pass
+
+
+def root() -> Path:
+    """The source checkout the book is built from: the first folder holding ``_toc.yml`` and
+    ``notebooks/``, from the working directory up, then from this package up."""
+    here = Path(__file__).resolve()
+    for start in (Path.cwd().resolve(), here):
+        for folder in (start, *start.parents):
+            if (folder / "_toc.yml").is_file() and (folder / "notebooks").is_dir():
+                return folder
+    from ..config import ConfigError
+
+    raise ConfigError("book", str(Path.cwd()), "a source checkout of the project (with "
+                      "_toc.yml and notebooks/)", "the book is built from a checkout; none at")
+
+
+def notebooks() -> list[Path]:
+    return sorted((root() / "notebooks").glob("*.ipynb"))
+
+
+def declared_parameters() -> dict[str, set[str]]:
+    """Each notebook's declared parameters (its ``parameters`` cell), by notebook name."""
+    import papermill as pm
+
+    return {p.stem: set(pm.inspect_notebook(str(p))) for p in notebooks()}
+
+
+def check_parameters(parameters: Mapping[str, Any] | None) -> None:
+    """Every parameter must be declared by at least one notebook: checked before any runs."""
+    from ..config import ConfigError
+
+    known = set().union(*declared_parameters().values())
+    for name in parameters or {}:
+        if name not in known:
+            raise ConfigError(f"-p {name}", (parameters or {})[name], sorted(known),
+                              "no notebook declares this parameter; value")
 
 
 def setup_notebook() -> None:
@@ -38,7 +70,7 @@ def setup_notebook() -> None:
     pd.set_option("display.precision", 3)
 
 
-def write_static_assets(folder: Path = STATIC) -> Path:
+def write_static_assets(folder: Path | None = None) -> Path:
     """Write Vega, Vega-Lite and Vega-Embed (from vl-convert, offline) as one script.
 
     The bundle is wrapped in a function so its top-level names stay private; it sets
@@ -48,6 +80,7 @@ def write_static_assets(folder: Path = STATIC) -> Path:
     import altair as alt
     import vl_convert as vlc
 
+    folder = Path(folder or root() / "_static")
     folder.mkdir(parents=True, exist_ok=True)
     vl = ".".join(alt.VEGALITE_VERSION.split(".")[:2])
     bundle = vlc.javascript_bundle(vl_version=vl)
@@ -55,33 +88,44 @@ def write_static_assets(folder: Path = STATIC) -> Path:
                 "vegaembed_version": alt.VEGAEMBED_VERSION}
     text = ("(function () {\n" + bundle + "\n})();\n"
             f"window.VEGA_DEBUG = Object.assign(window.VEGA_DEBUG || {{}}, {json.dumps(versions)});\n")
-    path = folder / VEGA_BUNDLE
-    path.write_text(text)
-    return path
+    from ..store import write_text
+
+    return write_text(folder / VEGA_BUNDLE, text)
 
 
 def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None = None,
-            output_dir: Path = EXECUTED) -> list[Path]:
+            output_dir: Path | None = None, progress: bool = True) -> list[Path]:
     """Run each notebook of ``notebooks/`` (or the ``names`` given) with ``parameters``.
 
-    A parameter a notebook does not declare is not injected into it.
+    Every parameter is checked against the notebooks' declared ones first; a notebook gets the
+    parameters it declares. Progress: which notebook, k of n, its time and the elapsed total.
     """
+    import time
+
     import papermill as pm
 
+    check_parameters(parameters)
+    base = root()
+    output_dir = Path(output_dir or base / "book" / "executed")
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = sorted(NOTEBOOKS.glob("*.ipynb")) if not names else [NOTEBOOKS / f"{n}.ipynb"
-                                                                   for n in names]
-    written = []
-    for path in paths:
+    paths = notebooks() if not names else [base / "notebooks" / f"{n}.ipynb" for n in names]
+    written, t0 = [], time.perf_counter()
+    for k, path in enumerate(paths, 1):
         declared = pm.inspect_notebook(str(path))
         params = {k: v for k, v in (parameters or {}).items() if k in declared}
         out = output_dir / path.name
+        t = time.perf_counter()
+        if progress:
+            print(f"[{k}/{len(paths)}] {path.stem} ...", flush=True)
         try:
-            pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(ROOT),
+            pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(base),
                                 kernel_name="python3", progress_bar=False)
         except pm.PapermillExecutionError as err:
             raise NotebookFailed(f"notebook {path.name} failed in cell {err.exec_count}: "
                                  f"{err.ename}: {err.evalue}\nexecuted copy kept at {out}") from err
+        if progress:
+            print(f"[{k}/{len(paths)}] {path.stem}: {time.perf_counter() - t:.0f} s "
+                  f"(elapsed {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
         written.append(out)
     return written
 
@@ -92,8 +136,9 @@ def build(parameters: Mapping[str, Any] | None = None, output: Path | None = Non
     Returns the path of the book's index page."""
     execute(parameters=parameters)
     write_static_assets()
-    output = Path(output or ROOT)  # Jupyter Book writes OUTPUT/_build/html
-    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT),
+    base = root()
+    output = Path(output or base)  # Jupyter Book writes OUTPUT/_build/html
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(base),
            "--path-output", str(output), "--warningiserror", "--nitpick", "--quiet"]
     subprocess.run(cmd, check=True)
     return output / "_build" / "html" / "index.html"

@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from . import charts, pareto, store, sweep
-from .config import RunConfig
+from .. import metrics, pareto, store, strategies, sweep
+from ..config import RunConfig
 
 
 def runs(tasks: Sequence[str], strategies: Sequence[str], seeds: Sequence[int] = (0,),
@@ -29,9 +29,46 @@ def runs(tasks: Sequence[str], strategies: Sequence[str], seeds: Sequence[int] =
     summary = sweep.run(configs, results_dir, executor=executor, progress=progress,
                         workers=workers)
     failed = summary[summary["status"] == "failed"]
+    if len(failed) == len(summary) and len(summary):  # nothing to show: say why, not later
+        raise RuntimeError("every run failed:\n" + sweep.summarize(summary))
     if len(failed):
         print(sweep.summarize(summary))
     return store.load(results_dir, configs), summary
+
+
+@dataclass
+class Chapter:
+    """What a chapter's notebook starts from: its runs, the sweep's summary, and a status
+    line for the reader (how many runs, trained now or read from the store)."""
+
+    frame: pd.DataFrame
+    summary: pd.DataFrame
+    status: str
+
+
+def chapter(preset: str = "embedded", tasks: Sequence[str] | None = None,
+            strategies: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+            results_dir: str | Path = "results", executor: str = "local",
+            workers: int | None = None, progress: bool = False, **overrides: Any) -> Chapter:
+    """The one call a chapter makes: its runs (computing only what the store lacks).
+
+    ``tasks`` defaults to the preset's, ``strategies`` to the paper's seven; ``overrides``
+    (e.g. ``eps``, ``steps``; ``None`` values are ignored) replace the preset's values."""
+    from ..config import preset_tasks
+    from ..strategies import PAPER_STRATEGIES
+
+    frame, summary = runs(list(tasks or preset_tasks(preset)),
+                          list(strategies or PAPER_STRATEGIES), list(seeds), preset=preset,
+                          results_dir=results_dir, executor=executor, progress=progress,
+                          workers=workers, **overrides)
+    done, read = int((summary.status == "done").sum()), int((summary.status == "skipped").sum())
+    status = (f"{frame['run_id'].nunique()} runs, {len(frame)} evaluation points ({done} "
+              f"trained now, {read} read from the store).")
+    failed = summary[summary.status == "failed"]
+    if len(failed):
+        status += f" **{len(failed)} runs failed**: " + "; ".join(
+            f"{r.task}/{r.strategy}/seed {r.seed}: {r.error}" for r in failed.itertuples())
+    return Chapter(frame, summary, status)
 
 
 def final_points(frame: pd.DataFrame) -> pd.DataFrame:
@@ -55,7 +92,7 @@ def compute_cost(frame: pd.DataFrame) -> pd.DataFrame:
     if "precision" not in frame:
         frame["precision"] = "fp32"
     # The budgets each run attacked (tasks may use different ones).
-    frame["offered"] = frame["test_n"] * frame[store.robust_columns(frame)].notna().sum(axis=1)
+    frame["offered"] = frame["test_n"] * frame[metrics.robust_columns(frame)].notna().sum(axis=1)
     sums = frame.groupby("strategy").agg(
         eval_s=("eval_seconds", "sum"), attacked=("attacked", lambda a: a.sum(min_count=1)),
         attack_s=("attack_seconds", lambda a: a.sum(min_count=1)), offered=("offered", "sum"))
@@ -70,7 +107,7 @@ def compute_cost(frame: pd.DataFrame) -> pd.DataFrame:
         "attacked_share": out["attacked"] / out["offered"],
         "eval_share": out["eval_s"] / (out["eval_s"] + out["train_s"]),
         "precision": out["precision"],
-    }).reindex(charts.strategy_order(out.index))
+    }).reindex(strategies.ordered(out.index))
 
 
 def _joined(values: pd.Series) -> str:
@@ -119,7 +156,7 @@ def rise_and_fall(frame: pd.DataFrame, col: str = "robust_acc") -> pd.DataFrame:
 def ood_correlation(frame: pd.DataFrame) -> pd.DataFrame:
     """Pearson r between in-domain and OOD accuracy over all evaluation points, per domain."""
     rows = []
-    for col in store.ood_columns(frame):
+    for col in metrics.ood_columns(frame):
         sub = frame[["test_acc", col]].dropna()
         rows.append({"domain": col.split("@")[1], "pearson_r": sub["test_acc"].corr(sub[col]),
                      "points": len(sub)})
@@ -130,7 +167,7 @@ def ood_variance_shares(frame: pd.DataFrame) -> dict[str, float]:
     """Share of the variance of final OOD accuracy explained by the domain and by the strategy
     (between-group sum of squares over total)."""
     last = final_points(frame)
-    long = last.melt(id_vars=["strategy"], value_vars=store.ood_columns(last),
+    long = last.melt(id_vars=["strategy"], value_vars=metrics.ood_columns(last),
                      var_name="domain", value_name="ood")
     total = ((long["ood"] - long["ood"].mean()) ** 2).sum()
     share = {}
@@ -169,7 +206,7 @@ def scorecard(frame: pd.DataFrame, table: pd.DataFrame, ood_frame: pd.DataFrame 
     rel = table.set_index(["task", "strategy"])["relative"]
 
     rf = rise_and_fall(frame)
-    intermediate = rf[rf["strategy"].isin(["full", "lora", "adapter", "compacter", "ia3"])]
+    intermediate = rf[rf["strategy"].isin(strategies.adapting("intermediate", "excessive"))]
     hits = int(intermediate["significant_fall"].sum())
     cards.append(Verdict(
         "RQ1: robust accuracy first rises (inherited), peaks early, then falls as fine-tuning "
@@ -238,7 +275,7 @@ def scorecard(frame: pd.DataFrame, table: pd.DataFrame, ood_frame: pd.DataFrame 
         cards.append(Verdict(
             "RQ3: OOD accuracy tracks in-domain accuracy (no trade-off)",
             "OOD accuracy rises with in-domain accuracy during fine-tuning",
-            f"Pearson r per OOD domain: " + ", ".join(
+            "Pearson r per OOD domain: " + ", ".join(
                 f"{d} {r:.2f}" for d, r in zip(corr["domain"], corr["pearson_r"])),
             "holds" if tracks == len(corr) else _verdict(tracks, len(corr)),
             "holds if r > 0.7 on every OOD domain, partly on some"))
@@ -254,3 +291,44 @@ def scorecard(frame: pd.DataFrame, table: pd.DataFrame, ood_frame: pd.DataFrame 
         cards.append(Verdict("RQ3: OOD accuracy tracks in-domain accuracy", "", "no OOD domains",
                              "not testable here", ""))
     return pd.DataFrame([c.__dict__ for c in cards])
+
+
+def takeaways(frame: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """The takeaways chapter's findings, as Markdown bullets computed from the runs."""
+    rf, sim = rise_and_fall(frame), similarity(frame)
+    near, far = sim.index[0], sim.index[-1]
+
+    def best(task: str) -> str:
+        return table[table.task == task].sort_values("aupf").strategy.iloc[-1]
+
+    lp = table[table.strategy == "linear_probe"].set_index("task").relative
+    first_peak = rf.groupby("strategy").peak_step.median().sort_values()
+    last = final_points(frame)
+    gap = (last[metrics.TEST_ACC] - last[metrics.ROBUST]).groupby(last["task"]).mean()
+    bits = [f"- **The same strategy does not win everywhere.** Best AUPF on {near} (nearest): "
+            f"{best(near)}; on {far} (farthest): {best(far)}."]
+    if len(lp):
+        bits.append(f"- **Linear probing** ranges from {lp.min():+.0%} to {lp.max():+.0%} vs "
+                    "the mean: it keeps the pre-trained features, so its robustness is whatever "
+                    "they give.")
+    bits.append(f"- **Robust accuracy peaks earliest** for {first_peak.index[0]} (median step "
+                f"{int(first_peak.iloc[0])}) and latest for {first_peak.index[-1]} (median step "
+                f"{int(first_peak.iloc[-1])}).")
+    bits.append("- **Clean minus robust accuracy at the end**, averaged over strategies: "
+                + ", ".join(f"{t} {gap[t]:.2f}" for t in sim.index) + ".")
+    return bits
+
+
+def cost_summary(frame: pd.DataFrame, cost: pd.DataFrame) -> str:
+    """One paragraph: the run time, evaluation's share of it, and what attacking only the
+    clean-correct images saved (``cost``: :func:`compute_cost`)."""
+    train_s = final_points(frame)[metrics.TRAIN_SECONDS].sum()
+    eval_s = frame[metrics.EVAL_SECONDS].sum()
+    saving = (f"Attacking only the images still classified correctly (and at a larger budget "
+              f"only those that survived the smaller) attacked {cost['attacked_share'].mean():.0%}"
+              f" of the test images, on average over the strategies. "
+              if cost["attacked_share"].notna().any() else "")
+    return (f"In all, {(train_s + eval_s) / 60:.0f} minutes of run time, "
+            f"**{eval_s / (train_s + eval_s):.0%}** of it evaluating. {saving}"
+            "`bench/continuous_eval.py` measures the whole saving against a loop written the "
+            "official code's way.")

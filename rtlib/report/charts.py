@@ -12,18 +12,10 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from . import pareto
+from .. import metrics, pareto
+from ..strategies import ordered as strategy_order
 
 WIDTH, HEIGHT = 470, 300
-STRATEGY_ORDER = ["full", "linear_probe", "bitfit", "lora", "ia3", "adapter", "compacter",
-                  "dora"]
-
-
-def strategy_order(values) -> list[str]:
-    """The strategies in ``values`` in the paper's order, then any others alphabetically."""
-    present = list(dict.fromkeys(values))
-    return [s for s in STRATEGY_ORDER if s in present] + \
-        sorted(s for s in present if s not in STRATEGY_ORDER)
 
 
 def _legend_filter(field: str, values: Sequence[str] | None = None):
@@ -154,7 +146,7 @@ def aupf_heatmap(table: pd.DataFrame, title: str | None = None,
 
 def ood_scatter(frame: pd.DataFrame, title: str | None = None) -> alt.Chart:
     """RQ3: accuracy on each OOD domain against in-domain accuracy, with the correlation."""
-    ood_cols = [c for c in frame.columns if c.startswith("ood_acc@")]
+    ood_cols = metrics.ood_columns(frame)
     long = frame.melt(id_vars=["task", "strategy", "seed", "step", "test_acc"],
                       value_vars=ood_cols, var_name="domain", value_name="ood_acc")
     long["domain"] = long["domain"].str.split("@").str[1]

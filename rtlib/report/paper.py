@@ -40,7 +40,7 @@ def aupf_frame(readings: tuple[str, ...] = READINGS[:1]) -> pd.DataFrame:
 
     ``readings``: ``"as published"`` (the summary's labels) and/or ``"columns swapped"``
     (:data:`LIKELY_SWAP` exchanged)."""
-    from .errors import check_choice
+    from ..config import check_choice
 
     rows = []
     for reading in readings:

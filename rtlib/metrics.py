@@ -1,0 +1,70 @@
+"""What is measured at an evaluation point, and under which names: the one home of the schema.
+
+A run's rows (one per evaluation point) are written by :mod:`rtlib.evaluate` and the training
+loop, read back by :func:`rtlib.store.load`, and drawn and judged by the book: all of them take
+the names from here. The wide form (one column per metric) is what a run file stores;
+:func:`long` gives the tidy form (one row per step x metric x budget or domain) that charts and
+pandas want.
+"""
+from __future__ import annotations
+
+from .config import eps_label
+
+# Where the run is (the training loop writes these).
+STEP, EPOCH, IMAGES_SEEN, TRAIN_LOSS = "step", "epoch", "images_seen", "train_loss"
+# Clean accuracy on a fixed training subset, the validation split and the test set.
+TRAIN_ACC, VAL_ACC, TEST_ACC = "train_acc", "val_acc", "test_acc"
+# Robust accuracy at a budget, OOD accuracy on a domain: one column each, named by these.
+ROBUST_PREFIX, OOD_PREFIX = "robust_acc@", "ood_acc@"
+#: The run's first budget under one name, whatever the budget (added by :func:`rtlib.store.load`).
+ROBUST = "robust_acc"
+# How much was measured: evaluation images per split; images attacked (summed over budgets).
+TEST_N, ATTACKED = "test_n", "attacked"
+# Where the time went, in seconds (training is cumulative; evaluation per point).
+TRAIN_SECONDS, EVAL_SECONDS, ATTACK_SECONDS = "train_seconds", "eval_seconds", "attack_seconds"
+
+ACCURACIES = (TRAIN_ACC, VAL_ACC, TEST_ACC)
+
+
+def robust(eps: float) -> str:
+    """The column of robust accuracy at budget ``eps`` (``robust_acc@2/255``)."""
+    return f"{ROBUST_PREFIX}{eps_label(eps)}"
+
+
+def ood(domain: str) -> str:
+    """The column of accuracy on OOD domain ``domain`` (``ood_acc@outline``)."""
+    return f"{OOD_PREFIX}{domain}"
+
+
+def qualifier(column: str) -> str:
+    """The budget or domain of a robust or OOD column (``"2/255"``, ``"outline"``)."""
+    return column.split("@", 1)[1]
+
+
+def robust_columns(frame) -> list[str]:
+    return [c for c in frame.columns if c.startswith(ROBUST_PREFIX)]
+
+
+def ood_columns(frame) -> list[str]:
+    return [c for c in frame.columns if c.startswith(OOD_PREFIX)]
+
+
+def long(frame, id_vars=("run_id", "task", "strategy", "seed", STEP)):
+    """The tidy form: one row per evaluation point x metric, with ``metric`` (train, val, test,
+    robust, ood), ``qualifier`` (the budget or domain; empty for clean accuracy) and ``value``."""
+    import pandas as pd
+
+    ids = [c for c in id_vars if c in frame.columns]
+    parts = []
+    for name, cols in (("train", [TRAIN_ACC]), ("val", [VAL_ACC]), ("test", [TEST_ACC]),
+                       ("robust", robust_columns(frame)), ("ood", ood_columns(frame))):
+        cols = [c for c in cols if c in frame.columns]
+        if not cols:
+            continue
+        part = frame.melt(id_vars=ids, value_vars=cols, var_name="column", value_name="value")
+        part.insert(len(ids), "metric", name)
+        part.insert(len(ids) + 1, "qualifier",
+                    [qualifier(c) if "@" in c else "" for c in part["column"]])
+        parts.append(part.drop(columns="column"))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=[*ids, "metric", "qualifier", "value"])

@@ -1,0 +1,67 @@
+"""The door: the checks a run config needs beyond its own fields, done once per process.
+
+:meth:`rtlib.config.RunConfig.check` answers for each field alone, without torch. This module
+answers what needs the registries: the task and its domain, the strategy (both from light name
+lists first, so a misspelled name is answered before torch is imported), then the attack, the
+timm model, the strategy's hyper-parameters on the model's architecture (built on the meta
+device: no memory, no initialization), the precision, and the weights file. Everything after the
+door (sweeps, training, evaluation) trusts a config that passed it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from .config import ConfigError, RunConfig, check_choice
+
+_PASSED: set[str] = set()  # configs that passed in this process (their content, as JSON)
+
+
+def check(config: RunConfig) -> RunConfig:
+    """Raise :class:`~rtlib.config.ConfigError` naming the first bad field; return ``config``."""
+    key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    if key in _PASSED:
+        return config
+    config.check()
+    check_names(config)
+    _check_architecture(config)
+    _PASSED.add(key)
+    return config
+
+
+def check_names(config: RunConfig) -> None:
+    """Task, domain and strategy names, without importing torch."""
+    from . import data
+
+    task = data.info(config.task)
+    data.check_domain(task, config.domain)
+    check_strategy_name(config.strategy)
+
+
+def check_strategy_name(name: str) -> None:
+    from . import strategies
+
+    if "rtlib.strategies.registry" in sys.modules:  # strategies registered at run time count
+        check_choice("strategy", name, strategies.names())
+    else:  # nothing can have been registered: the built-in names answer without torch
+        check_choice("strategy", name, strategies.BUILTIN)
+
+
+def _check_architecture(config: RunConfig) -> None:
+    import timm
+    import torch
+
+    from . import data, models, strategies
+
+    if not timm.is_model(config.model):
+        raise ConfigError("model", config.model, "a timm model name (timm.list_models())",
+                          "unknown timm model")
+    task = data.info(config.task)
+    with torch.device("meta"):
+        backbone = timm.create_model(config.model, pretrained=False, num_classes=task.classes,
+                                     **config.model_kwargs)
+    strategies.get(config.strategy).resolve(backbone, config.hparams)
+    if config.precision == "bf16" and models.keep_first_layer_fp32(
+            backbone, backbone.pretrained_cfg.get("first_conv")) is None:
+        raise ConfigError("precision", config.precision, ["auto", "fp32"],
+                          f"{config.model} has no first layer that can be kept in fp32, so")

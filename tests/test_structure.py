@@ -1,0 +1,180 @@
+"""One home for each question: the config is a leaf answered before torch is imported, the
+metrics have one schema, facts such as the strategy order come from the registry, and the
+store owns its folder (locks, permissions, read-only use)."""
+import fcntl
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from rtlib import metrics, store, strategies, train
+from rtlib.config import ConfigError, RunConfig
+
+from .test_engine import tiny_config
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
+                          "print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_config_is_a_leaf():
+    loaded = _modules_after("import rtlib.config")
+    assert "torch" not in loaded
+    assert {m for m in loaded if m.startswith("rtlib.")} == {"rtlib.config"}
+
+
+@pytest.mark.parametrize("argv,field", [
+    (["--task", "nope", "--strategy", "full"], "task"),
+    (["--task", "digits", "--strategy", "lorra"], "strategy"),
+    (["--task", "digits", "--strategy", "full", "--domain", "sketch"], "domain"),
+    (["--task", "digits", "--strategy", "full", "--steps", "0"], "steps"),
+    (["--task", "digits", "--strategy", "full", "--batch-size", "999"], "batch_size"),
+    (["--task", "digits", "--strategy", "full", "--attack", "fgsm"], "attack"),
+])
+def test_bad_options_are_answered_before_torch_is_imported(argv, field, tmp_path):
+    code = (f"from rtlib import cli\ntry:\n    cli.main(['run', '--preset', 'smoke', "
+            f"'--results-dir', {str(tmp_path)!r}, *{argv!r}])\nexcept SystemExit as e:\n"
+            "    print('EXIT', e.code)")
+    done = subprocess.run([sys.executable, "-c", code + "\nimport sys\n"
+                           "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')"],
+                          capture_output=True, text=True)
+    assert "EXIT 2" in done.stdout and "NO TORCH" in done.stdout, done.stdout + done.stderr
+    assert f"error: {field}:" in done.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_strategy_order_and_groups_come_from_the_registry():
+    assert strategies.ordered(["compacter", "zeta", "full", "bitfit"]) == \
+        ["full", "bitfit", "compacter", "zeta"]
+    assert strategies.adapting("peripheral") == ["linear_probe", "bitfit"]
+    assert set(strategies.adapting("intermediate")) == {"lora", "ia3", "adapter", "compacter",
+                                                        "dora"}
+    with pytest.raises(ConfigError, match="information"):
+        strategies.adapting("middle")
+
+
+def test_metrics_schema_names_and_long_form():
+    assert metrics.robust(2 / 255) == "robust_acc@2/255" and metrics.ood("outline") == \
+        "ood_acc@outline"
+    assert metrics.qualifier(metrics.robust(1 / 255)) == "1/255"
+    wide = pd.DataFrame({"run_id": ["a", "a"], "step": [0, 5], "test_acc": [0.5, 0.8],
+                         "robust_acc@1/255": [0.3, 0.2], "ood_acc@x": [0.4, 0.6]})
+    long = metrics.long(wide)
+    assert len(long) == 6
+    row = long[(long.metric == "robust") & (long.step == 5)].iloc[0]
+    assert (row.qualifier, row.value) == ("1/255", 0.2)
+    assert set(long.metric) == {"test", "robust", "ood"}
+
+
+def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
+    config = tiny_config(steps=8)
+    lock = tmp_path / "locks" / f"{config.run_id()}.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as held:  # another open file description: flock conflicts
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(store.StoreError, match="being computed by another process"):
+            with store.claim(tmp_path, config, wait=False):
+                pass
+    with store.claim(tmp_path, config, wait=False) as done:  # released: ours now
+        assert done is None
+
+
+def test_a_stale_temporary_file_is_removed_only_under_the_lock(tmp_path):
+    config = tiny_config(steps=8)
+    stale = store.run_path(tmp_path, config).with_name(
+        f".{config.run_id()}.parquet.abc.tmp")
+    stale.parent.mkdir(parents=True)
+    stale.write_text("half a file")
+    other = stale.with_name(".0123456789abcdef.parquet.xyz.tmp")  # another run's write
+    other.write_text("in progress")
+    train.run(config, tmp_path, progress=False)
+    assert not stale.exists() and other.exists()
+
+
+def test_files_follow_the_umask_and_a_complete_store_is_used_without_writing(tmp_path):
+    old = os.umask(0o022)
+    try:
+        config = tiny_config(steps=8)
+        path = train.run(config, tmp_path, progress=False)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    from rtlib import sweep
+
+    summary = sweep.run([config], tmp_path, progress=False)
+    assert summary.status.tolist() == ["skipped"]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_missing_store_is_an_error_not_an_empty_frame(tmp_path):
+    with pytest.raises(store.StoreError, match="does not exist"):
+        store.load(tmp_path / "nowhere")
+
+
+def test_a_full_disk_is_a_store_error_naming_the_file(tmp_path):
+    def full(tmp):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+
+    with pytest.raises(store.StoreError, match=r"could not write .*x\.pt"):
+        store.atomic_write(tmp_path / "x.pt", full)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:7", "tpu"])
+def test_devices_this_machine_lacks_are_named(device):
+    import torch
+
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    with pytest.raises(ConfigError, match="device"):
+        train.resolve_device(device)
+
+
+def test_book_parameters_are_checked_against_every_notebook_before_any_runs():
+    from rtlib.report import book
+
+    book.check_parameters({"steps": 5, "preset": "smoke"})
+    with pytest.raises(ConfigError, match=r"-p step: .*allowed: .*steps"):
+        book.check_parameters({"step": 5})
+
+
+def test_cli_options_are_generated_from_the_fields():
+    from rtlib import cli
+
+    text = cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    for name in ("--train-eval-size", "--val-fraction", "--ood-train-domains", "--lr-schedule",
+                 "--no-merge-eval", "--precision"):
+        assert name in text
+    assert RunConfig.__dataclass_fields__["lr"].metadata["help"] in " ".join(text.split())
+
+
+def test_image_folders_do_not_follow_links_out_and_cap_image_size(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from rtlib.data import hub
+
+    root = tmp_path / "train"
+    (root / "cat").mkdir(parents=True)
+    Image.new("RGB", (40, 30), "red").save(root / "cat" / "a.png")
+    hub.read_image_folder(root, 8)  # a plain folder reads
+    (root / "cat" / "zero.png").symlink_to("/dev/zero")
+    with pytest.raises(hub.CorruptImage, match="zero.png.*not a regular file inside"):
+        hub.read_image_folder(root, 8)
+    (root / "cat" / "zero.png").unlink()
+    monkeypatch.setattr(hub, "MAX_PIXELS", 1000)  # 40 x 30 = 1,200 pixels
+    with pytest.raises(hub.CorruptImage, match=r"a.png is 40 x 30 pixels"):
+        hub.read_image_folder(root, 8)
+
+
+def test_lora_alpha_has_an_upper_bound():
+    from rtlib import preflight
+
+    with pytest.raises(ConfigError, match="lora.alpha"):
+        preflight.check(tiny_config(hparams={"alpha": 1e30}))
