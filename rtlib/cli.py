@@ -88,8 +88,9 @@ def _budget(text: str) -> float:
 
     try:
         return parse_budget(text)
-    except ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"expected a budget in [0, 1] like 1/255 or 0.0039, got {text!r}") from None
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -98,7 +99,13 @@ def _hparam(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name, yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string; a reader means a number
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return name, parsed
 
 
 def _given(args: argparse.Namespace, cls) -> dict:

@@ -99,6 +99,8 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 #: What a task with domains trains on: the source domain only (correct), or every domain (the
 #: official code's default for DomainNet, which leaks the "OOD" domains into training).
 OOD_TRAIN_DOMAINS = ("source", "all")
+#: Where a sweep's runs execute (rtlib.sweep): in this machine's processes, or on Ray.
+EXECUTORS = ("local", "ray")
 #: The attacks rtlib.attacks runs (torchattacks' PGD, APGD and AutoAttack).
 ATTACKS = ("pgd", "apgd", "autoattack")
 #: The embedded upstream model and its committed checkpoint (``python -m rtlib pretrain``).

@@ -11,7 +11,7 @@ from torch import nn
 from . import metrics, strategies
 from .attacks import eps_sweep, predict
 from .config import RunConfig
-from .data.tasks import Split, TaskData
+from .data.split import Split, TaskData
 
 
 def accuracy(model: nn.Module, split: Split) -> tuple[float, torch.Tensor]:

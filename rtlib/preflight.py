@@ -61,7 +61,39 @@ def _check_architecture(config: RunConfig) -> None:
         backbone = timm.create_model(config.model, pretrained=False, num_classes=task.classes,
                                      **config.model_kwargs)
     strategies.get(config.strategy).resolve(backbone, config.hparams)
+    check_weights_file(config.weights)
     if config.precision == "bf16" and models.keep_first_layer_fp32(
             backbone, backbone.pretrained_cfg.get("first_conv")) is None:
         raise ConfigError("precision", config.precision, ["auto", "fp32"],
                           f"{config.model} has no first layer that can be kept in fp32, so")
+
+
+def check_weights_file(weights: str | None) -> None:
+    """A weights file must be a checkpoint we can read without running code: safetensors, or
+    a torch file that loads with ``weights_only=True``; anything else names the file."""
+    from .config import NAMED_WEIGHTS
+    from .models import WEIGHT_SUFFIXES
+
+    if weights in NAMED_WEIGHTS:
+        return
+    from pathlib import Path
+
+    path = Path(weights)
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ConfigError("weights", weights, ["none", "embedded", "hub",
+                                               *(f"a *{s} file" for s in WEIGHT_SUFFIXES)],
+                          "unsupported file type:")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                list(f.keys())
+        else:
+            import torch
+
+            torch.load(path, map_location="meta", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file: name it, run nothing
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise ConfigError("weights", weights, "a .safetensors or .pth checkpoint",
+                          f"unreadable ({type(err).__name__}: {reason}):") from None

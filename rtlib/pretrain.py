@@ -59,7 +59,7 @@ class RandomBatches:
 def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
     """Train the embedded upstream model and write ``out`` (safetensors); returns its metadata."""
     from .data import glyphs
-    from .data.tasks import Split
+    from .data.split import Split
     from .evaluate import accuracy
     from .train import TrainState, loop
 

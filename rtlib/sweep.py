@@ -19,7 +19,7 @@ import pandas as pd
 from . import preflight, store
 from .config import ConfigError, RunConfig, check_choice, check_int, preset_defaults
 
-EXECUTORS = ("local", "ray")
+from .config import EXECUTORS  # noqa: E402,F401 - the config owns the names
 
 
 def expand(tasks: Sequence[str], strategies: Sequence[str], seeds: Iterable[int] = (0,),

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import data, metrics, models, preflight, store, strategies
 from .config import ConfigError, RunConfig, resolve_weights
-from .data.tasks import Split, TaskData
+from .data.split import Split, TaskData
 from .evaluate import evaluate_point
 from .optim import adamw, seed_everything, warmup_then
 
@@ -262,8 +262,14 @@ def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
         if done is not None:
             return done
         device = resolve_device(device)
-        with models.exact_convolutions():  # fp32 first layer means fp32, not TF32 (DESIGN 5)
-            return _run(config, results_dir, device, progress)
+        try:
+            with models.exact_convolutions():  # fp32 first layer means fp32, not TF32
+                return _run(config, results_dir, device, progress)
+        except (TrainingDiverged, ConfigError):
+            # The run itself cannot succeed: its state would only fail again. (An interruption
+            # or a full disk keeps it, so that the rerun resumes.)
+            store.partial_path(results_dir, config).unlink(missing_ok=True)
+            raise
 
 
 def _run(config: RunConfig, results_dir, device: torch.device, progress: bool) -> Path:

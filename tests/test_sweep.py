@@ -127,12 +127,13 @@ BAD_INPUTS = [  # (argv, text the message must contain)
     (["run", "--task", "digits", "--strategy", "lora", "--domain", "sketch"],
      "domain: unknown value 'sketch'"),
     (["run", "--task", "digits", "--strategy", "lora", "--eps", "-1/255"],
-     "--eps: expected a budget in [0, 1], got '-1/255'"),
+     "--eps: expected a budget in [0, 1] like 1/255 or 0.0039, got '-1/255'"),
     (["run", "--task", "digits", "--strategy", "lora", "--eps", "2"], "--eps"),
     (["run", "--task", "digits", "--strategy", "lora", "--eps", "two"], "--eps"),
-    (["run", "--task", "digits", "--strategy", "lora", "--steps", "0"], "--steps"),
+    (["run", "--task", "digits", "--strategy", "lora", "--steps", "0"], "steps: out of range"),
     (["run", "--task", "digits", "--strategy", "lora", "--steps", "ten"], "--steps"),
-    (["run", "--task", "digits", "--strategy", "lora", "--batch-size", "-4"], "--batch-size"),
+    (["run", "--task", "digits", "--strategy", "lora", "--batch-size", "-4"],
+     "batch_size: out of range"),
     (["run", "--task", "digits", "--strategy", "lora", "--lr", "fast"], "--lr"),
     (["run", "--task", "digits", "--strategy", "lora", "--lr", "0"], "lr: out of range"),
     (["run", "--task", "digits", "--strategy", "lora", "--schedule", "hourly"],
@@ -156,6 +157,56 @@ BAD_INPUTS = [  # (argv, text the message must contain)
     (["sweep", "--tasks", "digits", "--executor", "slurm"], "--executor"),
     (["sweep", "--tasks", "digits", "--seeds", "x"], "--seeds"),
     (["strategies", "--num-classes", "0"], "--num-classes"),
+    # issue 14: every option, and the smaller rough edges
+    (["run", "--task", "digits", "--strategy", "lora", "--batch-size", "9999"],
+     "batch_size: larger than the data"),
+    (["run", "--task", "digits", "--strategy", "lora", "--train-size", "10"],
+     "batch_size: larger than the data"),
+    (["run", "--task", "digits", "--strategy", "lora", "--device", "gpu"],
+     "device: unknown device 'gpu'"),
+    (["run", "--task", "digits", "--strategy", "lora", "--device", "cuda:9"], "device:"),
+    (["run", "--task", "digits", "--strategy", "lora", "--hparam", "alpha=1e30"],
+     "lora.alpha: out of range"),
+    (["run", "--task", "digits", "--strategy", "dora", "--hparam", "alpha=1e30"],
+     "dora.alpha: out of range"),
+    (["run", "--task", "digits", "--strategy", "lora", "--val-fraction", "0.7"],
+     "val_fraction: out of range"),
+    (["run", "--task", "digits", "--strategy", "lora", "--ood-train-domains", "some"],
+     "ood_train_domains: unknown value 'some'"),
+    (["run", "--task", "digits", "--strategy", "lora", "--lr-schedule", "wavy"],
+     "lr_schedule: unknown value 'wavy'"),
+    (["run", "--task", "digits", "--strategy", "lora", "--precision", "half"],
+     "precision: unknown value 'half'"),
+    (["run", "--task", "digits", "--strategy", "lora", "--step-size-ratio", "2"],
+     "step_size_ratio: out of range"),
+    (["run", "--task", "digits", "--strategy", "lora", "--epochs", "-1"], "epochs: out of range"),
+    (["run", "--task", "digits", "--strategy", "lora", "--grad-clip", "-1"],
+     "grad_clip: out of range"),
+    (["run", "--task", "digits", "--strategy", "lora", "--weight-decay", "-0.1"],
+     "weight_decay: out of range"),
+    (["run", "--task", "digits", "--strategy", "lora", "--attack-steps", "0"],
+     "attack_steps: out of range"),
+    (["run", "--task", "digits", "--strategy", "lora", "--schedule", "log:1"],
+     "schedule: too few points"),
+    (["run", "--task", "cifar10", "--strategy", "lora", "--domain", "sketch"],
+     "domain: unknown domain 'sketch'"),
+    (["run", "--task", "digits", "--strategy", "lora", "--eps", "2/0"], "--eps"),
+    (["run", "--task", "digits", "--strategy", "lora", "--weights", "notes.txt"],
+     "weights: file not found"),
+    (["sweep", "--tasks", "digits", "--strategies", "lora nope"], "strategy: unknown value 'nope'"),
+    (["sweep", "--tasks", "digits", "--batch-size", "0"], "batch_size: out of range"),
+    (["pretrain", "--steps", "0"], "steps: out of range"),
+    (["pretrain", "--init", "/no/such.safetensors"], "init: file not found"),
+    (["pretrain", "--label-smoothing", "1"], "label_smoothing: out of range"),
+    (["pretrain", "--lr", "-1"], "lr: out of range"),
+    (["book", "-p", "step", "5"], "-p step: no notebook declares this parameter"),
+    (["book", "-p", "foo", "1"], "-p foo: no notebook declares this parameter"),
+    (["book", "-p", "steps", "0"], "steps: out of range"),
+    (["book", "-p", "tasks", "[cifar11]"], "task: unknown value 'cifar11'"),
+    (["book", "-p", "executor", "slurm"], "executor: unknown value 'slurm'"),
+    (["book", "-p", "eps", "[-1]"], "eps: out of range"),
+    (["book", "-p", "preset", "huge"], "preset: unknown value 'huge'"),
+    (["book", "-p", "domain", "sketch"], "domain: unknown value 'sketch'"),
 ]
 
 
@@ -163,14 +214,50 @@ BAD_INPUTS = [  # (argv, text the message must contain)
                                                           for a, _ in BAD_INPUTS])
 def test_bad_cli_input_is_answered_before_any_compute(argv, message, capsys, monkeypatch,
                                                       tmp_path):
+    import rtlib.pretrain
+    from rtlib.report import book
+
     def no_compute(*args, **kwargs):
-        raise AssertionError("bad input reached the training loop")
+        raise AssertionError("bad input reached the compute")
 
     monkeypatch.setattr(train, "prepare", no_compute)
+    monkeypatch.setattr(rtlib.pretrain, "pretrain", no_compute)
+    monkeypatch.setattr(book, "execute", no_compute)
+    store_dir = tmp_path / "results"
+    store_dir.mkdir()
     with pytest.raises(SystemExit) as exit_:
-        cli.main(argv + (["--results-dir", str(tmp_path)] if argv[0] != "strategies" else []))
+        cli.main(argv + (["--results-dir", str(store_dir)] if argv[0] in ("run", "sweep")
+                         else ["--out", str(tmp_path / "w.safetensors")]
+                         if argv[0] == "pretrain" else []))
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+    assert list(tmp_path.rglob("*")) == [store_dir]  # nothing written anywhere
+
+
+def test_bad_weights_files_are_named_and_never_run(tmp_path, capsys, monkeypatch):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(tmp_path / "PAYLOAD-RAN"),)
+
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(os.urandom(256))
+    planted = tmp_path / "planted.pth"
+    planted.write_bytes(pickle.dumps({"head.weight": Payload()}))
+    text = tmp_path / "notes.txt"
+    text.write_text("weights")
+    monkeypatch.setattr(train, "prepare", lambda *a, **k: pytest.fail("compute started"))
+    store_dir = tmp_path / "results"
+    for path, message in ((garbage, "unreadable"), (planted, "unreadable"),
+                          (text, "unsupported file type")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["run", "--task", "digits", "--strategy", "lora", "--preset", "smoke",
+                      "--weights", str(path), "--results-dir", str(store_dir)])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"weights: {message}" in err and str(path) in err
+    assert not (tmp_path / "PAYLOAD-RAN").exists() and not store_dir.exists()
 
 
 @pytest.mark.parametrize("params,field", [

@@ -20,4 +20,5 @@ def __getattr__(name: str):
     import importlib
 
     # torch: only when data is really loaded
-    return getattr(importlib.import_module(f"{__name__}.tasks"), name)
+    module = "split" if name in ("Split", "TaskData") else "tasks"
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

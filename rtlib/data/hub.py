@@ -217,7 +217,7 @@ def ensure_local(name: str, source: str | None = None) -> Path:
 
 def load_hub_task(name: str, train_size: int, test_size: int, seed: int, domain: str | None,
                   image_size: int, data_dir: str | None = None, train_domains: str = "source"):
-    from .tasks import Split, TaskData
+    from .split import Split, TaskData
 
     spec = HUB[name]
     folder = ensure_local(name, data_dir)

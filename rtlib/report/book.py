@@ -55,6 +55,36 @@ def check_parameters(parameters: Mapping[str, Any] | None) -> None:
         if name not in known:
             raise ConfigError(f"-p {name}", (parameters or {})[name], sorted(known),
                               "no notebook declares this parameter; value")
+    check_values(parameters or {})
+
+
+#: The chapters' parameters that choose runs (the rest say where and how runs are done).
+RUN_PARAMETERS = ("preset", "tasks", "strategies", "seeds", "eps", "steps", "domain",
+                  "executor", "workers")
+
+
+def check_values(parameters: Mapping[str, Any]) -> None:
+    """Check the values a chapter would run with, as its first cell would, before any notebook
+    runs: every run config passes :func:`rtlib.preflight.check` (nothing is computed)."""
+    if not set(parameters) & set(RUN_PARAMETERS):
+        return
+    from .. import sweep
+    from ..config import EXECUTORS, check_choice, check_int, preset_ood_task, preset_tasks
+    from ..strategies import PAPER_STRATEGIES
+
+    p = dict(parameters)
+    preset = p.get("preset", "embedded")
+    check_choice("executor", p.get("executor", "local"), EXECUTORS)
+    if p.get("workers") is not None:
+        check_int("workers", p["workers"], minimum=1)
+    overrides = {k: p[k] for k in ("eps", "steps") if p.get(k) is not None}
+    tasks = p.get("tasks") or preset_tasks(preset)
+    strategies = p.get("strategies") or list(PAPER_STRATEGIES)
+    seeds = p.get("seeds", [0])
+    sweep.expand(tasks, strategies, seeds, preset=preset, **overrides)
+    if p.get("domain") is not None:  # the OOD chapter trains on this domain of its task
+        sweep.expand(p.get("tasks") or [preset_ood_task(preset)], strategies[:1], seeds[:1],
+                     preset=preset, domain=p["domain"], **overrides)
 
 
 def setup_notebook() -> None:

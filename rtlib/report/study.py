@@ -24,6 +24,9 @@ def runs(tasks: Sequence[str], strategies: Sequence[str], seeds: Sequence[int] =
 
     Runs are keyed by their config hash, so chapters that share runs train them once.
     """
+    from ..config import EXECUTORS, check_choice
+
+    check_choice("executor", executor, EXECUTORS)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     configs: list[RunConfig] = sweep.expand(tasks, strategies, seeds, preset=preset, **overrides)
     summary = sweep.run(configs, results_dir, executor=executor, progress=progress,
