@@ -350,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
     p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
                    help="sizes and sources to start from (default: %(default)s)")
-    p.add_argument("--executor", default="local", choices=["local", "ray"],
+    from .config import EXECUTORS
+
+    p.add_argument("--executor", default="local", choices=EXECUTORS,
                    help="local: one run after another in this process; ray: one Ray task per "
                         "run (RAY_ADDRESS selects a cluster)")
     _add_run_options(p)

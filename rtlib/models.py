@@ -80,8 +80,9 @@ def keep_first_layer_fp32(backbone: nn.Module, name: str | None) -> str | None:
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """Images as floats in [0, 1]: uint8 images (how every task stores them) divided by 255,
-    float images unchanged. The one place the ``/ 255`` lives."""
-    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    float images unchanged (their dtype too: an attack perturbs them as given). The one place
+    the ``/ 255`` lives."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images
 
 
 class NormalizedModel(nn.Module):
@@ -111,7 +112,7 @@ class NormalizedModel(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (to_unit(images) - self.mean) / self.std
+        x = (to_unit(images).float() - self.mean) / self.std
         if self.compute_dtype is None:
             return self.backbone(x)
         with torch.autocast(x.device.type, dtype=self.compute_dtype):

@@ -86,3 +86,41 @@ def test_compute_cost_adds_up_per_strategy():
     old = pd.DataFrame(rows).drop(columns=["attacked", "attack_seconds", "precision"])
     legacy = study.compute_cost(old)  # a store from before the attack columns
     assert legacy["attack_img_s"].isna().all() and (legacy["precision"] == "fp32").all()
+
+
+def test_takeaways_follow_the_numbers():
+    frame = make_frame(fall=0.3, best_near="bitfit", best_far="compacter", ood_noise=0.01)
+    table = pareto.aupf_table(frame, "robust_acc", n_boot=20)
+    bits = study.takeaways(frame, table)
+    assert "Best AUPF on near (nearest): bitfit; on far (farthest): compacter" in bits[0]
+    other = make_frame(fall=0.3, best_near="lora", best_far="adapter", ood_noise=0.01)
+    assert "near (nearest): lora; on far (farthest): adapter" in study.takeaways(
+        other, pareto.aupf_table(other, "robust_acc", n_boot=20))[0]
+    last = study.final_points(frame)
+    gap = (last.test_acc - last.robust_acc)[last.task == "far"].mean()
+    assert f"far {gap:.2f}" in bits[-1]
+
+
+def test_cost_summary_sums_the_runs():
+    frame = pd.DataFrame({"run_id": ["a", "a", "b"], "strategy": ["full", "full", "lora"],
+                          "task": "t", "seed": 0, "step": [0, 10, 10],
+                          "train_seconds": [0.0, 60.0, 120.0], "eval_seconds": [30.0, 30.0, 60.0],
+                          "images_seen": [0, 640, 640], "test_n": 100,
+                          "robust_acc@1/255": 0.5, "attacked": [50, 50, 50],
+                          "attack_seconds": [20.0, 20.0, 40.0]})
+    text = study.cost_summary(frame, study.compute_cost(frame))
+    assert text.startswith("In all, 5 minutes of run time, **40%** of it evaluating.")
+    assert "attacked 50% of the test images" in text
+
+
+def test_a_chapter_whose_runs_all_fail_says_why(tmp_path, monkeypatch):
+    from rtlib import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the GPU caught fire")
+
+    monkeypatch.setattr(train, "prepare", broken)
+    import pytest
+
+    with pytest.raises(RuntimeError, match="(?s)every run failed.*the GPU caught fire"):
+        study.chapter("smoke", ["digits"], ["lora"], results_dir=tmp_path, workers=1)

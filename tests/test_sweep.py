@@ -109,9 +109,10 @@ def test_killing_a_sweep_at_random_moments_loses_nothing(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         files = store.run_files(results)
-        frame = store.load(results)  # loads: no half-written run
+        if results.is_dir():  # (a sweep killed before its first write leaves no folder)
+            frame = store.load(results)  # loads: no half-written run
+            assert set(frame.groupby("run_id").size()) <= {3}  # 3 points each, no duplicates
         assert len({p.name for p in files}) == len(files)
-        assert set(frame.groupby("run_id").size()) <= {3}  # 3 points each, no duplicates
         assert before <= {p.name for p in files}  # nothing completed was lost
     finished = subprocess.run(_sweep_cli(results), env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr

@@ -100,10 +100,10 @@ def save(model: NormalizedModel, path: str | Path) -> Path:
     path = Path(path)
     meta = {"strategy": model.strategy, "hparams": json.dumps(_jsonable(model.strategy_hparams)),
             "model": getattr(model, "model_name", ""), "weights": str(getattr(model, "weights", ""))}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(trainable_state(model), str(tmp), metadata=meta)
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return path
+    from ..store import atomic_write
+
+    state = trainable_state(model)
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
 def load(base: NormalizedModel, path: str | Path) -> NormalizedModel:
