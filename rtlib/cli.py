@@ -60,11 +60,11 @@ def cmd_book(args: argparse.Namespace) -> int:
             print(f"built {book.build(parameters=params, output=args.output)}")
     except book.NotebookFailed as err:
         print(f"python -m rtlib book: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     except subprocess.CalledProcessError:
         print("python -m rtlib book: error: jupyter-book build failed (its message is above)",
               file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
