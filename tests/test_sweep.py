@@ -33,17 +33,27 @@ def test_expand_is_the_full_product_and_validates_first():
         sweep.expand("synthetic", ["bitfit"], preset="smoke", **SMALL)
 
 
-def test_sweep_skips_done_runs_and_records_failures(tmp_path):
+def test_sweep_skips_done_runs_and_records_failures(tmp_path, monkeypatch):
     bad_weights = tmp_path / "broken.safetensors"
     bad_weights.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ConfigError, match="broken.safetensors"):  # answered at the door
+        sweep.expand(["synthetic"], ["full"], preset="smoke",
+                     **{**SMALL, "weights": str(bad_weights)})
     good = sweep.expand(["synthetic"], ["bitfit", "lora"], preset="smoke", **SMALL)
-    bad = sweep.expand(["synthetic"], ["full"], preset="smoke",
-                       **{**SMALL, "weights": str(bad_weights)})
+    bad = sweep.expand(["synthetic"], ["full"], preset="smoke", **SMALL)
+    real_prepare = train.prepare
+
+    def prepare(config):  # one run fails while it runs
+        if config.strategy == "full":
+            raise RuntimeError("out of memory, on purpose")
+        return real_prepare(config)
+
+    monkeypatch.setattr(train, "prepare", prepare)
     summary = sweep.run(good + bad, tmp_path / "r", progress=False)
     assert summary.set_index("strategy")["status"].to_dict() == {
         "bitfit": "done", "lora": "done", "full": "failed"}
     failure = json.loads((tmp_path / "r" / "failed" / f"{bad[0].run_id()}.json").read_text())
-    assert "broken.safetensors" in failure["error"] or "header" in failure["error"].lower()
+    assert "out of memory, on purpose" in failure["error"]
     text = sweep.summarize(summary)
     assert text.startswith("3 runs: 2 done, 0 skipped (already complete), 1 failed")
     again = sweep.run(good, tmp_path / "r", progress=False)
