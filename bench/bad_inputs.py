@@ -28,13 +28,14 @@ CASES = [
     RUN + ["--task", "digits", "--strategy", "full", "--attack", "fgsm"],
     RUN + ["--task", "digits", "--strategy", "full", "--batch-size", "999"],
     RUN + ["--task", "digits", "--strategy", "full", "--weights", "/nonexistent.safetensors"],
-    ["sweep", "--preset", "smoke", "--tasks", "digits", "nope", "--quiet"],
+    ["sweep", "--preset", "smoke", "--tasks", "digits nope", "--quiet"],
+    RUN + ["--task", "digits", "--strategy", "full", "--device", "gpu"],
     ["pretrain", "--steps", "0"],
     ["book", "-p", "step", "5"],
     # need timm or torch
     RUN + ["--task", "digits", "--strategy", "full", "--model", "vit_nonsense"],
     RUN + ["--task", "digits", "--strategy", "lora", "--hparam", "rank=0"],
-    RUN + ["--task", "digits", "--strategy", "full", "--device", "gpu"],
+    RUN + ["--task", "digits", "--strategy", "full", "--device", "cuda:7"],
 ]
 
 

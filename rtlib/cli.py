@@ -138,11 +138,22 @@ def run_config_from_args(args: argparse.Namespace):
     return RunConfig(task=args.task, strategy=args.strategy, **{**base, **given})
 
 
+DEVICE_SYNTAX = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _check_device_syntax(device: str) -> None:
+    """A device that cannot exist anywhere is answered before torch is imported (whether this
+    machine has it is train.resolve_device's question)."""
+    if not DEVICE_SYNTAX.match(device):
+        raise ConfigError("device", device, ["auto", "cpu", "cuda", "cuda:N"], "unknown device")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from . import preflight
 
     config = run_config_from_args(args)
     config.check()
+    _check_device_syntax(args.device)
     preflight.check_names(config)  # answered before torch is imported
     preflight.check(config)
     from . import metrics, store, train
@@ -194,6 +205,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .config import RunConfig, preset_defaults
 
     overrides = run_overrides(args)
+    _check_device_syntax(args.device)
     for task in args.tasks:  # names first: answered before torch is imported
         for strategy in args.strategies:
             preflight.check_names(RunConfig(task=task, strategy=strategy, **{
