@@ -334,8 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "interrupted one resumes from its last evaluation point. Options not given "
                     "take the preset's value.")
     p.add_argument("--task", required=True, help="task name (python -m rtlib tasks)")
+    from .strategies import BUILTIN
+
     p.add_argument("--strategy", required=True,
-                   help="full, linear_probe, bitfit, lora, ia3, adapter, compacter or dora")
+                   help=f"{', '.join(BUILTIN)} (python -m rtlib strategies)")
     p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
                    help="sizes and sources to start from (default: %(default)s)")
     _add_run_options(p)
