@@ -152,10 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import preflight
 
     config = run_config_from_args(args)
-    config.check()
     _check_device_syntax(args.device)
-    preflight.check_names(config)  # answered before torch is imported
-    preflight.check(config)
+    preflight.check(config)  # fields and names before torch is imported, then the rest
     from . import metrics, store, train
 
     if args.dry_run:
@@ -201,19 +199,13 @@ def _names(text: str) -> list[str]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from . import preflight
-    from .config import RunConfig, preset_defaults
-
-    overrides = run_overrides(args)
     _check_device_syntax(args.device)
-    for task in args.tasks:  # names first: answered before torch is imported
-        for strategy in args.strategies:
-            preflight.check_names(RunConfig(task=task, strategy=strategy, **{
-                **preset_defaults(args.preset, strategy), **overrides}).check())
-    from . import sweep, train
+    from . import sweep
 
     configs = sweep.expand(args.tasks, args.strategies, args.seeds, preset=args.preset,
-                           **overrides)
+                           **run_overrides(args))  # every name before torch is imported
+    from . import train
+
     device = train.resolve_device(args.device)
     summary = sweep.run(configs, args.results_dir, executor=args.executor, device=str(device),
                         progress=not args.quiet)

@@ -119,10 +119,6 @@ def _field(default: Any, help: str, **meta: Any):
     return field(default=default, metadata={"help": help, **meta})
 
 
-def field_help(cls, name: str) -> str:
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}[name]
-
-
 def field_default(f) -> Any:
     return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING \
         else f.default
@@ -302,12 +298,6 @@ class RunConfig:
 
     def replace(self, **changes) -> "RunConfig":
         return replace(self, **changes)
-
-
-#: RunConfig fields the command line and the book set (the rest are structured: task,
-#: strategy, hparams, model_kwargs).
-SCALAR_FIELDS = tuple(f.name for f in fields(RunConfig)
-                      if f.name not in ("task", "strategy", "hparams", "model_kwargs"))
 
 
 def parse_schedule(spec: str, total_steps: int) -> list[int]:

@@ -23,9 +23,6 @@ TEST_N, ATTACKED = "test_n", "attacked"
 # Where the time went, in seconds (training is cumulative; evaluation per point).
 TRAIN_SECONDS, EVAL_SECONDS, ATTACK_SECONDS = "train_seconds", "eval_seconds", "attack_seconds"
 
-ACCURACIES = (TRAIN_ACC, VAL_ACC, TEST_ACC)
-
-
 def robust(eps: float) -> str:
     """The column of robust accuracy at budget ``eps`` (``robust_acc@2/255``)."""
     return f"{ROBUST_PREFIX}{eps_label(eps)}"

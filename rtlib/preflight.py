@@ -9,8 +9,11 @@ door (sweeps, training, evaluation) trusts a config that passed it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from pathlib import Path
+from typing import Sequence
 
 from .config import ConfigError, RunConfig, check_choice
 
@@ -19,14 +22,22 @@ _PASSED: set[str] = set()  # configs that passed in this process (their content,
 
 def check(config: RunConfig) -> RunConfig:
     """Raise :class:`~rtlib.config.ConfigError` naming the first bad field; return ``config``."""
-    key = json.dumps(config.to_dict(), sort_keys=True, default=str)
-    if key in _PASSED:
-        return config
-    config.check()
-    check_names(config)
-    _check_architecture(config)
-    _PASSED.add(key)
-    return config
+    return check_all([config])[0]
+
+
+def check_all(configs: Sequence[RunConfig]) -> list[RunConfig]:
+    """:func:`check` for many configs: every config's fields and names first (no torch, so a
+    misspelled name anywhere in a grid is answered at once), then each architecture."""
+    todo = [(json.dumps(c.to_dict(), sort_keys=True, default=str), c) for c in configs]
+    todo = [(key, c) for key, c in todo if key not in _PASSED]
+    for _, config in todo:
+        config.check()
+        check_names(config)
+    for key, config in todo:
+        if key not in _PASSED:  # (a grid may hold the same config twice)
+            _check_architecture(config)
+            _PASSED.add(key)
+    return list(configs)
 
 
 def check_names(config: RunConfig) -> None:
@@ -70,24 +81,29 @@ def _check_architecture(config: RunConfig) -> None:
 
 def check_weights_file(weights: str | None) -> None:
     """A weights file must be a checkpoint we can read without running code: safetensors, or
-    a torch file that loads with ``weights_only=True``; anything else names the file."""
+    a torch file that loads with ``weights_only=True``; anything else names the file. Read once
+    per file version (a grid of runs shares its weights)."""
     from .config import NAMED_WEIGHTS
     from .models import WEIGHT_SUFFIXES
 
     if weights in NAMED_WEIGHTS:
         return
-    from pathlib import Path
-
     path = Path(weights)
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ConfigError("weights", weights, ["none", "embedded", "hub",
                                                *(f"a *{s} file" for s in WEIGHT_SUFFIXES)],
                           "unsupported file type:")
+    stat = path.stat()
+    _check_readable(str(path.resolve()), stat.st_mtime_ns, stat.st_size, weights)
+
+
+@functools.lru_cache(maxsize=16)
+def _check_readable(path: str, mtime_ns: int, size: int, shown: str) -> None:
     try:
-        if path.suffix == ".safetensors":
+        if path.endswith(".safetensors"):
             from safetensors import safe_open
 
-            with safe_open(str(path), "pt") as f:
+            with safe_open(path, "pt") as f:
                 list(f.keys())
         else:
             import torch
@@ -95,5 +111,5 @@ def check_weights_file(weights: str | None) -> None:
             torch.load(path, map_location="meta", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file: name it, run nothing
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise ConfigError("weights", weights, "a .safetensors or .pth checkpoint",
+        raise ConfigError("weights", shown, "a .safetensors or .pth checkpoint",
                           f"unreadable ({type(err).__name__}: {reason}):") from None

@@ -17,9 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from . import preflight, store
-from .config import ConfigError, RunConfig, check_choice, check_int, preset_defaults
-
-from .config import EXECUTORS  # noqa: E402,F401 - the config owns the names
+from .config import (EXECUTORS, ConfigError, RunConfig, check_choice, check_int,
+                     preset_defaults)
 
 
 def expand(tasks: Sequence[str], strategies: Sequence[str], seeds: Iterable[int] = (0,),
@@ -41,9 +40,9 @@ def expand(tasks: Sequence[str], strategies: Sequence[str], seeds: Iterable[int]
         names = sorted(grid)
         for values in itertools.product(*(grid[n] for n in names)):
             fields = {**preset_defaults(preset, strategy), **overrides, "seed": seed}
-            configs.append(preflight.check(RunConfig(
-                task=task, strategy=strategy, hparams=dict(zip(names, values)), **fields)))
-    return configs
+            configs.append(RunConfig(task=task, strategy=strategy,
+                                     hparams=dict(zip(names, values)), **fields))
+    return preflight.check_all(configs)
 
 
 @dataclass
