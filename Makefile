@@ -1,6 +1,8 @@
 # Two commands on a fresh machine (see README):
 #   make test   create .venv if missing, install rtlib with its test extras, run pytest
 #   make book   create .venv if missing, install rtlib with its book extras, build the book
+# and one that remakes the committed study (hours on two CPU cores; resumable):
+#   make study  compute what study/ lacks and rewrite study/manifest.json
 # Installs are redone only when pyproject.toml changes (stamp files in .venv).
 
 PYTHON ?= python3
@@ -14,11 +16,12 @@ PYTEST_ARGS ?=
 # Notebook parameters for `make book`, e.g. PARAMS="-p eps 0.0078 -p steps 400"
 PARAMS      ?=
 
-.PHONY: test book clean-book help browser
+.PHONY: test book study clean-book help browser
 
 help:
 	@echo "make test   install (into $(VENV)) and run the test suite"
 	@echo "make book   install (into $(VENV)) and build the book into _build/html"
+	@echo "make study  install (into $(VENV)) and compute what the committed study lacks"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +53,12 @@ test: $(VENV)/.test-installed browser
 
 book: $(VENV)/.book-installed
 	$(BIN)/python -m rtlib book $(PARAMS)
+
+# Options for `make study`, e.g. STUDY_ARGS="--workers 1 --device cuda"
+STUDY_ARGS ?=
+
+study: $(VENV)/.test-installed
+	$(BIN)/python -m rtlib study $(STUDY_ARGS)
 
 clean-book:
 	rm -rf _build book/executed

@@ -120,12 +120,13 @@ def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     return mask.float().mean().item()
 
 
-def eps_sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+def eps_masks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
               eps: Iterable[float], step_size_ratio: float = 0.25,
               steps: int = DEFAULT_STEPS, attack: str = "pgd", batch_size: int = 256,
               num_classes: int | None = None, seed: int = 0,
-              clean_correct: torch.Tensor | None = None) -> dict[float, float]:
-    """Robust accuracy at several budgets in one call, step size ``ratio * eps`` each.
+              clean_correct: torch.Tensor | None = None) -> dict[float, torch.Tensor]:
+    """Per-image robustness at several budgets in one call (step size ``ratio * eps`` each):
+    a boolean mask per budget, True where the image is still classified correctly.
 
     Budgets are attacked in increasing order, and each attacks only the images that survived
     the smaller one: an image fooled within a small ball is fooled within any larger ball.
@@ -138,5 +139,12 @@ def eps_sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         survivors = robust_mask(model, images, labels, e, step_size_ratio * e if e else None,
                                 steps, attack, batch_size, candidates=survivors,
                                 num_classes=num_classes, seed=seed)
-        out[e] = survivors.float().mean().item()
+        out[e] = survivors
     return out
+
+
+def eps_sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              eps: Iterable[float], **kwargs) -> dict[float, float]:
+    """Robust accuracy at several budgets (:func:`eps_masks`, averaged)."""
+    return {e: m.float().mean().item()
+            for e, m in eps_masks(model, images, labels, eps, **kwargs).items()}

@@ -213,6 +213,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if (summary["status"] == "failed").any() else 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    _check_device_syntax(args.device)
+    from . import plan
+    from .config import preset_store
+
+    results_dir = args.results_dir or preset_store(args.preset)
+    overrides = {k: v for k, v in (("steps", args.steps), ("eps", args.eps)) if v is not None}
+    if args.dry_run:  # what would run, computing nothing
+        for line in plan.progress_report(args.preset, args.tasks, args.strategies, args.seeds,
+                                         results_dir, **overrides):
+            print(line)
+        return 0
+    from . import train
+
+    device = str(train.resolve_device(args.device))
+    command = "python -m rtlib " + " ".join(sys.argv[1:])
+    study_plan, summary, manifest = plan.compute(
+        args.preset, args.tasks, args.strategies, args.seeds, results_dir, device=device,
+        workers=args.workers, progress=not args.quiet, command=command.strip(), **overrides)
+    from . import sweep
+
+    print(sweep.summarize(summary))
+    if study_plan.lrs:
+        print("learning rates chosen on the validation split: " + ", ".join(
+            f"{s} {lr:g}" for s, lr in study_plan.lrs.items()))
+    print(f"manifest: {manifest}")
+    return 1 if (summary["status"] == "failed").any() else 0
+
+
 def _option_type(annotation: str):
     """An argparse type for a dataclass field's annotation (a string: annotations are lazy)."""
     if annotation.startswith("int"):
@@ -363,6 +392,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "run (RAY_ADDRESS selects a cluster)")
     _add_run_options(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "study", help="compute a whole study (the committed one by default), resumable",
+        description="Compute the runs of a preset's study that its store lacks: first the "
+                    "learning-rate sweep (each strategy at each rate of its grid, chosen on the "
+                    "validation split), then every task x strategy x seed at the chosen rates. "
+                    "Shows a bar per run and the study's elapsed and remaining time; an "
+                    "interrupted study resumes where it stopped (rerun the same command). "
+                    "Writes RESULTS_DIR/manifest.json: the command, code version, package "
+                    "versions, machine and time of every run. `make study` runs the default.")
+    p.add_argument("--preset", default="study", choices=sorted(PRESETS),
+                   help="the study to compute (default: %(default)s, the committed one)")
+    p.add_argument("--tasks", type=_names, default=None,
+                   help="task names (default: the preset's)")
+    p.add_argument("--strategies", type=_names, default=None,
+                   help="strategy names (default: the paper's seven)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds (default: the preset's)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="fine-tuning steps (default: the preset's)")
+    p.add_argument("--eps", type=_budget, nargs="+", default=None,
+                   help="attack budgets, e.g. 2/255 4/255 (default: the preset's)")
+    p.add_argument("--results-dir", default=None,
+                   help="the study's store (default: the preset's; the study's is study/)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="runs in parallel on the CPU, each with cores / workers threads "
+                        "(default: one per core; on a GPU use 1)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="count the runs and how many are complete; compute nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_study)
 
     from .config import EMBEDDED_WEIGHTS, PretrainConfig
 

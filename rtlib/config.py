@@ -395,14 +395,17 @@ class PretrainConfig:
 
 
 #: Sizes and sources of each scale. ``run``: RunConfig fields; ``tasks``: the tasks the book
-#: studies at this scale; ``strategy_overrides``: RunConfig fields per strategy (e.g. its
-#: learning rate); ``sources``: where each
-#: value of the preset comes from (the book's page on differences from the official code reads
-#: it). Nothing downstream branches on a preset's name.
+#: studies at this scale; ``seeds``; ``strategy_overrides``: RunConfig fields per strategy (e.g.
+#: its learning rate); ``lr_grid`` (optional): per strategy, the learning rates a validation
+#: sweep chooses from (:mod:`rtlib.plan`), with ``selection``: the tasks and seed it runs on;
+#: ``store``: the results folder the book reads it from; ``sources``: where each value comes
+#: from (the book's page on differences from the official code reads it); ``description``: what
+#: the scale is for. Nothing downstream branches on a preset's name.
 PRESETS: dict[str, dict[str, Any]] = {
     # The official setting (kyangl/robustness-finetuning): the paper's model and datasets; needs
     # a GPU and the internet for the first download.
     "paper": {
+        "description": "the official setting: ViT-B/16 and the paper's datasets, on a GPU",
         "run": dict(model="vit_base_patch16_224.orig_in21k", weights="hub", data_dir="hub",
                     train_size=50_000, test_size=2_000, train_eval_size=2_000, val_fraction=0.1,
                     epochs=20, batch_size=128, lr=5e-4, weight_decay=0.01, lr_schedule="cosine",
@@ -410,6 +413,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                     attack_steps=15, step_size_ratio=0.25),
         "tasks": ["cifar10", "cifar100", "caltech256", "cub200", "stanford_dogs"],
         "ood_task": "domainnet",
+        "seeds": [0],
         "strategy_overrides": {
             "full": dict(lr=2e-5, lr_schedule="linear", warmup_steps=0),
         },
@@ -437,12 +441,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the paper's (a validation split; full fine-tuning with its own rate and a linear decay, the
     # other strategies cosine after a warm-up), with values of its own.
     "embedded": {
+        "description": "the quick setting for a live class: 200 steps, one seed, 256 evaluation "
+                       "images; too short to leave the inherit phase (about 15-25 minutes on two "
+                       "CPU cores)",
         "run": dict(model="vit_glyph_p4_24", weights="embedded", train_size=2000,
                     val_fraction=0.1, test_size=256, train_eval_size=256, steps=200,
                     batch_size=32, lr=1e-3, weight_decay=0.01, warmup_steps=10,
                     schedule="log:8", eps=(2 / 255,), attack_steps=10),
         "tasks": ["digits", "greek", "symbols", "fonts"],
         "ood_task": "digits",
+        "seeds": [0],
         "strategy_overrides": {
             "full": dict(lr=5e-4, lr_schedule="linear", warmup_steps=0),
         },
@@ -456,13 +464,53 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "accuracy)",
         },
     },
+    # The committed study (issue 15): a study large enough to decide the paper's claims on the
+    # glyph world, computed once with `python -m rtlib study` and read by `make book`.
+    "study": {
+        "description": "the committed study: runs long enough to reach the exploit phase, three "
+                       "seeds, 1,024 evaluation images and two budgets, learning rates chosen "
+                       "on the validation split; computed once (python -m rtlib study) and "
+                       "read from the repository by make book",
+        "run": dict(model="vit_glyph_p4_24", weights="embedded", train_size=2000,
+                    val_fraction=0.1, test_size=1024, train_eval_size=512, steps=1000,
+                    batch_size=32, lr=1e-3, weight_decay=0.01, warmup_steps=50,
+                    schedule="log:12", eps=(2 / 255, 4 / 255), attack_steps=10),
+        "tasks": ["digits", "greek", "symbols", "fonts"],
+        "ood_task": "digits",
+        "seeds": [0, 1, 2],
+        "store": "study",
+        "strategy_overrides": {
+            "full": dict(lr_schedule="linear", warmup_steps=0),
+        },
+        "lr_grid": {
+            "full": [1e-4, 3e-4, 1e-3],
+            "linear_probe": [1e-3, 3e-3, 1e-2],
+            "bitfit": [3e-4, 1e-3, 3e-3],
+            "lora": [3e-4, 1e-3, 3e-3],
+            "ia3": [1e-3, 3e-3, 1e-2],
+            "adapter": [3e-4, 1e-3, 3e-3],
+            "compacter": [1e-3, 3e-3, 1e-2],
+        },
+        # The learning-rate sweep: final validation accuracy, averaged over these tasks (one
+        # seed); its runs evaluate clean accuracy at the start and the end only.
+        "selection": dict(tasks=["greek", "fonts"], seed=0,
+                          run=dict(schedule="log:2", eps=(0.0,))),
+        "sources": {
+            "lr": "ours: chosen per strategy on the validation split (rtlib.plan; the sweep's "
+                  "runs are in the store)",
+            "schedule": "ours: 12 points spaced in log(step): dense where robust accuracy peaks",
+            "eps": "ours: 2/255 (the headline) and 4/255",
+        },
+    },
     # Toy size for CI: the same pipeline in seconds.
     "smoke": {
+        "description": "toy size for CI: the same pipeline in seconds",
         "run": dict(model="vit_glyph_p4_24", weights="embedded", train_size=256,
                     val_fraction=0.1, test_size=64, train_eval_size=64, steps=24, batch_size=32,
                     lr=1e-3, schedule="log:4", eps=(2 / 255,), attack_steps=3),
         "tasks": ["digits", "fonts"],
         "ood_task": "digits",
+        "seeds": [0],
         "strategy_overrides": {},
         "sources": {},
     },
@@ -472,6 +520,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 def _preset(name: str) -> dict[str, Any]:
     check_choice("preset", name, PRESETS)
     return PRESETS[name]
+
+
+def preset_spec(name: str) -> dict[str, Any]:
+    """Everything preset ``name`` says (see :data:`PRESETS`)."""
+    return _preset(name)
 
 
 def resolve_weights(weights: str | None) -> str | None:
@@ -510,6 +563,20 @@ def preset_defaults(name: str, strategy: str | None = None) -> dict[str, Any]:
 
 def preset_tasks(name: str) -> list[str]:
     return list(_preset(name)["tasks"])
+
+
+def preset_seeds(name: str) -> list[int]:
+    return list(_preset(name).get("seeds", [0]))
+
+
+def preset_store(name: str) -> str:
+    """The results folder a preset's runs are read from and written to (the committed study's
+    is in the repository)."""
+    return _preset(name).get("store", "results")
+
+
+def preset_description(name: str) -> str:
+    return _preset(name).get("description", name)
 
 
 def preset_ood_task(name: str) -> str:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import metrics, strategies
-from .attacks import eps_sweep, predict
+from .attacks import eps_masks, predict
 from .config import RunConfig
 from .data.split import Split, TaskData
 
@@ -23,7 +23,7 @@ def accuracy(model: nn.Module, split: Split) -> tuple[float, torch.Tensor]:
 def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
                    train_eval: Split) -> dict[str, Any]:
     """Clean train, validation and test accuracy, robust accuracy at every eps, OOD accuracy
-    per domain.
+    per domain; which test images were right, clean and at each eps (packed masks).
 
     Also how much the attack did (``attacked``: images attacked, summed over the budgets) and
     took (``attack_seconds``), so throughput can be read off any run.
@@ -37,14 +37,17 @@ def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
             row[metrics.VAL_ACC], _ = accuracy(model, task.val)
         row[metrics.TEST_ACC], correct = accuracy(model, task.test)
         t_attack = time.perf_counter()
-        robust = eps_sweep(model, task.test.images, task.test.labels, config.eps,
+        masks = eps_masks(model, task.test.images, task.test.labels, config.eps,
                            step_size_ratio=config.step_size_ratio, steps=config.attack_steps,
                            attack=config.attack, num_classes=task.num_classes, seed=config.seed,
                            clean_correct=correct)
         _synchronize(task.test.images)
         row[metrics.ATTACK_SECONDS] = time.perf_counter() - t_attack
+        robust = {e: m.float().mean().item() for e, m in masks.items()}
+        row[metrics.TEST_MASK] = metrics.pack(correct.cpu())
         for eps in config.eps:
             row[metrics.robust(eps)] = robust[eps]
+            row[metrics.robust_mask(eps)] = metrics.pack(masks[eps].cpu())
         for domain, split in task.ood.items():
             row[metrics.ood(domain)], _ = accuracy(model, split)
     # Each budget attacks the survivors of the smaller one (eps_sweep); budget 0 attacks none.

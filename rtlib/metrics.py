@@ -22,10 +22,54 @@ ROBUST = "robust_acc"
 TEST_N, ATTACKED = "test_n", "attacked"
 # Where the time went, in seconds (training is cumulative; evaluation per point).
 TRAIN_SECONDS, EVAL_SECONDS, ATTACK_SECONDS = "train_seconds", "eval_seconds", "attack_seconds"
+# Which test images were right, clean and at each budget: bit masks (:func:`pack`), so that the
+# difference between two points of a run has a paired standard error (:func:`paired_se`).
+TEST_MASK, ROBUST_MASK_PREFIX = "test_mask", "robust_mask@"
+#: The mask of the run's first budget under one name (added by :func:`rtlib.store.load`).
+ROBUST_MASK = "robust_mask"
 
 def robust(eps: float) -> str:
     """The column of robust accuracy at budget ``eps`` (``robust_acc@2/255``)."""
     return f"{ROBUST_PREFIX}{eps_label(eps)}"
+
+
+def robust_mask(eps: float) -> str:
+    """The column of the per-image robustness mask at budget ``eps``."""
+    return f"{ROBUST_MASK_PREFIX}{eps_label(eps)}"
+
+
+def mask_of(column: str) -> str:
+    """The mask column of an accuracy column (``robust_acc@2/255`` -> ``robust_mask@2/255``)."""
+    if column == TEST_ACC:
+        return TEST_MASK
+    if column == ROBUST:
+        return ROBUST_MASK
+    if column.startswith(ROBUST_PREFIX):
+        return ROBUST_MASK_PREFIX + qualifier(column)
+    raise KeyError(f"no per-image mask is stored for {column!r}")
+
+
+def pack(mask) -> str:
+    """A boolean mask (tensor or array) as a hex string of its bits (128 bytes per 1,024)."""
+    import numpy as np
+
+    return np.packbits(np.asarray(mask, dtype=bool)).tobytes().hex()
+
+
+def unpack(text: str, n: int):
+    """The boolean array of ``n`` images packed by :func:`pack`."""
+    import numpy as np
+
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)
+
+
+def paired_se(a: str, b: str, n: int) -> float:
+    """Standard error of the difference of two accuracies measured on the same ``n`` images
+    (masks ``a`` and ``b``, packed): only the images that changed count (McNemar's view)."""
+    import numpy as np
+
+    d = unpack(a, n).astype(np.int8) - unpack(b, n).astype(np.int8)
+    return float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
 
 
 def ood(domain: str) -> str:

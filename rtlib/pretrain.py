@@ -138,3 +138,23 @@ def checkpoint_metadata(path: Path) -> dict:
         return json.loads((f.metadata() or {}).get("rtlib", "{}"))
 
 
+
+
+def learning_curve(meta: dict):
+    """Upstream test accuracy (on 2,048 test images) and training loss over the pre-training
+    steps of every stage, in order: a stage that continued from an earlier checkpoint
+    (``--init``) starts where that one ended. Returns a DataFrame (stage, step, accuracy, loss)."""
+    import pandas as pd
+
+    stages, m = [], meta
+    while m:
+        stages.append(m)
+        m = m.get("init")
+    rows, offset = [], 0
+    for k, stage in enumerate(reversed(stages), 1):
+        for h in stage.get("history", []):
+            rows.append({"stage": k, "step": offset + h["step"],
+                         "accuracy": h["test_accuracy_2048"],
+                         "loss": h.get("mean_loss", h.get("loss"))})
+        offset += stage["config"]["steps"]
+    return pd.DataFrame(rows, columns=["stage", "step", "accuracy", "loss"])

@@ -274,6 +274,8 @@ def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) ->
         cfg = meta["config"]
         # The run's first budget, under one name for every task (tasks may use other budgets).
         frame[metrics.ROBUST] = frame[metrics.robust(cfg["eps"][0])]
+        if metrics.robust_mask(cfg["eps"][0]) in frame:  # runs stored before the masks lack it
+            frame[metrics.ROBUST_MASK] = frame[metrics.robust_mask(cfg["eps"][0])]
         front = {"run_id": meta["run_id"], **{k: cfg.get(k) for k in CONFIG_COLUMNS},
                  "eps": eps_label(cfg["eps"][0]),
                  "hparams": json.dumps(cfg.get("hparams", {}), sort_keys=True),

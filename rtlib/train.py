@@ -272,57 +272,103 @@ def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
             raise
 
 
-def _run(config: RunConfig, results_dir, device: torch.device, progress: bool) -> Path:
-    task, model = prepare(config)
-    trainable, total = models.count_parameters(model)
-    model.to(device)
-    precision = resolve_precision(config.precision, device, model)
-    model.set_precision(precision)
-    if config.compile:
-        from torch import _dynamo as dynamo  # (not "import torch._dynamo": that makes torch local)
+@dataclass
+class _Session:
+    """A run ready to train: its data, model, training state, evaluation points, batches and
+    the evaluation that appends a row to ``state.rows``."""
 
-        # One process may run several strategies, each a few graphs (training, evaluation,
-        # attack): the default cap of 8 would silently send later runs back to eager mode.
-        dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
-        model.compile()  # in place: parameter names and checkpoints are unchanged
-    task = on_device(task, device)
-    train_eval = task.train.subset(config.train_eval_size)
-    total_steps = config.total_steps(len(task.train))
-    opt = adamw(model, config.lr, config.weight_decay)
-    state = TrainState(model, opt, warmup_then(opt, config.lr_schedule, config.warmup_steps,
-                                               total_steps),
-                       EpochBatches(len(task.train), config.batch_size, config.seed))
-    points = config.eval_steps(len(task.train))
-    partial = store.partial_path(results_dir, config)
-    state.resume(partial, config.run_id(), map_location=device)
+    config: RunConfig
+    task: TaskData
+    model: nn.Module
+    state: TrainState
+    points: list[int]
+    precision: str
+    trainable: int
+    total: int
 
-    x_all, y_all = task.train.images, task.train.labels
-    first_budget = metrics.robust(config.eps[0])
+    @classmethod
+    def start(cls, config: RunConfig, device: torch.device) -> "_Session":
+        task, model = prepare(config)
+        trainable, total = models.count_parameters(model)
+        model.to(device)
+        precision = resolve_precision(config.precision, device, model)
+        model.set_precision(precision)
+        if config.compile:
+            from torch import _dynamo as dynamo  # ("import torch._dynamo" makes torch local)
 
-    def batch():
-        idx = state.sampler.next().to(x_all.device)
-        return x_all[idx].to(device, non_blocking=True), y_all[idx].to(device)
+            # One process may run several strategies, each a few graphs (training, evaluation,
+            # attack): the default cap of 8 would silently send later runs back to eager mode.
+            dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
+            model.compile()  # in place: parameter names and checkpoints are unchanged
+        task = on_device(task, device)
+        total_steps = config.total_steps(len(task.train))
+        opt = adamw(model, config.lr, config.weight_decay)
+        state = TrainState(model, opt, warmup_then(opt, config.lr_schedule, config.warmup_steps,
+                                                   total_steps),
+                           EpochBatches(len(task.train), config.batch_size, config.seed))
+        return cls(config, task, model, state, config.eval_steps(len(task.train)), precision,
+                   trainable, total)
 
-    def evaluate(state: TrainState) -> str:
-        row = {metrics.STEP: state.step, metrics.EPOCH: state.images_seen / len(task.train),
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def batch(self):
+        idx = self.state.sampler.next().to(self.task.train.images.device)
+        return (self.task.train.images[idx].to(self.device, non_blocking=True),
+                self.task.train.labels[idx].to(self.device))
+
+    def evaluate(self, state: TrainState) -> str:
+        """Score the model now (one row) and reset the loss average."""
+        row = {metrics.STEP: state.step, metrics.EPOCH: state.images_seen / len(self.task.train),
                metrics.IMAGES_SEEN: state.images_seen, metrics.TRAIN_LOSS: state.mean_loss()}
-        row.update(evaluate_point(model, task, config, train_eval))
+        train_eval = self.task.train.subset(self.config.train_eval_size)
+        row.update(evaluate_point(self.model, self.task, self.config, train_eval))
         row[metrics.TRAIN_SECONDS] = state.train_seconds
         state.rows.append(row)
         state.loss_sum, state.loss_count = 0.0, 0
+        return (f"clean {row[metrics.TEST_ACC]:.3f} robust "
+                f"{row[metrics.robust(self.config.eps[0])]:.3f}")
+
+    def train(self, until: int, on_point: Callable[[TrainState], str | None],
+              progress: bool) -> None:
+        loop(self.state, until, self.batch, set(self.points), on_point,
+             grad_clip=self.config.grad_clip,
+             label=f"{self.config.task}/{self.config.strategy}", progress=progress)
+
+
+def replay(config: RunConfig, points: int = 2, device: str | None = "cpu") -> list[dict]:
+    """The rows of a run's first ``points`` evaluation points, computed afresh (nothing is
+    read from or written to a store): what a committed run's first rows should be."""
+    preflight.check(config)
+    device = resolve_device(device)
+    with models.exact_convolutions():
+        session = _Session.start(config, device)
+        session.train(session.points[:points][-1], session.evaluate, progress=False)
+    return session.state.rows
+
+
+def _run(config: RunConfig, results_dir, device: torch.device, progress: bool) -> Path:
+    session = _Session.start(config, device)
+    state = session.state
+    partial = store.partial_path(results_dir, config)
+    state.resume(partial, config.run_id(), map_location=device)
+
+    def evaluate(state: TrainState) -> str:
+        note = session.evaluate(state)
         state.save(partial, config.run_id())
-        return f"clean {row[metrics.TEST_ACC]:.3f} robust {row[first_budget]:.3f}"
+        return note
 
-    loop(state, total_steps, batch, set(points), evaluate, grad_clip=config.grad_clip,
-         label=f"{config.task}/{config.strategy}", progress=progress)
-
+    session.train(config.total_steps(len(session.task.train)), evaluate, progress)
+    task = session.task
     meta = {"versions": _versions(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine(),
-            "seed": config.seed, "trainable": trainable, "total": total,
-            "precision": precision, "compiled": bool(config.compile),
+            "seed": config.seed, "trainable": session.trainable, "total": session.total,
+            "precision": session.precision, "compiled": bool(config.compile),
             "classes": list(task.classes), "domain": task.domain,
-            "ood_domains": list(task.ood), "points": points, "total_steps": total_steps,
+            "ood_domains": list(task.ood), "points": session.points,
+            "total_steps": config.total_steps(len(task.train)),
             "train_images": len(task.train),
             "val_images": 0 if task.val is None else len(task.val)}
     out = store.write_run(results_dir, config, state.rows, meta)

@@ -124,3 +124,69 @@ def test_a_chapter_whose_runs_all_fail_says_why(tmp_path, monkeypatch):
 
     with pytest.raises(RuntimeError, match="(?s)every run failed.*the GPU caught fire"):
         study.chapter("smoke", ["digits"], ["lora"], results_dir=tmp_path, workers=1)
+
+
+def _masked_run(run_id, seed, curve, n=400, rng=None):
+    """A run whose robust masks realise ``curve`` exactly, each point flipping images of the
+    previous one (so consecutive points share most images, as real runs do)."""
+    from rtlib import metrics
+
+    rng = rng or np.random.default_rng(seed)
+    mask = np.zeros(n, bool)
+    rows = []
+    for step, value in curve:
+        want = int(round(value * n))
+        on, off = np.flatnonzero(mask), np.flatnonzero(~mask)
+        if want > len(on):
+            mask[rng.choice(off, want - len(on), replace=False)] = True
+        elif want < len(on):
+            mask[rng.choice(on, len(on) - want, replace=False)] = False
+        rows.append({"run_id": run_id, "task": "t", "strategy": "full", "seed": seed,
+                     "step": step, "test_acc": 0.9, "robust_acc": mask.mean(), "test_n": n,
+                     metrics.ROBUST_MASK: metrics.pack(mask)})
+    return rows
+
+
+def test_paired_standard_error_counts_only_the_images_that_changed():
+    from rtlib import metrics
+
+    n = 1000
+    a = np.zeros(n, bool)
+    a[:500] = True
+    b = a.copy()
+    b[:20] = False  # 20 of 1,000 images changed: a difference of 0.02
+    se = metrics.paired_se(metrics.pack(a), metrics.pack(b), n)
+    assert abs(se - np.sqrt((20 - 20 ** 2 / n) / (n - 1) / n)) < 1e-12  # 0.0044
+    assert se < study.standard_error(0.5, n)  # far below the unpaired error at 50%
+    assert metrics.unpack(metrics.pack(b), n).tolist() == b.tolist()
+
+
+def test_rise_and_fall_and_pooled_fall_follow_the_masks():
+    falling = [(0, 0.1), (10, 0.5), (100, 0.45), (1000, 0.35)]
+    rising = [(0, 0.1), (10, 0.3), (100, 0.4), (1000, 0.42)]
+    frame = pd.DataFrame(sum((_masked_run(f"f{s}", s, falling) for s in range(3)), []))
+    rf = study.rise_and_fall(frame)
+    assert rf["paired"].all() and rf["significant_fall"].all()
+    assert (rf["peak_step"] == 10).all() and np.allclose(rf["drop"], 0.15)
+    pooled = study.pooled_fall(frame).iloc[0]
+    assert pooled["seeds"] == 3 and pooled["significant"] and abs(pooled["drop"] - 0.15) < 1e-9
+    assert pooled["drop_se"] < rf["fall_se"].max()  # three seeds know more than one
+
+    frame = pd.DataFrame(sum((_masked_run(f"r{s}", s, rising) for s in range(3)), []))
+    assert not study.rise_and_fall(frame)["significant_fall"].any()
+    assert not study.pooled_fall(frame).iloc[0]["significant"]
+    # One seed of three that does not fall makes the pooled fall not significant.
+    mixed = pd.DataFrame(sum((_masked_run(f"f{s}", s, falling) for s in range(2)), [])
+                         + _masked_run("r", 2, [(0, 0.1), (10, 0.5), (100, 0.5), (1000, 0.5)]))
+    assert not study.pooled_fall(mixed).iloc[0]["significant"]
+
+
+def test_plateau_reads_the_last_three_points():
+    rows = []
+    for run_id, curve in (("flat", [0.5, 0.8, 0.895, 0.9, 0.899]),
+                          ("rising", [0.5, 0.7, 0.8, 0.85, 0.9])):
+        rows += [{"run_id": run_id, "task": "t", "strategy": "full", "seed": 0, "step": s,
+                  "test_acc": v} for s, v in zip((0, 10, 100, 500, 1000), curve)]
+    p = study.plateau(pd.DataFrame(rows)).set_index("run_id")
+    assert p.loc["flat", "plateaued"] and not p.loc["rising", "plateaued"]
+    assert p.loc["rising", "last_steps"] == "100, 500, 1000"

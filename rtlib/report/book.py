@@ -46,6 +46,20 @@ def declared_parameters() -> dict[str, set[str]]:
     return {p.stem: set(pm.inspect_notebook(str(p))) for p in notebooks()}
 
 
+def declared_default(name: str) -> Any:
+    """The default the chapters declare for parameter ``name`` (their parameters cells are the
+    one place it is written), read from the first notebook that declares it."""
+    import ast
+
+    import papermill as pm
+
+    for path in notebooks():
+        declared = pm.inspect_notebook(str(path))
+        if name in declared:
+            return ast.literal_eval(declared[name]["default"])
+    raise KeyError(name)
+
+
 def check_parameters(parameters: Mapping[str, Any] | None) -> None:
     """Every parameter must be declared by at least one notebook: checked before any runs."""
     from ..config import ConfigError
@@ -69,18 +83,19 @@ def check_values(parameters: Mapping[str, Any]) -> None:
     if not set(parameters) & set(RUN_PARAMETERS):
         return
     from .. import sweep
-    from ..config import EXECUTORS, check_choice, check_int, preset_ood_task, preset_tasks
+    from ..config import (EXECUTORS, check_choice, check_int, preset_ood_task, preset_seeds,
+                          preset_tasks)
     from ..strategies import PAPER_STRATEGIES
 
     p = dict(parameters)
-    preset = p.get("preset", "embedded")
+    preset = p.get("preset", declared_default("preset"))
     check_choice("executor", p.get("executor", "local"), EXECUTORS)
     if p.get("workers") is not None:
         check_int("workers", p["workers"], minimum=1)
     overrides = {k: p[k] for k in ("eps", "steps") if p.get(k) is not None}
     tasks = p.get("tasks") or preset_tasks(preset)
     strategies = p.get("strategies") or list(PAPER_STRATEGIES)
-    seeds = p.get("seeds", [0])
+    seeds = p.get("seeds") or preset_seeds(preset)
     sweep.expand(tasks, strategies, seeds, preset=preset, **overrides)
     if p.get("domain") is not None:  # the OOD chapter trains on this domain of its task
         sweep.expand(p.get("tasks") or [preset_ood_task(preset)], strategies[:1], seeds[:1],
@@ -148,8 +163,11 @@ def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None
         if progress:
             print(f"[{k}/{len(paths)}] {path.stem} ...", flush=True)
         try:
+            # The kernel's own prints (a chapter's "runs k/n ..., about m min left") reach
+            # this console; its warnings stay in the executed notebook.
             pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(base),
-                                kernel_name="python3", progress_bar=False)
+                                kernel_name="python3", progress_bar=False, log_output=progress,
+                                stdout_file=sys.stdout if progress else None)
         except pm.PapermillExecutionError as err:
             raise NotebookFailed(f"notebook {path.name} failed in cell {err.exec_count}: "
                                  f"{err.ename}: {err.evalue}\nexecuted copy kept at {out}") from err

@@ -35,8 +35,9 @@ def _mean_over_seeds(frame: pd.DataFrame, cols: Sequence[str],
 def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
     """RQ1: clean and robust test accuracy against the step (symlog axis), per strategy.
 
-    Solid lines are clean accuracy, dashed lines robust accuracy (mean over seeds); a diamond
-    marks each strategy's robust peak.
+    Solid lines are clean accuracy, dashed lines robust accuracy (mean over seeds); with
+    several seeds a band shows their range (lowest to highest); a diamond marks each strategy's
+    robust peak.
     """
     has_n = "test_n" in frame
     runs = _mean_over_seeds(frame, ["test_acc", robust_col] + (["test_n"] if has_n else []))
@@ -60,6 +61,20 @@ def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None)
         x=x, y=alt.Y("accuracy:Q", title="test accuracy", scale=alt.Scale(domain=[0, 1])),
         color=color, strokeDash=alt.StrokeDash("metric:N", title="metric"),
         opacity=opacity, tooltip=tooltip, detail="metric:N")
+    layers = [lines]
+    if "seed" in frame and frame["seed"].nunique() > 1:
+        per_seed = frame.melt(id_vars=["strategy", "step", "seed"],
+                              value_vars=["test_acc", robust_col], var_name="metric",
+                              value_name="accuracy")
+        per_seed["metric"] = per_seed["metric"].map({"test_acc": "clean", robust_col: "robust"})
+        band = per_seed.groupby(["strategy", "step", "metric"], as_index=False)["accuracy"].agg(
+            low="min", high="max", seeds="count")
+        layers.insert(0, alt.Chart(band).mark_area(opacity=0.15).encode(
+            x=x, y="low:Q", y2="high:Q", color=color, detail="metric:N",
+            opacity=alt.condition(sel, alt.value(0.18), alt.value(0.03)),
+            tooltip=["strategy:N", "metric:N", "step:Q", "seeds:Q",
+                     alt.Tooltip("low:Q", format=".3f", title="lowest seed"),
+                     alt.Tooltip("high:Q", format=".3f", title="highest seed")]))
     peaks = pareto.peak(runs.assign(seed=0), robust_col, by=("task", "strategy", "seed"))
     marks = alt.Chart(peaks).mark_point(shape="diamond", size=160, filled=True).encode(
         x="peak_step:Q", y="peak:Q", color=color, opacity=opacity,
@@ -67,7 +82,7 @@ def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None)
                  alt.Tooltip("peak:Q", format=".3f", title="peak robust accuracy"),
                  alt.Tooltip("final:Q", format=".3f", title="final robust accuracy"),
                  alt.Tooltip("drop:Q", format=".3f", title="peak - final")])
-    return (lines + marks).add_params(sel).properties(
+    return alt.layer(*layers, marks).add_params(sel).properties(
         width=WIDTH, height=HEIGHT, title=title or f"Clean and robust accuracy during fine-tuning "
                                                    f"({robust_col.split('@')[-1]})")
 
@@ -202,3 +217,24 @@ def paper_vs_ours(ours: pd.DataFrame, paper: pd.DataFrame, title: str | None = N
     return (cells + text + legend).add_params(sel).properties(
         width=62 * both["setting"].nunique(), height=30 * len(order),
         title=title or "Which strategies balance best: the paper's datasets and our tasks")
+
+
+def upstream_curve(curve: pd.DataFrame, final_accuracy: float | None = None,
+                   title: str | None = None) -> alt.Chart:
+    """The upstream model's test accuracy over its pre-training steps, one colour per stage
+    (``curve``: :func:`rtlib.pretrain.learning_curve`), with its final accuracy as a rule."""
+    curve = curve.assign(stage=curve["stage"].map(lambda k: f"stage {k}"))
+    line = alt.Chart(curve).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="pre-training step (batch 256)"),
+        y=alt.Y("accuracy:Q", title="upstream test accuracy (2,048 images)",
+                scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("stage:N", title="stage"),
+        tooltip=["stage:N", "step:Q", alt.Tooltip("accuracy:Q", format=".3f"),
+                 alt.Tooltip("loss:Q", format=".3f", title="training loss")])
+    layers = [line]
+    if final_accuracy is not None:
+        layers.append(alt.Chart(pd.DataFrame({"y": [final_accuracy]})).mark_rule(
+            strokeDash=[4, 4]).encode(y="y:Q", tooltip=[alt.Tooltip(
+                "y:Q", format=".3f", title="final accuracy (whole test set)")]))
+    return alt.layer(*layers).properties(
+        width=WIDTH, height=HEIGHT, title=title or "Pre-training the upstream model")

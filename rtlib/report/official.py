@@ -174,7 +174,15 @@ def preset_sources(preset: str = "paper"):
     spec = PRESETS[preset]
     values = {**spec["run"], **{f"{s}.{k}": v for s, fields in spec["strategy_overrides"].items()
                                 for k, v in fields.items()}}
-    sources = spec.get("sources", {})
+    sources = dict(spec.get("sources", {}))
+    for strategy, grid in spec.get("lr_grid", {}).items():  # rates chosen on validation
+        values[f"{strategy}.lr grid"] = ", ".join(f"{v:g}" for v in grid)
+        sources[f"{strategy}.lr grid"] = ("ours: the candidates; the one with the best final "
+                                          "validation accuracy is used (rtlib.plan)")
+    if spec.get("selection"):
+        values["lr selection tasks"] = ", ".join(spec["selection"]["tasks"])
+        sources["lr selection tasks"] = (f"ours: the sweep's tasks (seed {spec['selection']['seed']}"
+                                         "), validation accuracy averaged over them")
     rows = [{"field": k, "value": shown(k, v), "source": sources.get(k, "")}
             for k, v in values.items()]
     return pd.DataFrame(rows).set_index("field")

@@ -12,66 +12,79 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import metrics, pareto, store, strategies, sweep
-from ..config import RunConfig
+from .. import metrics, pareto, plan, store, strategies, sweep
 
 
-def runs(tasks: Sequence[str], strategies: Sequence[str], seeds: Sequence[int] = (0,),
-         preset: str = "embedded", results_dir: str | Path = "results", executor: str = "local",
-         progress: bool = True, workers: int | None = None, **overrides: Any
-         ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run what is missing from the grid, then load it: (tidy frame, sweep summary).
+def runs(tasks: Sequence[str] | None = None, strategies: Sequence[str] | None = None,
+         seeds: Sequence[int] | None = None, preset: str = "study",
+         results_dir: str | Path | None = None, executor: str = "local",
+         progress: bool | str = True, workers: int | None = None, **overrides: Any
+         ) -> tuple[pd.DataFrame, pd.DataFrame, plan.Plan]:
+    """Run what is missing from the preset's study (its learning-rate sweep first, where it has
+    one), then load it: (tidy frame, sweep summary, plan).
 
-    Runs are keyed by their config hash, so chapters that share runs train them once.
+    Runs are keyed by their config hash, so chapters that share runs train them once, and a
+    committed store is read, not recomputed. ``None`` means the preset's tasks, the paper's
+    seven strategies, the preset's seeds and the preset's store.
     """
-    from ..config import EXECUTORS, check_choice
+    from ..config import EXECUTORS, check_choice, preset_store
 
     check_choice("executor", executor, EXECUTORS)
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    configs: list[RunConfig] = sweep.expand(tasks, strategies, seeds, preset=preset, **overrides)
-    summary = sweep.run(configs, results_dir, executor=executor, progress=progress,
+    results_dir = results_dir or preset_store(preset)
+    study_plan = plan.plan(preset, tasks, strategies, seeds, results_dir, executor=executor,
+                           workers=workers, progress=progress, **overrides)
+    summary = sweep.run(study_plan.main, results_dir, executor=executor, progress=progress,
                         workers=workers)
     failed = summary[summary["status"] == "failed"]
     if len(failed) == len(summary) and len(summary):  # nothing to show: say why, not later
         raise RuntimeError("every run failed:\n" + sweep.summarize(summary))
     if len(failed):
         print(sweep.summarize(summary))
-    return store.load(results_dir, configs), summary
+    return store.load(results_dir, study_plan.main), summary, study_plan
 
 
 @dataclass
 class Chapter:
-    """What a chapter's notebook starts from: its runs, the sweep's summary, and a status
-    line for the reader (how many runs, trained now or read from the store)."""
+    """What a chapter's notebook starts from: its runs, the sweep's summary, the study's plan
+    (its runs and chosen learning rates), and a status line for the reader (which setting,
+    how many runs, trained now or read from the store)."""
 
     frame: pd.DataFrame
     summary: pd.DataFrame
     status: str
+    plan: plan.Plan | None = None
 
 
-def chapter(preset: str = "embedded", tasks: Sequence[str] | None = None,
-            strategies: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
-            results_dir: str | Path = "results", executor: str = "local",
-            workers: int | None = None, progress: bool = False, **overrides: Any) -> Chapter:
+def chapter(preset: str = "study", tasks: Sequence[str] | None = None,
+            strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+            results_dir: str | Path | None = None, executor: str = "local",
+            workers: int | None = None, progress: bool | str = "lines", **overrides: Any
+            ) -> Chapter:
     """The one call a chapter makes: its runs (computing only what the store lacks).
 
-    ``tasks`` defaults to the preset's, ``strategies`` to the paper's seven; ``overrides``
-    (e.g. ``eps``, ``steps``; ``None`` values are ignored) replace the preset's values."""
-    from ..config import preset_tasks
-    from ..strategies import PAPER_STRATEGIES
+    ``tasks`` defaults to the preset's, ``strategies`` to the paper's seven, ``seeds`` and
+    ``results_dir`` to the preset's; ``overrides`` (e.g. ``eps``, ``steps``; ``None`` values are
+    ignored) replace the preset's values."""
+    from ..config import preset_description, preset_store
 
-    frame, summary = runs(list(tasks or preset_tasks(preset)),
-                          list(strategies or PAPER_STRATEGIES), list(seeds), preset=preset,
-                          results_dir=results_dir, executor=executor, progress=progress,
-                          workers=workers, **overrides)
+    results_dir = results_dir or preset_store(preset)
+    frame, summary, study_plan = runs(tasks, strategies, seeds, preset=preset,
+                                      results_dir=results_dir, executor=executor,
+                                      progress=progress, workers=workers, **overrides)
     done, read = int((summary.status == "done").sum()), int((summary.status == "skipped").sum())
-    status = (f"{frame['run_id'].nunique()} runs, {len(frame)} evaluation points ({done} "
-              f"trained now, {read} read from the store).")
+    seeds_used = sorted(frame["seed"].unique()) if len(frame) else []
+    status = (f"**Setting: `{preset}`**, {preset_description(preset)}. "
+              f"{frame['run_id'].nunique()} runs ({len(seeds_used)} seed"
+              f"{'s' if len(seeds_used) != 1 else ''}), {len(frame)} evaluation points: "
+              f"{read} read from the store `{results_dir}`, {done} trained now.")
+    if study_plan.lrs:
+        status += (" Learning rates chosen on the validation split: " + ", ".join(
+            f"{s} {lr:g}" for s, lr in study_plan.lrs.items()) + ".")
     failed = summary[summary.status == "failed"]
     if len(failed):
         status += f" **{len(failed)} runs failed**: " + "; ".join(
             f"{r.task}/{r.strategy}/seed {r.seed}: {r.error}" for r in failed.itertuples())
-    return Chapter(frame, summary, status)
+    return Chapter(frame, summary, status, study_plan)
 
 
 def final_points(frame: pd.DataFrame) -> pd.DataFrame:
@@ -142,18 +155,118 @@ def standard_error(p: float, n: int) -> float:
     return float(np.sqrt(max(p * (1 - p), 1e-12) / max(n, 1)))
 
 
-def rise_and_fall(frame: pd.DataFrame, col: str = "robust_acc") -> pd.DataFrame:
-    """Per run: where robust accuracy peaks, how much it falls by the end, and whether the fall
-    exceeds two standard errors of the difference (binomial, ``test_n`` images)."""
-    peaks = pareto.peak(frame, col, by=("task", "strategy", "seed"))
-    n = frame.groupby(["task", "strategy", "seed"])["test_n"].first().reset_index()
-    peaks = peaks.merge(n, on=["task", "strategy", "seed"])
-    se = [np.hypot(standard_error(p, k), standard_error(f, k))
-          for p, f, k in zip(peaks["peak"], peaks["final"], peaks["test_n"])]
-    peaks["fall_se"] = se
-    peaks["early_peak"] = peaks["peak_step"] < peaks["final_step"]
-    peaks["significant_fall"] = peaks["drop"] > 2 * peaks["fall_se"]
-    return peaks
+def _difference_se(g: pd.DataFrame, col: str, i: int, j: int) -> tuple[float, bool]:
+    """Standard error of ``g[col]`` at row ``i`` minus row ``j`` (rows of one run): paired over
+    the images when the run stored its per-image masks, else from two binomials (larger)."""
+    n = int(g[metrics.TEST_N].iloc[0])
+    try:
+        mask = metrics.mask_of(col)
+    except KeyError:
+        mask = None
+    if mask in g and isinstance(g[mask].iloc[i], str) and isinstance(g[mask].iloc[j], str):
+        return metrics.paired_se(g[mask].iloc[i], g[mask].iloc[j], n), True
+    return float(np.hypot(standard_error(g[col].iloc[i], n), standard_error(g[col].iloc[j], n))
+                 ), False
+
+
+def rise_and_fall(frame: pd.DataFrame, col: str = metrics.ROBUST) -> pd.DataFrame:
+    """Per run: where ``col`` (robust accuracy) peaks, how much it falls by the end, the
+    standard error of that fall (paired over the test images, :func:`_difference_se`), and
+    whether the fall exceeds two of them."""
+    rows = []
+    for run_id, g in frame.sort_values(metrics.STEP).groupby("run_id", sort=False):
+        i, last = int(g[col].to_numpy().argmax()), len(g) - 1
+        se, paired = _difference_se(g, col, i, last)
+        drop = float(g[col].iloc[i] - g[col].iloc[last])
+        rows.append({"task": g["task"].iloc[0], "strategy": g["strategy"].iloc[0],
+                     "seed": int(g["seed"].iloc[0]), "run_id": run_id,
+                     "peak_step": int(g[metrics.STEP].iloc[i]), "peak": float(g[col].iloc[i]),
+                     "final_step": int(g[metrics.STEP].iloc[last]),
+                     "final": float(g[col].iloc[last]), "drop": drop, "fall_se": se,
+                     "paired": paired, "early_peak": i < last,
+                     "significant_fall": drop > 2 * se})
+    columns = ["task", "strategy", "seed", "run_id", "peak_step", "peak", "final_step",
+               "final", "drop", "fall_se", "paired", "early_peak", "significant_fall"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["task", "strategy", "seed"],
+                                                           ignore_index=True)
+
+
+def pooled_fall(frame: pd.DataFrame, col: str = metrics.ROBUST) -> pd.DataFrame:
+    """Per task and strategy, the fall pooled over seeds: the peak of the seed-mean curve, its
+    drop to the final point, the standard error of that drop (each seed's paired error,
+    combined: sqrt(sum se^2) / seeds), and each seed's own drop at the same two steps.
+
+    ``significant``: the pooled drop exceeds two standard errors **and** every seed falls.
+    """
+    rows = []
+    for (task, strategy), g in frame.groupby(["task", "strategy"], sort=False):
+        mean = g.groupby(metrics.STEP)[col].mean().sort_index()
+        peak_step, final_step = int(mean.idxmax()), int(mean.index[-1])
+        drops, ses = [], []
+        for _, run in g.sort_values(metrics.STEP).groupby("run_id", sort=False):
+            steps = run[metrics.STEP].tolist()
+            if peak_step not in steps or steps[-1] != final_step:
+                continue  # a run on another schedule: not poolable at these steps
+            i = steps.index(peak_step)
+            se, _ = _difference_se(run, col, i, len(run) - 1)
+            drops.append(float(run[col].iloc[i] - run[col].iloc[-1]))
+            ses.append(se)
+        k = len(drops)
+        se = float(np.sqrt(np.sum(np.square(ses))) / k) if k else float("nan")
+        drop = float(mean.loc[peak_step] - mean.loc[final_step])
+        rows.append({"task": task, "strategy": strategy, "seeds": k, "peak_step": peak_step,
+                     "peak": float(mean.loc[peak_step]), "final": float(mean.loc[final_step]),
+                     "drop": drop, "drop_se": se,
+                     "seed_min_drop": min(drops) if drops else float("nan"),
+                     "seed_max_drop": max(drops) if drops else float("nan"),
+                     "significant": bool(k and drop > 2 * se and min(drops) > 0)})
+    return pd.DataFrame(rows)
+
+
+def plateau(frame: pd.DataFrame, col: str = metrics.TEST_ACC, points: int = 3,
+            tolerance: float = 0.01) -> pd.DataFrame:
+    """Per run: whether ``col`` (clean test accuracy) has plateaued, i.e. its last ``points``
+    evaluation points lie within ``tolerance`` of each other (max - min)."""
+    rows = []
+    for run_id, g in frame.sort_values(metrics.STEP).groupby("run_id", sort=False):
+        tail = g[col].iloc[-points:]
+        rows.append({"task": g["task"].iloc[0], "strategy": g["strategy"].iloc[0],
+                     "seed": int(g["seed"].iloc[0]), "run_id": run_id,
+                     "last_steps": ", ".join(map(str, g[metrics.STEP].iloc[-points:])),
+                     "spread": float(tail.max() - tail.min()),
+                     "plateaued": bool(len(g) >= points and tail.max() - tail.min() <= tolerance)})
+    return pd.DataFrame(rows)
+
+
+def rq1_findings(frame: pd.DataFrame, col: str = metrics.ROBUST) -> list[str]:
+    """RQ1's findings as Markdown bullets: the falls pooled over seeds per task, the runs that
+    fall on their own, how precise a run's fall is, and which runs have plateaued."""
+    pooled, rf, flat = pooled_fall(frame, col), rise_and_fall(frame, col), plateau(frame)
+    seeds = int(pooled["seeds"].max()) if len(pooled) else 0
+    bits = [f"- **{int(pooled.significant.sum())} of {len(pooled)} task x strategy pairs** fall "
+            f"significantly from their robust peak, pooled over {seeds} seed"
+            f"{'s' if seeds != 1 else ''} (rule: the seed-mean drop exceeds 2 standard errors "
+            "and every seed drops)."]
+    for task in task_order(frame):
+        sub, runs_ = pooled[pooled.task == task], rf[rf.task == task]
+        names = ", ".join(f"{r.strategy} ({r.drop:+.3f} +- {r.drop_se:.3f})"
+                          for r in sub[sub.significant].itertuples()) or "none"
+        bits.append(f"- {task}: robust accuracy peaks at a median step of "
+                    f"{int(runs_.peak_step.median())} of {int(runs_.final_step.max())}; "
+                    f"significant falls: {names}.")
+    n = int(frame[metrics.TEST_N].max())
+    kind = "paired over the" if rf["paired"].all() else "binomial, from the"
+    bits.append(f"- **Precision:** the standard error of a run's peak-to-final difference is "
+                f"at most {rf.fall_se.max():.1%} (median {rf.fall_se.median():.1%}; {kind} "
+                f"{n:,} test images); {int(rf.significant_fall.sum())} of {len(rf)} runs fall "
+                "significantly on their own.")
+    late = flat[~flat.plateaued]
+    bits.append(f"- **Plateau:** {int(flat.plateaued.sum())} of {len(flat)} runs end with clean "
+                "test accuracy on a plateau (the last three points within 1 point)"
+                + ("." if not len(late) else "; still moving: " + ", ".join(
+                    f"{r.task}/{r.strategy}/seed {r.seed} ({r.spread:.3f})"
+                    for r in late.itertuples()) + "."))
+    return bits
 
 
 def ood_correlation(frame: pd.DataFrame) -> pd.DataFrame:
@@ -209,18 +322,24 @@ def scorecard(frame: pd.DataFrame, table: pd.DataFrame, ood_frame: pd.DataFrame 
     rel = table.set_index(["task", "strategy"])["relative"]
 
     rf = rise_and_fall(frame)
-    intermediate = rf[rf["strategy"].isin(strategies.adapting("intermediate", "excessive"))]
-    hits = int(intermediate["significant_fall"].sum())
+    pooled = pooled_fall(frame)
+    intermediate = pooled[pooled["strategy"].isin(strategies.adapting("intermediate",
+                                                                      "excessive"))]
+    hits = int(intermediate["significant"].sum())
+    seeds = int(pooled["seeds"].max()) if len(pooled) else 0
     cards.append(Verdict(
         "RQ1: robust accuracy first rises (inherited), peaks early, then falls as fine-tuning "
         "exploits non-robust features",
         "rise-then-fall in most settings",
-        f"{hits} of {len(intermediate)} runs of full fine-tuning and intermediate strategies "
-        f"fall from their robust peak by more than 2 standard errors; median peak at step "
+        f"{hits} of {len(intermediate)} task x strategy pairs of full fine-tuning and "
+        f"intermediate strategies fall from their robust peak by more than 2 standard errors "
+        f"({seeds} seed{'s' if seeds != 1 else ''} pooled); median peak at step "
         f"{int(rf['peak_step'].median())} of {int(rf['final_step'].max())}",
         "holds" if len(intermediate) and hits >= len(intermediate) / 2 else
         _verdict(hits, len(intermediate)),
-        "holds if at least half of those runs fall significantly, partly if some do"))
+        "a pair falls if its seed-mean robust accuracy drops from its peak to the end by more "
+        "than 2 standard errors (paired over the test images) and every seed drops; holds if "
+        "at least half of the pairs fall, partly if some do"))
 
     simple = order[0] if order else None
     if simple is not None and (simple, "bitfit") in rel.index:

@@ -1,0 +1,272 @@
+"""Which runs a study is made of: the grid of a preset, with its learning rates chosen on the
+validation split where the preset asks for it.
+
+A preset with an ``lr_grid`` (the committed study) first runs a small sweep: every strategy at
+every learning rate of its grid, on the ``selection`` tasks with one seed, each run evaluated on
+clean accuracy only (at its first and last step). A strategy's learning rate is the one with the
+highest final **validation** accuracy, averaged over those tasks (ties: the smaller rate). The
+test set plays no part in the choice. The sweep's runs live in the same store as the study's,
+so the choice is recomputed from stored numbers (nothing is trained twice) and a reader can
+check it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from . import metrics, store, sweep
+from .config import (ConfigError, RunConfig, preset_seeds, preset_spec, preset_store,
+                     preset_tasks, weights_identity)
+
+
+def lr_grid(preset: str) -> dict[str, list[float]]:
+    return {k: list(v) for k, v in preset_spec(preset).get("lr_grid", {}).items()}
+
+
+def selection_configs(preset: str, strategies: Sequence[str], **overrides: Any
+                      ) -> list[RunConfig]:
+    """The learning-rate sweep's runs for ``strategies`` (those with a grid), with the study's
+    ``overrides`` (so a study of 400 steps chooses among 400-step runs)."""
+    grid = lr_grid(preset)
+    spec = preset_spec(preset).get("selection")
+    chosen = [s for s in strategies if s in grid]
+    if not spec or not chosen:
+        return []
+    fields = {**overrides, **spec["run"]}
+    return [c for s in chosen for lr in grid[s]
+            for c in sweep.expand(spec["tasks"], [s], [spec["seed"]], preset=preset,
+                                  **{**fields, "lr": lr})]
+
+
+def choose_lr(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy and learning rate: final validation accuracy averaged over the tasks, and
+    which rate is chosen (the highest; ties go to the smaller rate)."""
+    if metrics.VAL_ACC not in frame:
+        raise ConfigError("val_fraction", 0, "a share > 0 (the learning rate is chosen on the "
+                          "validation split)", "no validation split in the sweep's runs:")
+    last = frame.sort_values(metrics.STEP).groupby("run_id").tail(1)
+    table = (last.groupby(["strategy", "lr"])
+             .agg(val_acc=(metrics.VAL_ACC, "mean"), tasks=("task", "nunique"))
+             .reset_index().sort_values(["strategy", "lr"], ignore_index=True))
+    table["chosen"] = False
+    for _, g in table.groupby("strategy"):
+        best = g.sort_values(["val_acc", "lr"], ascending=[False, True]).index[0]
+        table.loc[best, "chosen"] = True
+    return table
+
+
+@dataclass
+class Plan:
+    """A study's runs: the learning-rate sweep's (``selection``) and the study's own
+    (``main``), with the chosen rates (``lrs``: empty when the preset fixes them)."""
+
+    preset: str
+    selection: list[RunConfig]
+    main: list[RunConfig]
+    lrs: dict[str, float] = field(default_factory=dict)
+    choice: pd.DataFrame | None = None
+
+
+def plan(preset: str, tasks: Sequence[str] | None = None,
+         strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+         results_dir: str | Path | None = None, compute_selection: bool = True,
+         executor: str = "local", workers: int | None = 1, progress: bool = False,
+         device: str = "auto", **overrides: Any) -> Plan:
+    """The runs of a study. With a learning-rate grid (and no ``lr`` override), the sweep's
+    runs are computed first where the store lacks them (``compute_selection``; else a missing
+    one is an error), and each strategy's main runs take its chosen rate."""
+    from .strategies import PAPER_STRATEGIES
+
+    tasks = list(tasks or preset_tasks(preset))
+    strategies = list(strategies or PAPER_STRATEGIES)
+    seeds = list(preset_seeds(preset) if seeds is None else seeds)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    results_dir = Path(results_dir or preset_store(preset))
+    # Every run of the study is checked before the sweep computes anything.
+    main = sweep.expand(tasks, strategies, seeds, preset=preset, **overrides)
+    selection = [] if "lr" in overrides else selection_configs(preset, strategies, **overrides)
+    lrs, choice = {}, None
+    if selection:
+        missing = [c for c in selection if store.complete_run(results_dir, c) is None]
+        if missing and not compute_selection:
+            raise ConfigError("results_dir", str(results_dir), "a store holding the "
+                              "learning-rate sweep", f"{len(missing)} of its runs are missing "
+                              "from")
+        if missing:
+            summary = sweep.run(selection, results_dir, executor=executor, workers=workers,
+                                progress=progress, device=device, desc="learning-rate sweep")
+            failed = summary[summary.status == "failed"]
+            if len(failed):
+                raise RuntimeError("the learning-rate sweep failed:\n" + sweep.summarize(summary))
+        choice = choose_lr(store.load(results_dir, selection))
+        lrs = {r.strategy: float(r.lr) for r in choice[choice.chosen].itertuples()}
+    if lrs:
+        main = sweep.expand(tasks, strategies, seeds, preset=preset, strategy_overrides={
+            s: {"lr": lr} for s, lr in lrs.items()}, **overrides)
+    return Plan(preset, selection, main, lrs, choice)
+
+
+def progress_report(preset: str, tasks: Sequence[str] | None = None,
+                    strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+                    results_dir: str | Path | None = None, **overrides: Any) -> list[str]:
+    """How much of a study its store holds, without computing anything (``--dry-run``)."""
+    from .strategies import PAPER_STRATEGIES
+
+    results_dir = Path(results_dir or preset_store(preset))
+    strategies = list(strategies or PAPER_STRATEGIES)
+    main = sweep.expand(list(tasks or preset_tasks(preset)), strategies,
+                        list(preset_seeds(preset) if seeds is None else seeds), preset=preset,
+                        **overrides)
+    selection = [] if "lr" in overrides else selection_configs(preset, strategies, **overrides)
+    lines = []
+    for (name, role), configs in ((("learning-rate sweep", "lr selection"), selection),
+                                  (("study", "study"), main)):
+        records = run_records(results_dir, configs, role)
+        line = f"{name}: {len(records)} of {len(configs)} runs complete in {results_dir}"
+        if records and len(records) < len(configs):
+            pace = sum(r["seconds"] for r in records) / len(records)
+            line += (f"; at the pace of those ({pace:.0f} s of compute per run), about "
+                     f"{pace * (len(configs) - len(records)) / 3600:.1f} h of compute left")
+        lines.append(line)
+    if selection:
+        lines.append("(the study's runs take the learning rates the sweep chooses; until it is "
+                     "complete they are counted at the preset's rate)")
+    return lines
+
+
+# -- computing a study, with its provenance ---------------------------------------------------
+MANIFEST = "manifest.json"
+
+
+def _code_version(results_dir: Path) -> dict[str, Any]:
+    """The checkout's commit, and whether files other than the store differ from it."""
+    import subprocess
+
+    from .report.book import root
+
+    try:
+        base = root()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=base, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=base, capture_output=True, text=True,
+                                 check=True).stdout.splitlines()
+    except Exception:  # noqa: BLE001 - not a git checkout: say so in the manifest
+        return {"commit": None, "modified": None}
+    store_dir = str(Path(results_dir).resolve())
+    modified = [line[3:] for line in changed
+                if not str((base / line[3:]).resolve()).startswith(store_dir)]
+    return {"commit": commit, "modified": modified}
+
+
+def _machine(device: str) -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or
+            platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": device, "device_name": torch.cuda.get_device_name(device)
+            if device.startswith("cuda") else "cpu"}
+
+
+def run_records(results_dir: str | Path, configs: Sequence[RunConfig], role: str
+                ) -> list[dict[str, Any]]:
+    """One record per complete run: what it is, where and how long it computed (its own
+    training and evaluation seconds, summed over sessions if it was resumed)."""
+    records = []
+    for config in configs:
+        path = store.complete_run(results_dir, config)
+        if path is None:
+            continue
+        meta, table = store.read_run(path)
+        rows = table.to_pandas()
+        records.append({
+            "run_id": config.run_id(), "role": role, "task": config.task,
+            "strategy": config.strategy, "seed": config.seed, "lr": config.lr,
+            "points": len(rows), "device": meta.get("device"),
+            "device_name": meta.get("device_name"), "precision": meta.get("precision"),
+            "seconds": round(float(rows[metrics.TRAIN_SECONDS].iloc[-1]
+                                   + rows[metrics.EVAL_SECONDS].sum()), 1)})
+    return records
+
+
+def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[str, Any]
+                   ) -> Path:
+    """``results_dir/manifest.json``: the study's command, code version, package versions,
+    upstream checkpoint, chosen learning rates, every run with its time, and every invocation
+    that computed part of it (a study may be computed over several sessions)."""
+    import json
+
+    from .config import resolve_weights
+    from .train import _versions
+
+    results_dir = Path(results_dir)
+    path = results_dir / MANIFEST
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    sample = (study_plan.main or study_plan.selection)[0]
+    weights = resolve_weights(sample.weights)
+    upstream = None
+    if weights and str(weights).endswith(".safetensors"):
+        from .pretrain import checkpoint_metadata
+
+        meta = checkpoint_metadata(Path(weights))
+        upstream = {"file": Path(weights).name, "identity": weights_identity(sample.weights),
+                    "upstream_test_accuracy": meta.get("upstream_test_accuracy"),
+                    "command": meta.get("command")}
+    runs = (run_records(results_dir, study_plan.selection, "lr selection")
+            + run_records(results_dir, study_plan.main, "study"))
+    manifest = {
+        "preset": study_plan.preset,
+        "command": invocation["command"],
+        "code": invocation["code"],
+        "versions": _versions(),
+        "upstream": upstream,
+        "learning_rates": study_plan.lrs,
+        "lr_choice": [] if study_plan.choice is None else
+        study_plan.choice.to_dict(orient="records"),
+        "runs_planned": len(study_plan.selection) + len(study_plan.main),
+        "runs_complete": len(runs),
+        "compute_seconds": round(sum(r["seconds"] for r in runs), 1),
+        "runs": runs,
+        "invocations": earlier.get("invocations", []) + [invocation],
+    }
+    return store.write_text(path, json.dumps(manifest, indent=1, default=str) + "\n")
+
+
+def compute(preset: str = "study", tasks: Sequence[str] | None = None,
+            strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+            results_dir: str | Path | None = None, device: str = "auto",
+            workers: int | None = 1, progress: bool = True, command: str = "",
+            **overrides: Any) -> tuple[Plan, pd.DataFrame, Path]:
+    """Compute a study (what the store lacks: the learning-rate sweep, then the study's runs)
+    and write its manifest; returns (plan, summary of the study's runs, manifest path).
+    Resumable: an interrupted study resumes from its complete runs and each run from its last
+    evaluation point."""
+    import datetime
+    import time
+
+    results_dir = Path(results_dir or preset_store(preset))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+    invocation = {"command": command, "started": started.isoformat(timespec="seconds"),
+                  "code": _code_version(results_dir), "machine": _machine(device)}
+    study_plan = summary = None
+    try:
+        study_plan = plan(preset, tasks, strategies, seeds, results_dir, device=device,
+                          workers=workers, progress=progress, **overrides)
+        summary = sweep.run(study_plan.main, results_dir, device=device, progress=progress,
+                            workers=workers, desc="study runs")
+    finally:  # an interrupted study still records what it completed
+        invocation["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds")
+        invocation["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        invocation["completed"] = summary is not None
+        if summary is not None:
+            invocation["summary"] = summary["status"].value_counts().to_dict()
+        manifest = write_manifest(results_dir, study_plan, invocation) if study_plan else None
+    return study_plan, summary, manifest

@@ -1,0 +1,98 @@
+"""The committed study (``study/``) is still what the code computes.
+
+Two checks. Every run the book reads must be in the store under the id today's code gives its
+configuration (a change of identity would make ``make book`` recompute for hours). And a few
+committed runs are re-executed up to their second evaluation point and compared with the
+stored rows.
+
+Tolerance: the same machine with the same thread count reproduces a run bit for bit (the
+engine's own tests check that). Another CPU may pick other kernels (AVX2 or AVX-512, another
+reduction order across threads), which moves logits by about 1e-6 relative: a clean prediction
+flips only for an image that sits on the decision boundary, but PGD follows the sign of the
+gradient for 10 steps, so an image near the boundary under attack can end on the other side.
+So accuracies may differ by at most 0.5 points (5 of 1,024 images) and the per-image masks by at
+most 1% of the images; the training loss by 1e-3 relative.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtlib import metrics, plan, store, train
+from rtlib.config import RunConfig, preset_defaults
+
+STUDY = Path(__file__).resolve().parents[1] / "study"
+MANIFEST = STUDY / plan.MANIFEST
+ACC_TOLERANCE, MASK_TOLERANCE = 0.005, 0.01
+
+committed = pytest.mark.skipif(not MANIFEST.is_file(),
+                               reason="no committed study (python -m rtlib study writes it)")
+
+
+def _replay_picks(count: int = 3) -> list[str]:
+    """The committed runs to re-execute: on the first task, seed 0, full fine-tuning and two
+    strategies of other mechanisms (reparameterize, add)."""
+    if not MANIFEST.is_file():
+        return []
+    runs = json.loads(MANIFEST.read_text())["runs"]
+    main = [r for r in runs if r["role"] == "study" and r["seed"] == 0]
+    first_task = main[0]["task"] if main else None
+    wanted = ("full", "lora", "compacter")
+    picks = [r["run_id"] for s in wanted for r in main
+             if r["task"] == first_task and r["strategy"] == s]
+    return picks[:count]
+
+
+@committed
+def test_every_run_of_the_study_is_in_the_store_under_todays_id():
+    study_plan = plan.plan("study", results_dir=STUDY, compute_selection=False)
+    missing = [c for c in study_plan.main if store.complete_run(STUDY, c) is None]
+    assert not missing, (f"{len(missing)} of {len(study_plan.main)} runs of the study are not in "
+                         f"{STUDY} under today's run ids (e.g. {missing[0].task}/"
+                         f"{missing[0].strategy}/seed {missing[0].seed}): remake the study "
+                         "(make study) or restore the configuration")
+    manifest = json.loads(MANIFEST.read_text())
+    assert manifest["learning_rates"] == study_plan.lrs
+
+
+@committed
+@pytest.mark.parametrize("run_id", _replay_picks())
+def test_committed_run_reproduces_its_first_two_points(run_id):
+    meta, table = store.read_run(STUDY / "runs" / f"{run_id}.parquet")
+    config = RunConfig.from_dict({**meta["config"], "eps": tuple(meta["config"]["eps"])})
+    assert config.run_id() == run_id, "the stored configuration hashes to another run id"
+    stored = table.to_pandas().head(2)
+    fresh = train.replay(config, points=2, device="cpu")
+    assert [r[metrics.STEP] for r in fresh] == stored[metrics.STEP].tolist()
+    n = int(stored[metrics.TEST_N].iloc[0])
+    for i, row in enumerate(fresh):
+        accuracies = [metrics.TRAIN_ACC, metrics.VAL_ACC, metrics.TEST_ACC,
+                      *[metrics.robust(e) for e in config.eps],
+                      *[c for c in row if c.startswith(metrics.OOD_PREFIX)]]
+        for col in accuracies:
+            assert abs(row[col] - stored[col].iloc[i]) <= ACC_TOLERANCE, (
+                f"{col} at step {row[metrics.STEP]}: {row[col]} now, {stored[col].iloc[i]} "
+                "stored")
+        for col in [metrics.TEST_MASK, *[metrics.robust_mask(e) for e in config.eps]]:
+            changed = np.mean(metrics.unpack(row[col], n) != metrics.unpack(stored[col].iloc[i], n))
+            assert changed <= MASK_TOLERANCE, f"{col}: {changed:.1%} of the images differ"
+        if i:  # step 0 has no loss
+            assert row[metrics.TRAIN_LOSS] == pytest.approx(stored[metrics.TRAIN_LOSS].iloc[i],
+                                                            rel=1e-3)
+
+
+def test_replay_gives_the_first_rows_of_a_run(tmp_path):
+    """The mechanism the checks above rely on, on a smoke run computed here."""
+    config = RunConfig(task="digits", strategy="lora", **{
+        **preset_defaults("smoke"), "train_size": 128, "test_size": 32, "train_eval_size": 32,
+        "steps": 8})
+    path = train.run(config, tmp_path, device="cpu", progress=False)
+    _, table = store.read_run(path)
+    stored = table.to_pandas().head(2)
+    fresh = train.replay(config, points=2, device="cpu")
+    for i, row in enumerate(fresh):
+        for col in (metrics.STEP, metrics.TEST_ACC, metrics.robust(config.eps[0]),
+                    metrics.TEST_MASK, metrics.robust_mask(config.eps[0])):
+            assert row[col] == stored[col].iloc[i], col
+    assert not (tmp_path / "partial").exists() or not any((tmp_path / "partial").iterdir())

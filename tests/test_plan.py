@@ -1,0 +1,85 @@
+"""A study's plan: the learning rate chosen on the validation split from stored runs, the study's
+runs at the chosen rates, resumable computation and its manifest (on a toy study of real runs)."""
+import json
+
+import pandas as pd
+import pytest
+
+from rtlib import cli, config, plan, store
+from rtlib.config import ConfigError
+
+TOY = {
+    "description": "a toy study for the tests",
+    "run": {**config.preset_defaults("smoke"), "train_size": 96, "test_size": 32,
+            "train_eval_size": 32, "steps": 6, "batch_size": 16, "val_fraction": 0.25,
+            "schedule": "log:3"},
+    "tasks": ["digits"], "ood_task": "digits", "seeds": [0, 1], "store": "toy-study",
+    "strategy_overrides": {},
+    "lr_grid": {"bitfit": [1e-4, 3e-2], "linear_probe": [1e-4, 3e-2]},
+    "selection": {"tasks": ["digits"], "seed": 0, "run": {"schedule": "log:2", "eps": (0.0,)}},
+    "sources": {},
+}
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setitem(config.PRESETS, "toy", TOY)
+    return "toy"
+
+
+def test_choose_lr_takes_the_best_validation_accuracy_and_the_smaller_rate_on_ties():
+    rows = [("a", 1e-3, 0.5), ("a", 1e-2, 0.7), ("b", 1e-3, 0.6), ("b", 1e-2, 0.6)]
+    frame = pd.DataFrame([{"run_id": f"{s}{lr}", "task": "t", "strategy": s, "lr": lr,
+                           "step": 10, "val_acc": v, "test_acc": 1 - v} for s, lr, v in rows])
+    table = plan.choose_lr(frame)
+    chosen = table[table.chosen].set_index("strategy")["lr"].to_dict()
+    assert chosen == {"a": 1e-2, "b": 1e-3}  # the test accuracy plays no part
+    with pytest.raises(ConfigError, match="val_fraction"):
+        plan.choose_lr(frame.drop(columns="val_acc"))
+
+
+def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path):
+    study_plan, summary, manifest = plan.compute(
+        toy, strategies=["bitfit", "linear_probe"], results_dir=tmp_path, device="cpu",
+        progress=False, command="test")
+    assert len(study_plan.selection) == 4 and len(study_plan.main) == 4  # 2 x 2 rates; 2 x 2 seeds
+    sel = store.load(tmp_path, study_plan.selection)
+    for strategy, lr in study_plan.lrs.items():
+        last = sel[sel.strategy == strategy].sort_values("step").groupby("run_id").tail(1)
+        assert lr == last.sort_values(["val_acc", "lr"], ascending=[False, True]).lr.iloc[0]
+    assert {c.lr for c in study_plan.main if c.strategy == "bitfit"} == {study_plan.lrs["bitfit"]}
+    assert (summary.status == "done").all()
+    record = json.loads(manifest.read_text())
+    assert record["runs_complete"] == 8 and record["learning_rates"] == study_plan.lrs
+    assert {r["role"] for r in record["runs"]} == {"lr selection", "study"}
+    assert all(r["seconds"] > 0 for r in record["runs"])
+    assert record["invocations"][0]["completed"] and record["versions"]["torch"]
+
+    # Again: nothing is computed, the choice is read back, the manifest records both calls.
+    again, summary, manifest = plan.compute(toy, strategies=["bitfit", "linear_probe"],
+                                            results_dir=tmp_path, device="cpu", progress=False)
+    assert (summary.status == "skipped").all() and again.lrs == study_plan.lrs
+    assert len(json.loads(manifest.read_text())["invocations"]) == 2
+
+
+def test_a_missing_sweep_is_an_error_where_nothing_may_be_computed(toy, tmp_path):
+    with pytest.raises(ConfigError, match="learning-rate sweep"):
+        plan.plan(toy, strategies=["bitfit"], results_dir=tmp_path, compute_selection=False)
+
+
+def test_bad_study_options_are_answered_before_any_run(toy, tmp_path, capsys):
+    for argv, field in ((["--tasks", "cifar11"], "task"), (["--strategies", "lorra"], "strategy"),
+                        (["--preset", "huge"], "preset"), (["--device", "gpu"], "device")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["study", "--preset", "toy", "--results-dir", str(tmp_path), *argv])
+        assert exit_.value.code == 2
+        assert field in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_counts_without_computing(toy, tmp_path, capsys):
+    assert cli.main(["study", "--preset", "toy", "--strategies", "bitfit", "--results-dir",
+                     str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "learning-rate sweep: 0 of 2 runs complete" in out and "study: 0 of 2" in out
+    assert not (tmp_path / "runs").exists()
