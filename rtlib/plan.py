@@ -145,10 +145,10 @@ def _code_version(results_dir: Path) -> dict[str, Any]:
     """The checkout's commit, and whether files other than the store differ from it."""
     import subprocess
 
-    from .report.book import root
-
     try:
-        base = root()
+        here = Path(__file__).resolve().parent
+        base = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here,
+                                   capture_output=True, text=True, check=True).stdout.strip())
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=base, capture_output=True,
                                 text=True, check=True).stdout.strip()
         changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
