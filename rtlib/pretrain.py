@@ -158,3 +158,23 @@ def learning_curve(meta: dict):
                          "loss": h.get("mean_loss", h.get("loss"))})
         offset += stage["config"]["steps"]
     return pd.DataFrame(rows, columns=["stage", "step", "accuracy", "loss"])
+
+
+def accuracy_by_domain(weights: str | Path, images: int = 1024, seed: int = 0) -> dict[str, float]:
+    """Upstream test accuracy of a checkpoint in each upstream domain (``images`` rendered test
+    images each): the mix the upstream accuracy averages over is not equally hard."""
+    from safetensors.torch import load_file
+
+    from .data import glyphs
+    from .data.split import Split
+    from .evaluate import accuracy
+
+    spec = glyphs.specs()["upstream"]
+    model = models.build(models.EMBEDDED_MODEL, len(spec.classes))
+    model.backbone.load_state_dict(load_file(str(weights)))
+    out = {}
+    for domain in dict.fromkeys(spec.domains):
+        split = Split(*map(torch.from_numpy, glyphs.generate("upstream", "test", images,
+                                                             seed=seed, domain=domain)))
+        out[domain], _ = accuracy(model, split)
+    return out
