@@ -35,9 +35,26 @@ def check_all(configs: Sequence[RunConfig]) -> list[RunConfig]:
         check_names(config)
     for key, config in todo:
         if key not in _PASSED:  # (a grid may hold the same config twice)
-            _check_architecture(config)
+            arch = _architecture_key(config)
+            if arch not in _ARCHITECTURES:  # seeds, rates and tasks of a grid share one
+                _check_architecture(config)
+                _ARCHITECTURES.add(arch)
             _PASSED.add(key)
     return list(configs)
+
+
+_ARCHITECTURES: set[str] = set()  # architecture checks that passed (see _architecture_key)
+
+
+def _architecture_key(config: RunConfig) -> str:
+    """What :func:`_check_architecture` depends on: model, its arguments, strategy and
+    hyper-parameters, weights (by version) and precision (not the head's size: every strategy
+    trains the head whatever its size)."""
+    from .config import weights_identity
+
+    return json.dumps([config.model, config.model_kwargs, config.strategy, config.hparams,
+                       weights_identity(config.weights), config.precision], sort_keys=True,
+                      default=str)
 
 
 def check_names(config: RunConfig) -> None:
@@ -69,8 +86,13 @@ def _check_architecture(config: RunConfig) -> None:
                           "unknown timm model")
     task = data.info(config.task)
     with torch.device("meta"):
-        backbone = timm.create_model(config.model, pretrained=False, num_classes=task.classes,
-                                     **config.model_kwargs)
+        try:  # initializing weights on the meta device is slow and gives nothing: skip it
+            backbone = timm.create_model(config.model, pretrained=False,
+                                         num_classes=task.classes, weight_init="skip",
+                                         **config.model_kwargs)
+        except TypeError:  # a model without that option
+            backbone = timm.create_model(config.model, pretrained=False,
+                                         num_classes=task.classes, **config.model_kwargs)
     strategies.get(config.strategy).resolve(backbone, config.hparams)
     check_weights_file(config.weights)
     if config.precision == "bf16" and models.keep_first_layer_fp32(
