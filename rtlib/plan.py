@@ -228,7 +228,7 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
         "upstream": upstream,
         "learning_rates": study_plan.lrs,
         "lr_choice": [] if study_plan.choice is None else
-        study_plan.choice.to_dict(orient="records"),
+        json.loads(study_plan.choice.to_json(orient="records")),
         "runs_planned": len(study_plan.selection) + len(study_plan.main),
         "runs_complete": len(runs),
         "compute_seconds": round(sum(r["seconds"] for r in runs), 1),
