@@ -216,9 +216,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     _check_device_syntax(args.device)
     from . import plan
-    from .config import preset_store
 
-    results_dir = args.results_dir or preset_store(args.preset)
+    results_dir = args.results_dir  # None: the preset's store (plan's default)
     overrides = {k: v for k, v in (("steps", args.steps), ("eps", args.eps)) if v is not None}
     if args.dry_run:  # what would run, computing nothing
         for line in plan.progress_report(args.preset, args.tasks, args.strategies, args.seeds,

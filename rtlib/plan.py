@@ -70,6 +70,21 @@ class Plan:
     choice: pd.DataFrame | None = None
 
 
+def _grids(preset: str, tasks: Sequence[str] | None, strategies: Sequence[str] | None,
+           seeds: Sequence[int] | None, **overrides: Any):
+    """The study's tasks, strategies and seeds (``None``: the preset's, the paper's seven), its
+    runs at the preset's rates and the learning-rate sweep's runs: every one checked before
+    anything is computed."""
+    from .strategies import PAPER_STRATEGIES
+
+    tasks = list(tasks or preset_tasks(preset))
+    strategies = list(strategies or PAPER_STRATEGIES)
+    seeds = list(preset_seeds(preset) if seeds is None else seeds)
+    main = sweep.expand(tasks, strategies, seeds, preset=preset, **overrides)
+    selection = [] if "lr" in overrides else selection_configs(preset, strategies, **overrides)
+    return tasks, strategies, seeds, main, selection
+
+
 def plan(preset: str, tasks: Sequence[str] | None = None,
          strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
          results_dir: str | Path | None = None, compute_selection: bool = True,
@@ -78,16 +93,10 @@ def plan(preset: str, tasks: Sequence[str] | None = None,
     """The runs of a study. With a learning-rate grid (and no ``lr`` override), the sweep's
     runs are computed first where the store lacks them (``compute_selection``; else a missing
     one is an error), and each strategy's main runs take its chosen rate."""
-    from .strategies import PAPER_STRATEGIES
-
-    tasks = list(tasks or preset_tasks(preset))
-    strategies = list(strategies or PAPER_STRATEGIES)
-    seeds = list(preset_seeds(preset) if seeds is None else seeds)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     results_dir = Path(results_dir or preset_store(preset))
-    # Every run of the study is checked before the sweep computes anything.
-    main = sweep.expand(tasks, strategies, seeds, preset=preset, **overrides)
-    selection = [] if "lr" in overrides else selection_configs(preset, strategies, **overrides)
+    tasks, strategies, seeds, main, selection = _grids(preset, tasks, strategies, seeds,
+                                                       **overrides)
     lrs, choice = {}, None
     if selection:
         missing = [c for c in selection if store.complete_run(results_dir, c) is None]
@@ -113,14 +122,8 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
                     strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                     results_dir: str | Path | None = None, **overrides: Any) -> list[str]:
     """How much of a study its store holds, without computing anything (``--dry-run``)."""
-    from .strategies import PAPER_STRATEGIES
-
     results_dir = Path(results_dir or preset_store(preset))
-    strategies = list(strategies or PAPER_STRATEGIES)
-    main = sweep.expand(list(tasks or preset_tasks(preset)), strategies,
-                        list(preset_seeds(preset) if seeds is None else seeds), preset=preset,
-                        **overrides)
-    selection = [] if "lr" in overrides else selection_configs(preset, strategies, **overrides)
+    *_, main, selection = _grids(preset, tasks, strategies, seeds, **overrides)
     lines = []
     for (name, role), configs in ((("learning-rate sweep", "lr selection"), selection),
                                   (("study", "study"), main)):
