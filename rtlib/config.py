@@ -520,6 +520,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The setting the book shows when a chapter's ``preset`` parameter is None (its default).
+BOOK_PRESET = "embedded"
+
+
+def book_preset(name: str | None) -> str:
+    """A chapter's setting: ``name``, or :data:`BOOK_PRESET` when it is None."""
+    return BOOK_PRESET if name is None else name
+
+
 def _preset(name: str) -> dict[str, Any]:
     check_choice("preset", name, PRESETS)
     return PRESETS[name]

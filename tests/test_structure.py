@@ -145,6 +145,22 @@ def test_book_parameters_are_checked_against_every_notebook_before_any_runs():
         book.check_parameters({"step": 5})
 
 
+def test_the_books_setting_is_written_once():
+    """Every chapter declares ``preset = None`` and resolves it to config.BOOK_PRESET, so
+    switching the setting the book shows is one line."""
+    import papermill as pm
+
+    from rtlib.config import BOOK_PRESET, PRESETS, book_preset
+    from rtlib.report import book
+
+    declared = {p.stem: pm.inspect_notebook(str(p)) for p in book.notebooks()}
+    chapters = [name for name, params in declared.items() if "preset" in params]
+    assert len(chapters) >= 5
+    assert {declared[name]["preset"]["default"] for name in chapters} == {"None"}
+    assert BOOK_PRESET in PRESETS and book_preset(None) == BOOK_PRESET
+    assert book_preset("smoke") == "smoke"
+
+
 def test_cli_options_are_generated_from_the_fields():
     from rtlib import cli
 

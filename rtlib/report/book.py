@@ -83,12 +83,12 @@ def check_values(parameters: Mapping[str, Any]) -> None:
     if not set(parameters) & set(RUN_PARAMETERS):
         return
     from .. import sweep
-    from ..config import (EXECUTORS, check_choice, check_int, preset_ood_task, preset_seeds,
-                          preset_tasks)
+    from ..config import (EXECUTORS, book_preset, check_choice, check_int, preset_ood_task,
+                          preset_seeds, preset_tasks)
     from ..strategies import PAPER_STRATEGIES
 
     p = dict(parameters)
-    preset = p.get("preset", declared_default("preset"))
+    preset = book_preset(p.get("preset", declared_default("preset")))
     check_choice("executor", p.get("executor", "local"), EXECUTORS)
     if p.get("workers") is not None:
         check_int("workers", p["workers"], minimum=1)

@@ -55,18 +55,20 @@ class Chapter:
     plan: plan.Plan | None = None
 
 
-def chapter(preset: str = "study", tasks: Sequence[str] | None = None,
+def chapter(preset: str | None = None, tasks: Sequence[str] | None = None,
             strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             results_dir: str | Path | None = None, executor: str = "local",
             workers: int | None = None, progress: bool | str = "lines", **overrides: Any
             ) -> Chapter:
     """The one call a chapter makes: its runs (computing only what the store lacks).
 
-    ``tasks`` defaults to the preset's, ``strategies`` to the paper's seven, ``seeds`` and
+    ``preset`` defaults to the book's (:data:`rtlib.config.BOOK_PRESET`), ``tasks`` to the
+    preset's, ``strategies`` to the paper's seven, ``seeds`` and
     ``results_dir`` to the preset's; ``overrides`` (e.g. ``eps``, ``steps``; ``None`` values are
     ignored) replace the preset's values."""
-    from ..config import preset_description, preset_store
+    from ..config import book_preset, preset_description, preset_store
 
+    preset = book_preset(preset)
     results_dir = results_dir or preset_store(preset)
     frame, summary, study_plan = runs(tasks, strategies, seeds, preset=preset,
                                       results_dir=results_dir, executor=executor,
