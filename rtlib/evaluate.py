@@ -22,8 +22,8 @@ def accuracy(model: nn.Module, split: Split) -> tuple[float, torch.Tensor]:
 
 def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
                    train_eval: Split) -> dict[str, Any]:
-    """Clean train, validation and test accuracy, robust accuracy at every eps, OOD accuracy
-    per domain; which test images were right, clean and at each eps (packed masks).
+    """Clean train, validation and test accuracy, robust accuracy at every eps (and on the
+    validation split at the first, for ``val_robust`` runs), OOD accuracy per domain; which test images were right, clean and at each eps (packed masks).
 
     Also how much the attack did (``attacked``: images attacked, summed over the budgets) and
     took (``attack_seconds``), so throughput can be read off any run.
@@ -34,7 +34,14 @@ def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
     with context:
         row[metrics.TRAIN_ACC], _ = accuracy(model, train_eval)
         if task.val is not None:
-            row[metrics.VAL_ACC], _ = accuracy(model, task.val)
+            row[metrics.VAL_ACC], val_correct = accuracy(model, task.val)
+            if config.val_robust:  # the first budget only: enough to choose a checkpoint by
+                eps = config.eps[0]
+                row[metrics.val_robust(eps)] = eps_masks(
+                    model, task.val.images, task.val.labels, [eps],
+                    step_size_ratio=config.step_size_ratio, steps=config.attack_steps,
+                    attack=config.attack, num_classes=task.num_classes, seed=config.seed,
+                    clean_correct=val_correct)[eps].float().mean().item()
         row[metrics.TEST_ACC], correct = accuracy(model, task.test)
         t_attack = time.perf_counter()
         masks = eps_masks(model, task.test.images, task.test.labels, config.eps,

@@ -16,6 +16,8 @@ STEP, EPOCH, IMAGES_SEEN, TRAIN_LOSS = "step", "epoch", "images_seen", "train_lo
 TRAIN_ACC, VAL_ACC, TEST_ACC = "train_acc", "val_acc", "test_acc"
 # Robust accuracy at a budget, OOD accuracy on a domain: one column each, named by these.
 ROBUST_PREFIX, OOD_PREFIX = "robust_acc@", "ood_acc@"
+# Robust accuracy on the validation split at the run's first budget (``val_robust`` runs).
+VAL_ROBUST_PREFIX = "val_robust_acc@"
 #: The run's first budget under one name, whatever the budget (added by :func:`rtlib.store.load`).
 ROBUST = "robust_acc"
 # How much was measured: evaluation images per split; images attacked (summed over budgets).
@@ -31,6 +33,11 @@ ROBUST_MASK = "robust_mask"
 def robust(eps: float) -> str:
     """The column of robust accuracy at budget ``eps`` (``robust_acc@2/255``)."""
     return f"{ROBUST_PREFIX}{eps_label(eps)}"
+
+
+def val_robust(eps: float) -> str:
+    """The column of robust accuracy on the validation split at budget ``eps``."""
+    return f"{VAL_ROBUST_PREFIX}{eps_label(eps)}"
 
 
 def robust_mask(eps: float) -> str:
@@ -86,19 +93,24 @@ def robust_columns(frame) -> list[str]:
     return [c for c in frame.columns if c.startswith(ROBUST_PREFIX)]
 
 
+def val_robust_columns(frame) -> list[str]:
+    return [c for c in frame.columns if c.startswith(VAL_ROBUST_PREFIX)]
+
+
 def ood_columns(frame) -> list[str]:
     return [c for c in frame.columns if c.startswith(OOD_PREFIX)]
 
 
 def long(frame, id_vars=("run_id", "task", "strategy", "seed", STEP)):
     """The tidy form: one row per evaluation point x metric, with ``metric`` (train, val, test,
-    robust, ood), ``qualifier`` (the budget or domain; empty for clean accuracy) and ``value``."""
+    robust, val_robust, ood), ``qualifier`` (the budget or domain; empty for clean accuracy) and ``value``."""
     import pandas as pd
 
     ids = [c for c in id_vars if c in frame.columns]
     parts = []
     for name, cols in (("train", [TRAIN_ACC]), ("val", [VAL_ACC]), ("test", [TEST_ACC]),
-                       ("robust", robust_columns(frame)), ("ood", ood_columns(frame))):
+                       ("robust", robust_columns(frame)),
+                       ("val_robust", val_robust_columns(frame)), ("ood", ood_columns(frame))):
         cols = [c for c in cols if c in frame.columns]
         if not cols:
             continue

@@ -69,7 +69,8 @@ def test_committed_run_reproduces_its_first_two_points(run_id):
     for i, row in enumerate(fresh):
         accuracies = [metrics.TRAIN_ACC, metrics.VAL_ACC, metrics.TEST_ACC,
                       *[metrics.robust(e) for e in config.eps],
-                      *[c for c in row if c.startswith(metrics.OOD_PREFIX)]]
+                      *[c for c in row if c.startswith((metrics.OOD_PREFIX,
+                                                        metrics.VAL_ROBUST_PREFIX))]]
         for col in accuracies:
             assert abs(row[col] - stored[col].iloc[i]) <= ACC_TOLERANCE, (
                 f"{col} at step {row[metrics.STEP]}: {row[col]} now, {stored[col].iloc[i]} "

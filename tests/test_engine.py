@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rtlib import preflight, store, train
+from rtlib import metrics, preflight, store, train
 from rtlib.config import ConfigError, RunConfig, parse_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +80,25 @@ def test_end_to_end_run_writes_a_loadable_store(tmp_path):
     assert {"torch", "timm", "peft", "torchattacks"} <= set(meta["versions"])
     assert 0 < meta["trainable"] < meta["total"]
     assert not (tmp_path / "partial" / f"{config.run_id()}.pt").exists()
+
+
+def test_val_robust_attacks_the_validation_split_at_the_first_budget(tmp_path):
+    config = tiny_config(steps=8, schedule="every:4", val_fraction=0.25, val_robust=True)
+    frame = store.load(train.run(config, tmp_path, progress=False).parent.parent)
+    column = metrics.val_robust(1 / 255)
+    assert metrics.val_robust_columns(frame) == [column]  # the first budget only
+    assert (frame[column] <= frame[metrics.VAL_ACC]).all() and frame[column].notna().all()
+    assert set(metrics.long(frame)["metric"]) >= {"val", "val_robust"}
+    # a budget of 0 attacks nothing: validation robust accuracy is validation accuracy
+    zero = store.load(train.run(tiny_config(steps=4, schedule="every:4", val_fraction=0.25,
+                                            val_robust=True, eps=(0.0,)), tmp_path / "z",
+                                progress=False).parent.parent)
+    assert zero[metrics.val_robust(0.0)].tolist() == zero[metrics.VAL_ACC].tolist()
+    assert tiny_config().run_id() == tiny_config(val_robust=False).run_id()
+    assert config.run_id() != tiny_config(steps=8, schedule="every:4",
+                                          val_fraction=0.25).run_id()
+    with pytest.raises(ConfigError, match="^val_robust"):
+        preflight.check(tiny_config(val_robust=True))  # no validation split
 
 
 def test_complete_run_is_a_no_op(tmp_path, monkeypatch):
