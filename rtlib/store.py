@@ -7,6 +7,9 @@ Layout of ``<results_dir>``:
   and trainable parameter counts;
 - ``partial/<run_id>.pt``: the resumable state of a run in progress (read with
   ``weights_only=True``: a planted file cannot run code); removed once the run's file exists;
+- ``weights/<run_id>.safetensors``: the run's trainable parameters at its end (the head
+  included), written just before its run file, for analyses that need the fine-tuned model
+  (interpolation); the committed study does not commit them (a run can be re-trained);
 - ``failed/<run_id>.json``: why a run of a sweep failed; removed when it succeeds;
 - ``locks/<run_id>.lock``: held (``flock``, released when the process dies) while a process
   computes the run, so two processes never train the same run: the second waits and reads the
@@ -55,6 +58,10 @@ def run_path(results_dir: str | Path, config: RunConfig) -> Path:
 
 def partial_path(results_dir: str | Path, config: RunConfig) -> Path:
     return Path(results_dir) / "partial" / f"{config.run_id()}.pt"
+
+
+def weights_path(results_dir: str | Path, config: RunConfig) -> Path:
+    return Path(results_dir) / "weights" / f"{config.run_id()}.safetensors"
 
 
 def failure_path(results_dir: str | Path, config: RunConfig) -> Path:
@@ -184,6 +191,23 @@ def write_run(results_dir: str | Path, config: RunConfig, rows: list[dict[str, A
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            META_KEY: json.dumps(info).encode()})
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_weights(results_dir: str | Path, config: RunConfig, tensors: dict) -> Path:
+    """A run's final trainable parameters (name -> tensor), atomically, as safetensors."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return atomic_write(weights_path(results_dir, config),
+                        lambda tmp: save_file(tensors, tmp, metadata={"run_id": config.run_id()}))
+
+
+def read_weights(results_dir: str | Path, config: RunConfig) -> dict | None:
+    """The run's kept final trainable parameters, or None when they were not kept."""
+    from safetensors.torch import load_file
+
+    path = weights_path(results_dir, config)
+    return load_file(path) if path.is_file() else None
 
 
 def record_failure(results_dir: str | Path, config: RunConfig, message: str,

@@ -371,6 +371,8 @@ def _run(config: RunConfig, results_dir, device: torch.device, progress: bool) -
             "total_steps": config.total_steps(len(task.train)),
             "train_images": len(task.train),
             "val_images": 0 if task.val is None else len(task.val)}
+    store.write_weights(results_dir, config, {
+        name: p for name, p in session.model.named_parameters() if p.requires_grad})
     out = store.write_run(results_dir, config, state.rows, meta)
     partial.unlink(missing_ok=True)
     return out

@@ -80,6 +80,10 @@ def test_end_to_end_run_writes_a_loadable_store(tmp_path):
     assert {"torch", "timm", "peft", "torchattacks"} <= set(meta["versions"])
     assert 0 < meta["trainable"] < meta["total"]
     assert not (tmp_path / "partial" / f"{config.run_id()}.pt").exists()
+    kept = store.read_weights(tmp_path, config)  # the final trainable parameters, head included
+    model = train.prepare(config)[1]
+    assert set(kept) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(t.numel() for t in kept.values()) == meta["trainable"]
 
 
 def test_val_robust_attacks_the_validation_split_at_the_first_budget(tmp_path):
