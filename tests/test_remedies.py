@@ -1,0 +1,42 @@
+"""Remedies judged from the store: the checkpoint chosen on the validation split."""
+import pandas as pd
+import pytest
+
+from rtlib import metrics
+from rtlib.report import remedies
+
+VAL_ROBUST = metrics.val_robust(2 / 255)
+
+
+def _run(run_id, seed, val_robust, robust, clean, strategy="full"):
+    return pd.DataFrame({
+        "run_id": run_id, "task": "fonts", "strategy": strategy, "seed": seed,
+        metrics.STEP: [0, 10, 20, 30], VAL_ROBUST: val_robust, metrics.ROBUST: robust,
+        metrics.TEST_ACC: clean, metrics.VAL_ACC: [0.1, 0.5, 0.6, 0.7]})
+
+
+def test_the_checkpoint_is_chosen_on_validation_and_judged_on_test():
+    frame = pd.concat([
+        # validation peaks at step 10 (test robust peaks at 20: the choice never sees it)
+        _run("a", 0, [0.1, 0.4, 0.3, 0.2], [0.1, 0.30, 0.35, 0.20], [0.2, 0.6, 0.7, 0.8]),
+        # a tie on validation: the later point is taken
+        _run("b", 1, [0.1, 0.4, 0.4, 0.2], [0.1, 0.30, 0.32, 0.25], [0.2, 0.6, 0.7, 0.8]),
+    ]).sample(frac=1, random_state=0)  # row order must not matter
+    sel = remedies.checkpoint_selection(frame).set_index("run_id")
+    assert sel.loc["a", "picked_step"] == 10 and sel.loc["b", "picked_step"] == 20
+    assert sel.loc["a", "gain"] == pytest.approx(0.10)
+    assert sel.loc["a", "cost"] == pytest.approx(0.20)
+    assert sel.loc["a", "oracle_gain"] == pytest.approx(0.15)
+    assert sel.loc["b", "gain"] == pytest.approx(0.07)
+    # choosing by clean validation accuracy keeps the last point here
+    by_clean = remedies.checkpoint_selection(frame, by=metrics.VAL_ACC)
+    assert (by_clean["picked_step"] == 30).all() and (by_clean["gain"] == 0).all()
+    summary = remedies.selection_summary(sel.reset_index()).iloc[0]
+    assert summary["seeds"] == 2 and summary["gain"] == pytest.approx(0.085)
+    assert summary["gain_min"] == pytest.approx(0.07) and summary["kept_last"] == 0
+
+
+def test_runs_without_validation_robust_accuracy_are_named():
+    frame = _run("a", 0, [0.1] * 4, [0.1] * 4, [0.2] * 4).drop(columns=VAL_ROBUST)
+    with pytest.raises(KeyError, match="val_robust"):
+        remedies.checkpoint_selection(frame)
