@@ -10,6 +10,8 @@ Layout of ``<results_dir>``:
 - ``weights/<run_id>.safetensors``: the run's trainable parameters at its end (the head
   included), written just before its run file, for analyses that need the fine-tuned model
   (interpolation); the committed study does not commit them (a run can be re-trained);
+- ``interpolation/<key>.parquet``: the evaluations along a weight-interpolation path
+  (:mod:`rtlib.interpolate`), keyed by its two runs and coefficients;
 - ``failed/<run_id>.json``: why a run of a sweep failed; removed when it succeeds;
 - ``locks/<run_id>.lock``: held (``flock``, released when the process dies) while a process
   computes the run, so two processes never train the same run: the second waits and reads the
@@ -62,6 +64,10 @@ def partial_path(results_dir: str | Path, config: RunConfig) -> Path:
 
 def weights_path(results_dir: str | Path, config: RunConfig) -> Path:
     return Path(results_dir) / "weights" / f"{config.run_id()}.safetensors"
+
+
+def interpolation_path(results_dir: str | Path, key: str) -> Path:
+    return Path(results_dir) / "interpolation" / f"{key}.parquet"
 
 
 def failure_path(results_dir: str | Path, config: RunConfig) -> Path:
@@ -207,7 +213,30 @@ def read_weights(results_dir: str | Path, config: RunConfig) -> dict | None:
     from safetensors.torch import load_file
 
     path = weights_path(results_dir, config)
-    return load_file(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return load_file(path)
+    except Exception as err:  # noqa: BLE001 - an unreadable file: the caller re-trains
+        set_aside(path, f"unreadable: {err}")
+        return None
+
+
+def write_table(path: Path, frame: pd.DataFrame) -> Path:
+    """A derived table (not a run) as Parquet, atomically."""
+    return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def read_table(path: Path) -> pd.DataFrame | None:
+    """A table written by :func:`write_table`; None when absent, and set aside (None) when it
+    does not read back whole."""
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is redone
+        set_aside(path, f"unreadable: {err}")
+        return None
 
 
 def record_failure(results_dir: str | Path, config: RunConfig, message: str,

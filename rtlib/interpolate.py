@@ -1,0 +1,126 @@
+"""Weight interpolation (as in WiSE-FT): models on the straight line from the linear-probe
+solution to a fine-tuned model, each scored like an evaluation point of a run.
+
+At mixing coefficient ``alpha`` every trainable parameter of the strategy moves ``alpha`` of
+the way along its learned update, ``init + alpha * (final - init)`` (for full fine-tuning that
+is the backbone between the pre-trained and the fine-tuned weights; for the parameter-efficient
+strategies it scales the learned LoRA, (IA)^3, adapter or bias update), and the classification
+head moves from the linear probe's head to the fine-tuned one, ``(1 - alpha) * probe + alpha *
+final``. So ``alpha = 1`` is the fine-tuned model and ``alpha = 0`` the linear probe (exactly
+for strategies that start as the identity: full, BitFit, LoRA, (IA)^3; Adapter and Compacter
+start from their own small random update, which ``alpha = 0`` keeps).
+
+A path's rows go to the store (``interpolation/``), keyed by the two runs and the
+coefficients: computed once, read by the book. The runs' final weights are read from the store
+(``weights/``), or re-trained when they were not kept (same numbers on the same machine:
+evaluation does not touch the training's random state).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from . import metrics, models, preflight, store, train
+from .config import ConfigError, RunConfig, check_float
+from .evaluate import evaluate_point
+
+#: Mixing coefficients of a path by default (0: the linear probe, 1: the fine-tuned model).
+ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+ALPHA = "alpha"
+
+
+def check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
+    alphas = tuple(sorted({float(a) for a in alphas}))
+    if len(alphas) < 2:
+        raise ConfigError("alphas", list(alphas), "two or more coefficients in [0, 1]",
+                          "too few:")
+    for a in alphas:
+        check_float("alphas", a, low=0, high=1)
+    return alphas
+
+
+def path_key(config: RunConfig, probe: RunConfig, alphas: Sequence[float]) -> str:
+    """The identity of a path: both runs and the coefficients."""
+    text = json.dumps([config.run_id(), probe.run_id(), list(alphas)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def final_weights(config: RunConfig, results_dir: str | Path | None,
+                  device: torch.device, progress: bool = False) -> dict[str, torch.Tensor]:
+    """The run's trainable parameters at its end: kept in the store, or re-trained."""
+    kept = store.read_weights(results_dir, config) if results_dir is not None else None
+    if kept is not None:
+        return kept
+    session = train._Session.start(config, device)
+    session.train(config.total_steps(len(session.task.train)), lambda state: None, progress)
+    return {n: p.detach().cpu() for n, p in session.model.named_parameters() if p.requires_grad}
+
+
+def mix(model: torch.nn.Module, init: dict[str, torch.Tensor], final: dict[str, torch.Tensor],
+        probe_head: dict[str, torch.Tensor], alpha: float) -> None:
+    """Set ``model``'s trainable parameters to the path's point ``alpha`` (in place)."""
+    head = set(models.classifier_names(model))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, start in init.items():
+            end = final[name].to(start.device, start.dtype)
+            if name in head:
+                value = (1 - alpha) * probe_head[name].to(start.device, start.dtype) \
+                    + alpha * end
+            else:
+                value = start + alpha * (end - start)
+            params[name].copy_(value)
+
+
+def _short(name: str) -> str:
+    """``backbone.base_model.model.head.weight`` -> ``head.weight`` (peft renames the head)."""
+    return ".".join(name.rsplit(".", 2)[-2:])
+
+
+def path(config: RunConfig, probe: RunConfig, alphas: Sequence[float] = ALPHAS,
+         results_dir: str | Path | None = None, device: str | None = "auto",
+         progress: bool = False) -> pd.DataFrame:
+    """The rows of the path from ``probe`` (a linear-probe run of the same task, data and seed)
+    to ``config``'s fine-tuned model at each coefficient; read from ``results_dir`` when it
+    holds them, else computed (and stored there)."""
+    alphas = check_alphas(alphas)
+    preflight.check(config)
+    preflight.check(probe)
+    if probe.strategy != "linear_probe":
+        raise ConfigError("probe", probe.strategy, ["linear_probe"], "not a linear probe:")
+    if (probe.task, probe.seed, probe.data_seed) != (config.task, config.seed, config.data_seed):
+        raise ConfigError("probe", probe.run_id(), "a linear probe of the same task, seed and "
+                          "data", "another run:")
+    key = path_key(config, probe, alphas)
+    if results_dir is not None:
+        done = store.read_table(store.interpolation_path(results_dir, key))
+        if done is not None:
+            return done
+    device = train.resolve_device(device)
+    with models.exact_convolutions():
+        task, model = train.prepare(config)
+        init = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        final = final_weights(config, results_dir, device, progress)
+        probe_final = {_short(n): t for n, t in final_weights(probe, results_dir,
+                                                               device).items()}
+        probe_head = {n: probe_final[_short(n)] for n in models.classifier_names(model)}
+        model.to(device).set_precision(train.resolve_precision(config.precision, device, model))
+        task = train.on_device(task, device)
+        train_eval = task.train.subset(config.train_eval_size)
+        rows = []
+        for alpha in alphas:
+            mix(model, init, final, probe_head, alpha)
+            row = {ALPHA: alpha, "run_id": config.run_id(), "probe_run_id": probe.run_id(),
+                   "task": config.task, "strategy": config.strategy, "seed": config.seed,
+                   metrics.STEP: config.total_steps(len(task.train))}
+            row.update(evaluate_point(model, task, config, train_eval))
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    if results_dir is not None:
+        store.write_table(store.interpolation_path(results_dir, key), frame)
+    return frame
