@@ -262,8 +262,10 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
     try:
         study_plan = plan(preset, tasks, strategies, seeds, results_dir, device=device,
                           workers=workers, progress=progress, **overrides)
-        summary = sweep.run(study_plan.main, results_dir, device=device, progress=progress,
-                            workers=workers, desc="study runs")
+        # Seed by seed: a study stopped part-way holds whole seeds (a one-seed study first).
+        summary = sweep.run(sorted(study_plan.main, key=lambda c: c.seed), results_dir,
+                            device=device, progress=progress, workers=workers,
+                            desc="study runs")
     finally:  # an interrupted study still records what it completed
         invocation["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
