@@ -272,6 +272,10 @@ def add_field_options(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (
         elif f.name == "eps":
             p.add_argument(flag, type=_budget, nargs="+", default=argparse.SUPPRESS,
                            help=help_text)
+        elif f.metadata.get("budget"):
+            p.add_argument(flag, type=_budget, default=(
+                f.default if show_default else argparse.SUPPRESS), help=help_text,
+                metavar="BUDGET")
         else:
             p.add_argument(flag, type=_option_type(f.type), default=(
                 f.default if show_default else argparse.SUPPRESS), help=help_text,

@@ -383,6 +383,11 @@ class PretrainConfig:
     threads: int = _field(0, "torch CPU threads (0: torch's default)", minimum=0)
     init: str = _field("", "warm start from this pretrain checkpoint (a second stage; '': from "
                            "scratch)")
+    adv_eps: float = _field(0.0, "adversarial training: train on PGD examples within this "
+                                 "budget in [0, 1] pixels, e.g. 2/255 (0: standard training)",
+                            budget=True)
+    adv_steps: int = _field(3, "PGD steps per training batch when --adv-eps > 0 (step size "
+                               "2.5 x budget / steps)", minimum=1)
 
     def check(self) -> "PretrainConfig":
         for f in fields(self):
@@ -391,6 +396,7 @@ class PretrainConfig:
         check_float("lr", self.lr, low=0, low_open=True, high=10)
         check_float("weight_decay", self.weight_decay, low=0, high=10)
         check_float("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        check_float("adv_eps", self.adv_eps, low=0, high=1)
         if self.init and not Path(self.init).is_file():
             raise ConfigError("init", self.init, "an existing checkpoint written by pretrain",
                               "file not found:")

@@ -58,6 +58,7 @@ class RandomBatches:
 
 def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
     """Train the embedded upstream model and write ``out`` (safetensors); returns its metadata."""
+    from . import attacks
     from .data import glyphs
     from .data.split import Split
     from .evaluate import accuracy
@@ -92,8 +93,13 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
 
     def batch():
         idx = state.sampler.next()
-        return (_shift(models.to_unit(train.images[idx]), config.shift, state.sampler.gen),
-                train.labels[idx])
+        images = _shift(models.to_unit(train.images[idx]), config.shift, state.sampler.gen)
+        labels = train.labels[idx]
+        if config.adv_eps:  # adversarial training (Madry et al.): fit the PGD examples
+            images = attacks.pgd(model, images, labels, config.adv_eps,
+                                 2.5 * config.adv_eps / config.adv_steps, config.adv_steps,
+                                 seed=config.seed * 1_000_003 + state.step)
+        return images, labels
 
     def checkpoint(state: TrainState) -> str:
         acc, _ = accuracy(model, test.subset(2048))
@@ -112,9 +118,16 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
          grad_clip=1.0, label="pretrain", progress=progress)
 
     test_acc, _ = accuracy(model, test)
+    robust = {}
+    if config.adv_eps:  # what the adversarial training bought, on 512 test images
+        sample = test.subset(512)
+        robust = {"upstream_robust_accuracy": attacks.robust_accuracy(
+            model, sample.images, sample.labels, config.adv_eps,
+            step_size=0.25 * config.adv_eps, steps=10),
+            "robust_eval": "PGD-10, step 0.25 x budget, 512 test images"}
     meta = {
         "model": models.EMBEDDED_MODEL, "task": "glyphs/upstream", "classes": len(spec.classes),
-        "config": asdict(config), "upstream_test_accuracy": test_acc,
+        "config": asdict(config), "upstream_test_accuracy": test_acc, **robust,
         "test_images": config.test_images,
         "images_seen": state.images_seen + init_meta.get("images_seen", 0),
         "train_seconds": round(state.train_seconds + init_meta.get("train_seconds", 0), 1),

@@ -25,3 +25,31 @@ def test_two_stages_make_one_learning_curve(tmp_path):
     by_domain = pretrain.accuracy_by_domain(second, images=16)
     assert set(by_domain) == {"print", "texture", "clutter"}
     assert all(0 <= a <= 1 for a in by_domain.values())
+
+
+def test_adversarial_pretraining_records_its_budget_and_robust_accuracy(tmp_path):
+    out = tmp_path / "robust.safetensors"
+    meta = pretrain.pretrain(PretrainConfig(**{**TINY, "steps": 2, "adv_eps": 2 / 255,
+                                               "adv_steps": 2}), out, progress=False)
+    assert meta["config"]["adv_eps"] == 2 / 255 and "--adv-eps 0.00784" in meta["command"]
+    assert 0 <= meta["upstream_robust_accuracy"] <= 1
+    standard = pretrain.pretrain(PretrainConfig(**{**TINY, "steps": 2}), tmp_path / "s.st",
+                                 progress=False)
+    assert "upstream_robust_accuracy" not in standard
+    # the same seed and data: only the adversarial examples differ, so the weights do
+    from safetensors.torch import load_file
+
+    a, b = load_file(out), load_file(tmp_path / "s.st")
+    assert any(not (a[k] == b[k]).all() for k in a)
+
+
+def test_adversarial_budget_is_checked_and_parsed_like_eps():
+    import pytest
+
+    from rtlib import cli
+    from rtlib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^adv_eps"):
+        PretrainConfig(adv_eps=2.0).check()
+    args = cli.build_parser().parse_args(["pretrain", "--adv-eps", "2/255"])
+    assert args.adv_eps == 2 / 255
