@@ -56,9 +56,8 @@ def final_weights(config: RunConfig, results_dir: str | Path | None,
     kept = store.read_weights(results_dir, config) if results_dir is not None else None
     if kept is not None:
         return kept
-    session = train._Session.start(config, device)
-    session.train(config.total_steps(len(session.task.train)), lambda state: None, progress)
-    return {n: p.detach().cpu() for n, p in session.model.named_parameters() if p.requires_grad}
+    model = train.retrain(config, device, progress)
+    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def mix(model: torch.nn.Module, init: dict[str, torch.Tensor], final: dict[str, torch.Tensor],

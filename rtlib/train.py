@@ -348,6 +348,19 @@ def replay(config: RunConfig, points: int = 2, device: str | None = "cpu") -> li
     return session.state.rows
 
 
+def retrain(config: RunConfig, device: str | torch.device | None = "cpu",
+            progress: bool = False) -> nn.Module:
+    """The run's model at its end, trained afresh without evaluating (evaluation does not touch
+    the training's random state, so on the same machine these are the run's own weights)."""
+    preflight.check(config)
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    with models.exact_convolutions():
+        session = _Session.start(config, device)
+        session.train(config.total_steps(len(session.task.train)), lambda state: None,
+                      progress)
+    return session.model
+
+
 def _run(config: RunConfig, results_dir, device: torch.device, progress: bool) -> Path:
     session = _Session.start(config, device)
     state = session.state
