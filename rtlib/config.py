@@ -455,8 +455,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # other strategies cosine after a warm-up), with values of its own.
     "embedded": {
         "description": "the quick setting for a live class: 200 steps, one seed, 256 evaluation "
-                       "images; too short to leave the inherit phase (about 15-25 minutes on two "
-                       "CPU cores)",
+                       "images; too short to leave the inherit phase (20 minutes on two CPU cores "
+                       "on 2026-11-25; about 70 on a slower day, 2026-12-01)",
         "run": dict(model="vit_glyph_p4_24", weights="embedded", train_size=2000,
                     val_fraction=0.1, test_size=256, train_eval_size=256, steps=200,
                     batch_size=32, lr=1e-3, weight_decay=0.01, warmup_steps=10,

@@ -259,6 +259,10 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
     invocation = {"command": command, "started": started.isoformat(timespec="seconds"),
                   "code": _code_version(results_dir), "machine": _machine(device)}
     study_plan = summary = None
+    # What the manifest records if the sweep itself is interrupted (its runs; no rates yet).
+    *_, main, selection = _grids(preset, tasks, strategies, seeds,
+                                 **{k: v for k, v in overrides.items() if v is not None})
+    fallback = Plan(preset, selection, main)
     try:
         study_plan = plan(preset, tasks, strategies, seeds, results_dir, device=device,
                           workers=workers, progress=progress, **overrides)
@@ -273,5 +277,5 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
         invocation["completed"] = summary is not None
         if summary is not None:
             invocation["summary"] = summary["status"].value_counts().to_dict()
-        manifest = write_manifest(results_dir, study_plan, invocation) if study_plan else None
+        manifest = write_manifest(results_dir, study_plan or fallback, invocation)
     return study_plan, summary, manifest

@@ -45,15 +45,34 @@ def _replay_picks(count: int = 3) -> list[str]:
 
 
 @committed
-def test_every_run_of_the_study_is_in_the_store_under_todays_id():
-    study_plan = plan.plan("study", results_dir=STUDY, compute_selection=False)
-    missing = [c for c in study_plan.main if store.complete_run(STUDY, c) is None]
-    assert not missing, (f"{len(missing)} of {len(study_plan.main)} runs of the study are not in "
-                         f"{STUDY} under today's run ids (e.g. {missing[0].task}/"
-                         f"{missing[0].strategy}/seed {missing[0].seed}): remake the study "
-                         "(make study) or restore the configuration")
+def test_committed_runs_are_todays_and_a_complete_study_has_every_run():
+    """A study is computed over several sessions and committed at the end of each: no committed
+    run may be orphaned by a change of identity; once the manifest says it is complete, every
+    run must be there and the chosen learning rates must be the manifest's."""
+    from rtlib.strategies import PAPER_STRATEGIES
+
     manifest = json.loads(MANIFEST.read_text())
-    assert manifest["learning_rates"] == study_plan.lrs
+    selection = plan.selection_configs("study", list(PAPER_STRATEGIES))
+    known = {c.run_id() for c in selection}
+    swept = all(store.complete_run(STUDY, c) is not None for c in selection)
+    study_plan = None
+    if swept:  # the chosen rates are known: so are the study's run ids
+        study_plan = plan.plan("study", results_dir=STUDY, compute_selection=False)
+        known |= {c.run_id() for c in study_plan.main}
+        if manifest["learning_rates"]:
+            assert manifest["learning_rates"] == study_plan.lrs
+    committed_ids = {p.stem for p in (STUDY / "runs").glob("*.parquet")}
+    orphans = sorted(committed_ids - known)
+    assert not orphans, (f"{len(orphans)} committed runs are not runs of today's study (e.g. "
+                         f"{orphans[0]}): a change of identity; remake the study (make study) "
+                         "or restore the configuration")
+    if manifest["runs_complete"] == manifest["runs_planned"]:
+        assert swept, "the manifest says complete, but the sweep's runs are missing"
+        missing = [c for c in study_plan.main if store.complete_run(STUDY, c) is None]
+        assert not missing, (
+            f"{len(missing)} of {len(study_plan.main)} runs of the study are not in {STUDY} "
+            f"under today's run ids (e.g. {missing[0].task}/{missing[0].strategy}/seed "
+            f"{missing[0].seed}): remake the study (make study) or restore the configuration")
 
 
 @committed

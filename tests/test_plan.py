@@ -83,3 +83,20 @@ def test_dry_run_counts_without_computing(toy, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "learning-rate sweep: 0 of 2 runs complete" in out and "study: 0 of 2" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_study_interrupted_in_its_sweep_still_records_the_invocation(toy, tmp_path,
+                                                                       monkeypatch):
+    from rtlib import sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        plan.compute(toy, strategies=["bitfit"], results_dir=tmp_path, device="cpu",
+                     progress=False, command="python -m rtlib study --preset toy")
+    manifest = json.loads((tmp_path / plan.MANIFEST).read_text())
+    assert manifest["runs_complete"] == 0 and manifest["runs_planned"] == 2 + 2
+    assert manifest["invocations"][-1]["completed"] is False
+    assert manifest["invocations"][-1]["command"] == "python -m rtlib study --preset toy"
