@@ -498,8 +498,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "lr_grid": {
             "full": [1e-4, 3e-4, 1e-3],
-            "linear_probe": [1e-3, 3e-3, 1e-2],
-            "bitfit": [3e-4, 1e-3, 3e-3],
+            # linear probe and BitFit: the sweep's first pass chose the largest rate of a
+            # three-value grid (3e-3, 1e-2), so each grid was extended one step upwards
+            "linear_probe": [1e-3, 3e-3, 1e-2, 3e-2],
+            "bitfit": [3e-4, 1e-3, 3e-3, 1e-2],
             "lora": [3e-4, 1e-3, 3e-3],
             "ia3": [1e-3, 3e-3, 1e-2],
             "adapter": [3e-4, 1e-3, 3e-3],
