@@ -259,10 +259,6 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
     invocation = {"command": command, "started": started.isoformat(timespec="seconds"),
                   "code": _code_version(results_dir), "machine": _machine(device)}
     study_plan = summary = None
-    # What the manifest records if the sweep itself is interrupted (its runs; no rates yet).
-    *_, main, selection = _grids(preset, tasks, strategies, seeds,
-                                 **{k: v for k, v in overrides.items() if v is not None})
-    fallback = Plan(preset, selection, main)
     try:
         study_plan = plan(preset, tasks, strategies, seeds, results_dir, device=device,
                           workers=workers, progress=progress, **overrides)
@@ -277,5 +273,12 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
         invocation["completed"] = summary is not None
         if summary is not None:
             invocation["summary"] = summary["status"].value_counts().to_dict()
-        manifest = write_manifest(results_dir, study_plan or fallback, invocation)
+        if study_plan is None:  # interrupted in the sweep: record its runs (no rates yet)
+            try:
+                *_, main, selection = _grids(preset, tasks, strategies, seeds, **{
+                    k: v for k, v in overrides.items() if v is not None})
+                study_plan = Plan(preset, selection, main)
+            except ConfigError:  # bad options: nothing ran, nothing to record
+                pass
+        manifest = write_manifest(results_dir, study_plan, invocation) if study_plan else None
     return study_plan, summary, manifest
