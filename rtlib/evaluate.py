@@ -23,7 +23,8 @@ def accuracy(model: nn.Module, split: Split) -> tuple[float, torch.Tensor]:
 def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
                    train_eval: Split) -> dict[str, Any]:
     """Clean train, validation and test accuracy, robust accuracy at every eps (and on the
-    validation split at the first, for ``val_robust`` runs), OOD accuracy per domain; which test images were right, clean and at each eps (packed masks).
+    validation split at the first, for ``val_robust`` runs), OOD accuracy per domain; which
+    test images were right, clean and at each eps (packed masks).
 
     Also how much the attack did (``attacked``: images attacked, summed over the budgets) and
     took (``attack_seconds``), so throughput can be read off any run.
@@ -31,6 +32,8 @@ def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
     t0 = time.perf_counter()
     row: dict[str, Any] = {}
     context = strategies.merged(model) if config.merge_for_eval else contextlib.nullcontext()
+    attack = dict(step_size_ratio=config.step_size_ratio, steps=config.attack_steps,
+                  attack=config.attack, num_classes=task.num_classes, seed=config.seed)
     with context:
         row[metrics.TRAIN_ACC], _ = accuracy(model, train_eval)
         if task.val is not None:
@@ -38,16 +41,12 @@ def evaluate_point(model: nn.Module, task: TaskData, config: RunConfig,
             if config.val_robust:  # the first budget only: enough to choose a checkpoint by
                 eps = config.eps[0]
                 row[metrics.val_robust(eps)] = eps_masks(
-                    model, task.val.images, task.val.labels, [eps],
-                    step_size_ratio=config.step_size_ratio, steps=config.attack_steps,
-                    attack=config.attack, num_classes=task.num_classes, seed=config.seed,
-                    clean_correct=val_correct)[eps].float().mean().item()
+                    model, task.val.images, task.val.labels, [eps], clean_correct=val_correct,
+                    **attack)[eps].float().mean().item()
         row[metrics.TEST_ACC], correct = accuracy(model, task.test)
         t_attack = time.perf_counter()
         masks = eps_masks(model, task.test.images, task.test.labels, config.eps,
-                           step_size_ratio=config.step_size_ratio, steps=config.attack_steps,
-                           attack=config.attack, num_classes=task.num_classes, seed=config.seed,
-                           clean_correct=correct)
+                          clean_correct=correct, **attack)
         _synchronize(task.test.images)
         row[metrics.ATTACK_SECONDS] = time.perf_counter() - t_attack
         robust = {e: m.float().mean().item() for e, m in masks.items()}

@@ -103,7 +103,8 @@ def ood_columns(frame) -> list[str]:
 
 def long(frame, id_vars=("run_id", "task", "strategy", "seed", STEP)):
     """The tidy form: one row per evaluation point x metric, with ``metric`` (train, val, test,
-    robust, val_robust, ood), ``qualifier`` (the budget or domain; empty for clean accuracy) and ``value``."""
+    robust, val_robust, ood), ``qualifier`` (the budget or domain; empty for clean accuracy)
+    and ``value``."""
     import pandas as pd
 
     ids = [c for c in id_vars if c in frame.columns]

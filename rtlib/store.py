@@ -212,14 +212,7 @@ def read_weights(results_dir: str | Path, config: RunConfig) -> dict | None:
     """The run's kept final trainable parameters, or None when they were not kept."""
     from safetensors.torch import load_file
 
-    path = weights_path(results_dir, config)
-    if not path.is_file():
-        return None
-    try:
-        return load_file(path)
-    except Exception as err:  # noqa: BLE001 - an unreadable file: the caller re-trains
-        set_aside(path, f"unreadable: {err}")
-        return None
+    return _read_or_set_aside(weights_path(results_dir, config), load_file)
 
 
 def write_table(path: Path, frame: pd.DataFrame) -> Path:
@@ -230,10 +223,16 @@ def write_table(path: Path, frame: pd.DataFrame) -> Path:
 def read_table(path: Path) -> pd.DataFrame | None:
     """A table written by :func:`write_table`; None when absent, and set aside (None) when it
     does not read back whole."""
+    return _read_or_set_aside(path, pd.read_parquet)
+
+
+def _read_or_set_aside(path: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``; None when the file is absent, and set aside (None) when it does not read
+    back whole: the caller recomputes it."""
     if not path.is_file():
         return None
     try:
-        return pd.read_parquet(path)
+        return read(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is redone
         set_aside(path, f"unreadable: {err}")
         return None

@@ -172,7 +172,8 @@ def preset_sources(preset: str = "paper"):
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     spec = PRESETS[preset]
-    values = {**spec["run"], **{f"{s}.{k}": v for s, fields in spec["strategy_overrides"].items()
+    values = {"tasks": ", ".join(spec["tasks"]), "seeds": ", ".join(map(str, spec["seeds"])),
+              **spec["run"], **{f"{s}.{k}": v for s, fields in spec["strategy_overrides"].items()
                                 for k, v in fields.items()}}
     sources = dict(spec.get("sources", {}))
     for strategy, grid in spec.get("lr_grid", {}).items():  # rates chosen on validation

@@ -108,5 +108,6 @@ ADAPTER = Strategy(
     adapts="bottleneck modules (width/8, GELU) after every attention and every MLP sub-layer",
     defaults={"reduction_factor": 8.0, "positions": POSITIONS, "activation": "gelu"},
     prepare=_adapter, validate=lambda b, hp: validate_common("adapter", hp),
-    paper_percent=3.97, official_trainable=3_567_370, reference="Houlsby et al., Parameter-efficient transfer learning (ICML 2019)",
+    paper_percent=3.97, official_trainable=3_567_370,
+    reference="Houlsby et al., Parameter-efficient transfer learning (ICML 2019)",
 )

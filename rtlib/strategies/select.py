@@ -27,11 +27,13 @@ def _biases(backbone: nn.Module, hp: dict) -> nn.Module:
 
 FULL = Strategy(
     name="full", title="Full fine-tuning", information="excessive", mechanism="select",
-    adapts="every parameter", defaults={}, prepare=_full, paper_percent=100.0, official_trainable=85_806_346,
+    adapts="every parameter", defaults={}, prepare=_full, paper_percent=100.0,
+    official_trainable=85_806_346,
 )
 LINEAR_PROBE = Strategy(
     name="linear_probe", title="Linear probing", information="peripheral", mechanism="select",
-    adapts="the classification head only", defaults={}, prepare=_head_only, paper_percent=0.01, official_trainable=7_690,
+    adapts="the classification head only", defaults={}, prepare=_head_only, paper_percent=0.01,
+    official_trainable=7_690,
 )
 BITFIT = Strategy(
     name="bitfit", title="BitFit", information="peripheral", mechanism="select",
