@@ -177,7 +177,9 @@ def ranking_sensitivity(frame: pd.DataFrame, robust_col: str,
 
     Per task: each strategy's AUPF and rank (1 = best) under every method of
     :data:`AUPF_METHODS`, whether the best strategy is the same, and the Spearman correlation
-    of the two rankings.
+    of the two rankings. Where a reading ties for the best (e.g. the trapezoid gives every
+    single-point frontier an area of 0), ``same_best`` is None, and where it ranks no
+    strategy above another the correlation is NaN: there is nothing to compare.
     """
     tables = {m: aupf_table(frame, robust_col, by=by, n_boot=1, method=m) for m in AUPF_METHODS}
     keys = list(by)
@@ -190,11 +192,17 @@ def ranking_sensitivity(frame: pd.DataFrame, robust_col: str,
         merged = t if merged is None else merged.merge(t, on=keys)
     group = [k for k in keys if k != "strategy"]
     first, second = list(AUPF_METHODS)[:2]
-    stats = merged.groupby(group).apply(lambda g: pd.Series({
-        "same_best": g.loc[g[f"aupf_{first}"].idxmax(), "strategy"]
-        == g.loc[g[f"aupf_{second}"].idxmax(), "strategy"],
-        "spearman": g[f"rank_{first}"].corr(g[f"rank_{second}"], method="spearman")}),
-        include_groups=False).reset_index()
+
+    def compare(g: pd.DataFrame) -> pd.Series:
+        best = [set(g.loc[g[f"aupf_{m}"] == g[f"aupf_{m}"].max(), "strategy"])
+                for m in (first, second)]
+        ranked = all(g[f"rank_{m}"].nunique() > 1 for m in (first, second))
+        return pd.Series({
+            "same_best": best[0] == best[1] if all(len(b) == 1 for b in best) else None,
+            "spearman": (g[f"rank_{first}"].corr(g[f"rank_{second}"], method="spearman")
+                         if ranked else np.nan)})
+
+    stats = merged.groupby(group).apply(compare, include_groups=False).reset_index()
     return merged.merge(stats, on=group)
 
 

@@ -1,9 +1,12 @@
 """Frontiers and AUPF on point sets worked out by hand."""
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from rtlib import pareto
+from rtlib.report import study
 
 
 def fr(clean, robust):
@@ -160,6 +163,21 @@ def test_ranking_sensitivity_reports_a_flip_between_readings():
     assert b.aupf_staircase == pytest.approx(0.3 * 0.6 + 0.5 * 0.1)
     assert (a.rank_staircase, a.rank_trapezoid) == (1, 2)
     assert not table["same_best"].iloc[0] and table["spearman"].iloc[0] == pytest.approx(-1)
+
+
+def test_ranking_sensitivity_compares_nothing_where_a_reading_ties_every_strategy():
+    # Every frontier a single point: the trapezoid gives each an area of 0, so it has no best
+    # strategy and no ranking (the staircase still ranks them).
+    rows = [("t", "a", 0, 0.9, 0.3), ("t", "b", 0, 0.8, 0.2), ("u", "a", 0, 0.3, 0.6),
+            ("u", "a", 0, 0.8, 0.1), ("u", "b", 0, 0.5, 0.1)]
+    frame = pd.DataFrame(rows, columns=["task", "strategy", "seed", "test_acc", "robust_acc"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ConstantInputWarning on the console
+        table = pareto.ranking_sensitivity(frame, "robust_acc").set_index("task")
+    assert table.loc["t", "same_best"].isna().all() and table.loc["t", "spearman"].isna().all()
+    assert (table.loc["u", "same_best"] == True).all()  # noqa: E712 - a tie-free task compares
+    findings = study.sensitivity_findings(table.reset_index(), ["t", "u"])
+    assert "no best strategy" in findings[0] and "the same" in findings[1]
 
 
 def test_paper_readings_swap_only_the_two_suspect_columns():

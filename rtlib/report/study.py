@@ -271,6 +271,24 @@ def rq1_findings(frame: pd.DataFrame, col: str = metrics.ROBUST) -> list[str]:
     return bits
 
 
+def sensitivity_findings(sensitivity: pd.DataFrame, tasks: Sequence[str]) -> list[str]:
+    """One line per task of :func:`rtlib.pareto.ranking_sensitivity`: do the two readings of
+    AUPF pick the same best strategy, and how alike are their rankings?"""
+    lines = []
+    per_task = sensitivity.groupby("task")[["same_best", "spearman"]].first()
+    for task in tasks:
+        same, rho = per_task.loc[task, "same_best"], per_task.loc[task, "spearman"]
+        if pd.isna(same):
+            lines.append(f"- **{task}**: one reading ties for the best (every single-point "
+                         "frontier has a trapezoid area of 0): no best strategy to compare")
+            continue
+        text = "the same" if same else "**different**"
+        corr = (f"rank correlation {rho:+.2f}" if pd.notna(rho) else
+                "one reading ranks no strategy above another")
+        lines.append(f"- **{task}**: best strategy {text} under both readings; {corr}")
+    return lines
+
+
 def ood_correlation(frame: pd.DataFrame) -> pd.DataFrame:
     """Pearson r between in-domain and OOD accuracy over all evaluation points, per domain."""
     rows = []
