@@ -40,3 +40,43 @@ def test_runs_without_validation_robust_accuracy_are_named():
     frame = _run("a", 0, [0.1] * 4, [0.1] * 4, [0.2] * 4).drop(columns=VAL_ROBUST)
     with pytest.raises(KeyError, match="val_robust"):
         remedies.checkpoint_selection(frame)
+
+
+def _path(task, strategy, seed, robust, clean, alphas=(0.0, 0.5, 1.0)):
+    return pd.DataFrame({"task": task, "strategy": strategy, "seed": seed, "alpha": alphas,
+                         metrics.ROBUST: robust, metrics.TEST_ACC: clean})
+
+
+def test_interpolation_summary_finds_an_interior_coefficient_and_a_wider_frontier():
+    from rtlib import pareto
+
+    # The run's checkpoints: robust peaks at 0.40 (clean 0.6) and ends at 0.30 (clean 0.9).
+    run = _run("r", 0, [0.0] * 4, [0.1, 0.40, 0.35, 0.30], [0.2, 0.6, 0.8, 0.9])
+    # The path: probe end 0.20 / 0.5, alpha 0.5 reaches 0.45 robust at 0.88 clean.
+    path = _path("fonts", "full", 0, [0.20, 0.45, 0.30], [0.5, 0.88, 0.9])
+    row = remedies.interpolation_summary(path, run).iloc[0]
+    assert row["best_alpha"] == 0.5 and row["beats_both"]
+    assert row["gain"] == pytest.approx(0.15) and row["clean_cost"] == pytest.approx(0.02)
+    assert row["aupf_run"] == pytest.approx(pareto.aupf(run[metrics.TEST_ACC],
+                                                        run[metrics.ROBUST]))
+    assert row["aupf_gain"] > 0  # (0.88, 0.45) dominates every checkpoint but the last
+    # A path below its ends: no interior winner, and nothing added to the frontier.
+    flat = _path("fonts", "full", 0, [0.20, 0.10, 0.30], [0.5, 0.7, 0.9])
+    row = remedies.interpolation_summary(flat, run).iloc[0]
+    assert not row["beats_both"] and row["gain"] == pytest.approx(-0.20)
+    assert row["aupf_gain"] == pytest.approx(0)
+
+
+def test_what_helps_states_its_verdicts_by_their_rules():
+    selection = pd.DataFrame({"task": "fonts", "strategy": ["full", "full", "lora", "lora"],
+                              "seed": [0, 1, 0, 1], "gain": [0.05, 0.03, -0.01, 0.0],
+                              "cost": [0.01, 0.0, 0.0, 0.0], "by": VAL_ROBUST})
+    interpolation = pd.DataFrame({"task": "fonts", "strategy": ["full", "full", "lora", "lora"],
+                                  "seed": [0, 1, 0, 1], "beats_both": [True, False, True, True],
+                                  "clean_cost": [0.01, 0.01, 0.05, 0.03],
+                                  "aupf_gain": [0.01, 0.0, 0.02, 0.0]})
+    chosen, mixed = remedies.what_helps(selection, interpolation)
+    assert chosen.verdict == "holds" and "1 of 2" in chosen.ours  # full counts, lora does not
+    assert mixed.verdict == "does not hold" and "0 of 2" in mixed.ours  # full fails a seed,
+    assert "on 2 of 2" in mixed.ours  # lora costs too much; both widen the frontier
+    assert remedies.what_helps(None, None) == []

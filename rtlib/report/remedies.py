@@ -1,5 +1,6 @@
 """What a practitioner can do about the trade-off, judged from the store (the book's fourth
-chapter): choosing the checkpoint by robust accuracy on the validation split.
+chapter): choosing the checkpoint by robust accuracy on the validation split, and weight
+interpolation between the linear probe and the fine-tuned model (:mod:`rtlib.interpolate`).
 
 Every choice here looks at the validation split only; the test set measures what the choice
 gained and cost.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import metrics
+from .. import metrics, pareto
+from .study import Verdict
 
 
 def checkpoint_selection(frame: pd.DataFrame, by: str | None = None,
@@ -59,3 +61,97 @@ def selection_summary(selection: pd.DataFrame) -> pd.DataFrame:
         cost_max=("cost", "max"), oracle_gain=("oracle_gain", "mean"),
         kept_last=("picked_step", lambda s: int((s == selection.loc[s.index, "final_step"])
                                                  .sum()))).reset_index()
+
+
+def interpolation_summary(paths: pd.DataFrame, frame: pd.DataFrame,
+                          robust: str = metrics.ROBUST, clean: str = metrics.TEST_ACC
+                          ) -> pd.DataFrame:
+    """Per path (task, strategy, seed; rows of :func:`rtlib.interpolate.path`, ``alpha``
+    from 0, the linear probe, to 1, the fine-tuned model): does a coefficient strictly between
+    the ends beat both on robust accuracy, at what cost in clean accuracy, and does the path
+    reach points that no checkpoint of the run reached?
+
+    Columns: ``robust_probe``, ``robust_tuned`` (the ends), ``best_alpha`` (the interior
+    coefficient with the highest robust accuracy; ties: the largest, nearest the tuned
+    model), ``robust_best``, ``gain`` (robust best - the better end), ``beats_both``,
+    ``clean_cost`` (clean at alpha 1 - clean at the best alpha), ``aupf_run`` (AUPF of the
+    run's checkpoints, :func:`rtlib.pareto.aupf`), ``aupf_with_path`` (of its checkpoints and
+    the path's points together) and ``aupf_gain`` (their difference: 0 when every point of the
+    path is dominated by a checkpoint).
+    """
+    from ..interpolate import ALPHA
+
+    rows = []
+    for (task, strategy, seed), path in paths.sort_values(ALPHA).groupby(
+            ["task", "strategy", "seed"], sort=False):
+        ends, inside = path.iloc[[0, -1]], path.iloc[1:-1]
+        run = frame[(frame["task"] == task) & (frame["strategy"] == strategy)
+                    & (frame["seed"] == seed)]
+        best = inside[inside[robust] == inside[robust].max()].iloc[-1] if len(inside) else None
+        better_end = ends[robust].max()
+        aupf_run = pareto.aupf(run[clean], run[robust])
+        aupf_both = pareto.aupf(pd.concat([run[clean], path[clean]]),
+                                pd.concat([run[robust], path[robust]]))
+        rows.append({
+            "task": task, "strategy": strategy, "seed": int(seed),
+            "robust_probe": float(ends[robust].iloc[0]),
+            "robust_tuned": float(ends[robust].iloc[1]),
+            "best_alpha": float(best[ALPHA]) if best is not None else float("nan"),
+            "robust_best": float(best[robust]) if best is not None else float("nan"),
+            "gain": float(best[robust] - better_end) if best is not None else float("nan"),
+            "beats_both": bool(best is not None and best[robust] > better_end),
+            "clean_cost": (float(ends[clean].iloc[1] - best[clean]) if best is not None
+                           else float("nan")),
+            "aupf_run": aupf_run, "aupf_with_path": aupf_both,
+            "aupf_gain": aupf_both - aupf_run})
+    return pd.DataFrame(rows)
+
+
+#: The clean accuracy a remedy may cost and still count as cheap (the WiSE-FT reading: a
+#: small cost in clean accuracy).
+SMALL_COST = 0.02
+
+
+def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | None,
+               small_cost: float = SMALL_COST) -> list[Verdict]:
+    """The scorecard's section "What helps": one verdict per remedy measured, by stated rules,
+    over (task, strategy) pairs with the per-seed values pooled (seed means)."""
+    cards = []
+    if selection is not None and len(selection):
+        pairs = selection.groupby(["task", "strategy"])[["gain", "cost"]].mean()
+        hits = int(((pairs["gain"] > 0) & (pairs["cost"] <= small_cost)).sum())
+        by = selection["by"].iloc[0] if "by" in selection else "validation"
+        cards.append(Verdict(
+            "Choosing the checkpoint on the validation split recovers robust accuracy cheaply",
+            "not studied by the paper",
+            f"chosen by {by}: on {hits} of {len(pairs)} task x strategy pairs the seed-mean test "
+            f"robust accuracy rises (mean {pairs['gain'].mean():+.3f}) at a clean cost of at "
+            f"most {small_cost:.0%} (mean {pairs['cost'].mean():+.3f})",
+            _verdict_share(hits, len(pairs)),
+            f"a pair counts if its seed-mean gain is above 0 and its clean cost at most "
+            f"{small_cost:.0%}; holds if at least half of the pairs count, partly if some do"))
+    if interpolation is not None and len(interpolation):
+        pairs = interpolation.groupby(["task", "strategy"]).agg(
+            every_seed=("beats_both", "all"), clean_cost=("clean_cost", "mean"),
+            aupf_gain=("aupf_gain", "mean"))
+        hits = int((pairs["every_seed"] & (pairs["clean_cost"] <= small_cost)).sum())
+        wider = int((pairs["aupf_gain"] > 0).sum())
+        cards.append(Verdict(
+            "Interpolating the weights (probe to fine-tuned) beats both ends on robust accuracy "
+            "at a small clean cost",
+            "not studied by the paper (WiSE-FT reports it for distribution shift)",
+            f"{hits} of {len(pairs)} task x strategy pairs; the path widens the run's frontier "
+            f"(a larger AUPF than its checkpoints) on {wider} of {len(pairs)}",
+            _verdict_share(hits, len(pairs)),
+            f"a pair counts if an interior coefficient beats both ends in every seed at a "
+            f"seed-mean clean cost of at most {small_cost:.0%}; holds if at least half of the "
+            f"pairs count, partly if some do"))
+    return cards
+
+
+def _verdict_share(hits: int, total: int) -> str:
+    if total == 0:
+        return "not testable here"
+    if 2 * hits >= total:
+        return "holds"
+    return "partly" if hits else "does not hold"
