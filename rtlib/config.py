@@ -503,15 +503,17 @@ PRESETS: dict[str, dict[str, Any]] = {
             "full": dict(lr_schedule="linear", warmup_steps=0),
         },
         "lr_grid": {
+            # A grid whose largest rate is chosen is extended one step upwards (the best rate
+            # may lie beyond it), and the sweep rerun, until a smaller rate wins. The first
+            # pass (three values each) chose the largest for the linear probe and BitFit, the
+            # second (2026-12-01) for all four below: each grid here is the last extension.
             "full": [1e-4, 3e-4, 1e-3],
-            # linear probe and BitFit: the sweep's first pass chose the largest rate of a
-            # three-value grid (3e-3, 1e-2), so each grid was extended one step upwards
-            "linear_probe": [1e-3, 3e-3, 1e-2, 3e-2],
-            "bitfit": [3e-4, 1e-3, 3e-3, 1e-2],
+            "linear_probe": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+            "bitfit": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
             "lora": [3e-4, 1e-3, 3e-3],
             "ia3": [1e-3, 3e-3, 1e-2],
-            "adapter": [3e-4, 1e-3, 3e-3],
-            "compacter": [1e-3, 3e-3, 1e-2],
+            "adapter": [3e-4, 1e-3, 3e-3, 1e-2],
+            "compacter": [1e-3, 3e-3, 1e-2, 3e-2],
         },
         # The learning-rate sweep: final validation accuracy, averaged over these tasks (one
         # seed); its runs evaluate clean accuracy at the start and the end only.

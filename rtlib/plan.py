@@ -43,7 +43,8 @@ def selection_configs(preset: str, strategies: Sequence[str], **overrides: Any
 
 def choose_lr(frame: pd.DataFrame) -> pd.DataFrame:
     """Per strategy and learning rate: final validation accuracy averaged over the tasks, and
-    which rate is chosen (the highest; ties go to the smaller rate)."""
+    which rate is chosen (the highest; ties go to the smaller rate). ``at_top``: the chosen
+    rate is the largest of its grid, so the best rate may lie beyond it (extend the grid)."""
     if metrics.VAL_ACC not in frame:
         raise ConfigError("val_fraction", 0, "a share > 0 (the learning rate is chosen on the "
                           "validation split)", "no validation split in the sweep's runs:")
@@ -55,6 +56,8 @@ def choose_lr(frame: pd.DataFrame) -> pd.DataFrame:
     for _, g in table.groupby("strategy"):
         best = g.sort_values(["val_acc", "lr"], ascending=[False, True]).index[0]
         table.loc[best, "chosen"] = True
+    table["at_top"] = table["chosen"] & (table["lr"] == table.groupby("strategy")["lr"]
+                                         .transform("max"))
     return table
 
 
@@ -68,6 +71,12 @@ class Plan:
     main: list[RunConfig]
     lrs: dict[str, float] = field(default_factory=dict)
     choice: pd.DataFrame | None = None
+
+    def at_top(self) -> list[str]:
+        """The strategies whose chosen rate is the largest of their grid."""
+        if self.choice is None or "at_top" not in self.choice:
+            return []
+        return self.choice.loc[self.choice["at_top"], "strategy"].tolist()
 
 
 def _grids(preset: str, tasks: Sequence[str] | None, strategies: Sequence[str] | None,
@@ -262,6 +271,10 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
     try:
         study_plan = plan(preset, tasks, strategies, seeds, results_dir, device=device,
                           workers=workers, progress=progress, **overrides)
+        if study_plan.at_top() and progress:
+            print(f"note: the sweep chose the largest rate of the grid for "
+                  f"{', '.join(study_plan.at_top())}: the best rate may lie beyond it (extend "
+                  f"the preset's lr_grid and rerun)", flush=True)
         # Seed by seed: a study stopped part-way holds whole seeds (a one-seed study first).
         summary = sweep.run(sorted(study_plan.main, key=lambda c: c.seed), results_dir,
                             device=device, progress=progress, workers=workers,

@@ -100,3 +100,12 @@ def test_a_study_interrupted_in_its_sweep_still_records_the_invocation(toy, tmp_
     assert manifest["runs_complete"] == 0 and manifest["runs_planned"] == 2 + 2
     assert manifest["invocations"][-1]["completed"] is False
     assert manifest["invocations"][-1]["command"] == "python -m rtlib study --preset toy"
+
+
+def test_a_rate_chosen_at_the_top_of_its_grid_is_flagged():
+    rows = [("a", 1e-3, 0.5), ("a", 1e-2, 0.6), ("b", 1e-3, 0.7), ("b", 1e-2, 0.6)]
+    frame = pd.DataFrame([{"run_id": f"{s}{lr}", "task": "t", "strategy": s, "lr": lr,
+                           "step": 10, "val_acc": v} for s, lr, v in rows])
+    choice = plan.choose_lr(frame)
+    assert choice.loc[choice.chosen, "lr"].tolist() == [1e-2, 1e-3]
+    assert plan.Plan("toy", [], [], {}, choice).at_top() == ["a"]
