@@ -143,10 +143,13 @@ def _cli(config: RunConfig, results: Path) -> list[str]:
 def test_sigkill_at_a_random_moment_loses_nothing_and_resume_matches(tmp_path):
     # Through the CLI, so the config carries the smoke preset's model (no model_kwargs there).
     config = RunConfig(task="synthetic", strategy="adapter", model="vit_glyph_p4_24",
-                       train_size=128, test_size=64, train_eval_size=64, steps=96,
+                       train_size=128, test_size=64, train_eval_size=64, steps=48,
                        batch_size=16, lr=1e-3, schedule="every:8", eps=(2 / 255,),
                        attack_steps=5, warmup_steps=0)
-    done = RunConfig(**{**config.to_dict(), "strategy": "bitfit", "eps": (2 / 255,)})
+    # A completed run in the same store, which the kill must not touch (small: it only has to
+    # exist).
+    done = RunConfig(**{**config.to_dict(), "strategy": "bitfit", "steps": 16,
+                        "eps": (2 / 255,)})
     results = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_cli(done, results), check=True, env=env, capture_output=True)
@@ -174,7 +177,7 @@ def test_sigkill_at_a_random_moment_loses_nothing_and_resume_matches(tmp_path):
     subprocess.run(_cli(config, clean), check=True, env=env, capture_output=True)
     reference = store.load(clean)
     cols = ["step", "train_acc", "test_acc", "robust_acc@2/255", "ood_acc@shifted"]
-    assert len(resumed) == 13
+    assert len(resumed) == 7  # steps 0, 8, ..., 48
     pd.testing.assert_frame_equal(resumed[cols].reset_index(drop=True),
                                   reference[cols].reset_index(drop=True))
     assert not list((results / "partial").glob("*.pt"))

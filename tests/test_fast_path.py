@@ -72,7 +72,7 @@ def test_bf16_model_keeps_the_first_layer_and_the_perturbation_in_fp32(upstream)
         h.remove()
     assert seen == {"patch_embed": torch.float32, "qkv": torch.bfloat16}
     assert logits.dtype == torch.float32
-    adv = attacks.pgd(model, images[:16], labels[:16], eps=1 / 255)
+    adv = attacks.pgd(model, images[:16], labels[:16], eps=1 / 255, steps=3)  # dtypes only
     assert adv.dtype == torch.float32
     assert (adv - images[:16]).abs().max().item() <= 1 / 255 + 1e-6
     assert adv.min().item() >= 0 and adv.max().item() <= 1
