@@ -24,7 +24,7 @@ def _positive_int(text: str) -> int:
 def cmd_strategies(args: argparse.Namespace) -> int:
     from . import models, strategies
 
-    model = models.build(args.model, args.num_classes, img_size=args.img_size)
+    model = models.skeleton(args.model, args.num_classes, img_size=args.img_size)
     rows = strategies.summary(model)
     if args.json:
         keys = ("strategy", "trainable", "total", "percent", "information", "mechanism",

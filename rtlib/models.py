@@ -203,6 +203,14 @@ def build(
     return wrapped
 
 
+def skeleton(name: str, num_classes: int, **kwargs: Any) -> NormalizedModel:
+    """:func:`build` on the meta device: the architecture without memory or initialization,
+    enough to count a strategy's parameters or check its hyper-parameters (ViT-B/16 with every
+    strategy in about 2 s instead of 16)."""
+    with torch.device("meta"):
+        return build(name, num_classes, **kwargs)
+
+
 def classifier_names(model: nn.Module) -> list[str]:
     """Fully qualified names of the classification head's parameters."""
     head = model.timm_model.get_classifier() if isinstance(model, NormalizedModel) \

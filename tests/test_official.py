@@ -61,7 +61,7 @@ def test_trainable_counts_equal_the_official_configuration_on_vit_b16():
     torch.manual_seed(0)
     hf = _hf_vit()  # ViT-B/16 at 224 px, random weights
     ours = {r["strategy"]: r["trainable"] for r in strategies.summary(
-        models.build("vit_base_patch16_224", 10), strategies.PAPER_STRATEGIES)}
+        models.skeleton("vit_base_patch16_224", 10), strategies.PAPER_STRATEGIES)}
     official = {name: _official_trainable(hf, name) for name in strategies.PAPER_STRATEGIES}
     assert ours == official
     # ... and the registry's record of it, which the book shows, is that count.

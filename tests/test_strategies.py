@@ -247,3 +247,11 @@ def test_module_help_lists_every_command():
                          capture_output=True, text=True, check=True).stdout
     for option in ("--model", "--num-classes", "--img-size", "--json"):
         assert option in out
+
+
+def test_a_skeleton_on_the_meta_device_counts_like_the_built_model():
+    """The book counts ViT-B/16's parameters on a skeleton (no memory, no initialization)."""
+    built = strategies.summary(models.build("vit_glyph_p4_24", 10))
+    skeleton = models.skeleton("vit_glyph_p4_24", 10)
+    assert next(skeleton.parameters()).is_meta
+    assert strategies.summary(skeleton) == built
