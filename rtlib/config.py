@@ -521,7 +521,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                           run=dict(schedule="log:2", eps=(0.0,), val_robust=False)),
         "sources": {
             "lr": "ours: chosen per strategy on the validation split (rtlib.plan; the sweep's "
-                  "runs are in the store)",
+                  "runs are in the store); a grid whose largest rate won was extended one step "
+                  "upwards and swept again, until a smaller rate won",
             "schedule": "ours: 10 points spaced in log(step) (0, 20, 33, 53, 87, 141, 231, 376, "
                         "613, 1000): dense where robust accuracy peaks",
             "test_size": "ours: 768 images, so that a run's peak-to-final difference has a "
