@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import metrics, pareto
-from .study import Verdict
+from .study import Verdict, majority_verdict
 
 
 def checkpoint_selection(frame: pd.DataFrame, by: str | None = None,
@@ -103,7 +103,8 @@ def interpolation_summary(paths: pd.DataFrame, frame: pd.DataFrame,
             "clean_cost": (float(ends[clean].iloc[1] - best[clean]) if best is not None
                            else float("nan")),
             "aupf_run": aupf_run, "aupf_with_path": aupf_both,
-            "aupf_gain": aupf_both - aupf_run})
+            # a superset of points has at least the area: what is left is rounding
+            "aupf_gain": round(aupf_both - aupf_run, 12)})
     return pd.DataFrame(rows)
 
 
@@ -127,7 +128,7 @@ def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | Non
             f"chosen by {by}: on {hits} of {len(pairs)} task x strategy pairs the seed-mean test "
             f"robust accuracy rises (mean {pairs['gain'].mean():+.3f}) at a clean cost of at "
             f"most {small_cost:.0%} (mean {pairs['cost'].mean():+.3f})",
-            _verdict_share(hits, len(pairs)),
+            majority_verdict(hits, len(pairs)),
             f"a pair counts if its seed-mean gain is above 0 and its clean cost at most "
             f"{small_cost:.0%}; holds if at least half of the pairs count, partly if some do"))
     if interpolation is not None and len(interpolation):
@@ -142,16 +143,8 @@ def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | Non
             "not studied by the paper (WiSE-FT reports it for distribution shift)",
             f"{hits} of {len(pairs)} task x strategy pairs; the path widens the run's frontier "
             f"(a larger AUPF than its checkpoints) on {wider} of {len(pairs)}",
-            _verdict_share(hits, len(pairs)),
+            majority_verdict(hits, len(pairs)),
             f"a pair counts if an interior coefficient beats both ends in every seed at a "
             f"seed-mean clean cost of at most {small_cost:.0%}; holds if at least half of the "
             f"pairs count, partly if some do"))
     return cards
-
-
-def _verdict_share(hits: int, total: int) -> str:
-    if total == 0:
-        return "not testable here"
-    if 2 * hits >= total:
-        return "holds"
-    return "partly" if hits else "does not hold"

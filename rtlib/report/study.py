@@ -330,6 +330,13 @@ def _verdict(hits: int, total: int) -> str:
     return "partly" if hits > 0 else "does not hold"
 
 
+def majority_verdict(hits: int, total: int) -> str:
+    """The rule "holds if at least half count, partly if some do"."""
+    if total and 2 * hits >= total:
+        return "holds"
+    return _verdict(hits, total)
+
+
 def scorecard(frame: pd.DataFrame, table: pd.DataFrame, ood_frame: pd.DataFrame | None = None
               ) -> pd.DataFrame:
     """The paper's claims, our measurement, and a verdict computed by the stated rule.
@@ -355,8 +362,7 @@ def scorecard(frame: pd.DataFrame, table: pd.DataFrame, ood_frame: pd.DataFrame 
         f"intermediate strategies fall from their robust peak by more than 2 standard errors "
         f"({seeds} seed{'s' if seeds != 1 else ''} pooled); median peak at step "
         f"{int(rf['peak_step'].median())} of {int(rf['final_step'].max())}",
-        "holds" if len(intermediate) and hits >= len(intermediate) / 2 else
-        _verdict(hits, len(intermediate)),
+        majority_verdict(hits, len(intermediate)),
         "a pair falls if its seed-mean robust accuracy drops from its peak to the end by more "
         "than 2 standard errors (paired over the test images) and every seed drops; holds if "
         "at least half of the pairs fall, partly if some do"))
@@ -390,8 +396,7 @@ def scorecard(frame: pd.DataFrame, table: pd.DataFrame, ood_frame: pd.DataFrame 
         "RQ2: linear probing and full fine-tuning balance worst",
         "both below the mean AUPF on most datasets",
         f"both below the mean on {below} of {len(worst)} tasks",
-        _verdict(below, len(worst)) if below < len(worst) / 2 or below == len(worst)
-        else "holds",
+        majority_verdict(below, len(worst)),
         "holds if both are below the mean on at least half of the tasks"))
     steep = table.groupby("task")["steepness"].mean().reindex(order).dropna()
     if len(steep) >= 3:
