@@ -54,10 +54,10 @@ def cmd_book(args: argparse.Namespace) -> int:
     book.check_parameters(params)
     try:
         if args.execute_only:
-            for path in book.execute(parameters=params):
+            for path in book.execute(parameters=params, jobs=args.jobs):
                 print(f"executed {path}")
         else:
-            print(f"built {book.build(parameters=params, output=args.output)}")
+            print(f"built {book.build(parameters=params, output=args.output, jobs=args.jobs)}")
     except book.NotebookFailed as err:
         print(f"python -m rtlib book: error: {err}", file=sys.stderr)
         return 2
@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUTPUT/_build/html/index.html)")
     p.add_argument("--execute-only", action="store_true",
                    help="execute the notebooks but do not build the HTML")
+    p.add_argument("--jobs", type=_positive_int, default=None,
+                   help="notebooks executed at once (default: one per CPU core when the store "
+                        "already holds every run the chapters read, else one at a time)")
     p.set_defaults(func=cmd_book)
 
     from .config import PRESETS

@@ -126,3 +126,24 @@ def test_scorecard_table_is_present(served, browser):
         "return Array.from(document.querySelectorAll('table td')).map(t => t.textContent.trim())")
     verdicts = [c for c in cells if c in ("holds", "partly", "does not hold", "not testable here")]
     assert len(verdicts) >= 6
+
+
+def test_a_rebuild_from_a_complete_store_executes_chapters_at_once(smoke_book, tmp_path):
+    """Once the store holds every run (a committed study, a second build), the chapters only
+    read and draw: they run one per core, and compute nothing."""
+    import json
+
+    from rtlib.report import book
+
+    params = {"preset": "smoke", "results_dir": str(smoke_book.parents[1] / "results")}
+    assert book.missing_runs(params) == 0
+    assert book.missing_runs({**params, "results_dir": str(tmp_path / "empty")}) > 0
+    assert book.missing_runs({**params, "domain": "outline"}) is None  # not known: one at a time
+    written = book.execute(["rq3_ood_robustness", "takeaways"], params, output_dir=tmp_path,
+                           progress=False, jobs=2)
+    for path in written:
+        cells = json.loads(path.read_text())["cells"]
+        outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"], path.name
+        text = json.dumps(outputs)
+        assert "0 trained now" in text and "read from the store" in text, path.name

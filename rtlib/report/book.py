@@ -102,6 +102,29 @@ def check_values(parameters: Mapping[str, Any]) -> None:
                      preset=preset, domain=p["domain"], **overrides)
 
 
+def missing_runs(parameters: Mapping[str, Any] | None = None) -> int | None:
+    """How many of the chapters' runs the store lacks (their study and the OOD chapter's
+    runs), computing nothing; None when that cannot be known without computing (the
+    learning-rate sweep is missing, or the OOD chapter trains on another domain)."""
+    from .. import plan, store
+    from ..config import ConfigError, book_preset, preset_ood_task, preset_store
+
+    p = dict(parameters or {})
+    if p.get("domain") is not None or p.get("executor", "local") != "local":
+        return None
+    preset = book_preset(p.get("preset", declared_default("preset")))
+    results_dir = p.get("results_dir") or preset_store(preset)
+    overrides = {k: p[k] for k in ("eps", "steps") if p.get(k) is not None}
+    configs = []
+    try:
+        for tasks in (p.get("tasks"), [preset_ood_task(preset)]):
+            configs += plan.plan(preset, tasks, p.get("strategies"), p.get("seeds"),
+                                 results_dir, compute_selection=False, **overrides).main
+    except ConfigError:  # the sweep's runs are missing: they will be computed
+        return None
+    return sum(store.complete_run(results_dir, c) is None for c in configs)
+
+
 def setup_notebook() -> None:
     """Display settings shared by the book's notebooks: Altair as HTML (drawn by the Vega
     bundle the book serves itself, so no CDN is needed) and readable pandas tables."""
@@ -139,50 +162,74 @@ def write_static_assets(folder: Path | None = None) -> Path:
 
 
 def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None = None,
-            output_dir: Path | None = None, progress: bool = True) -> list[Path]:
+            output_dir: Path | None = None, progress: bool = True,
+            jobs: int | None = None) -> list[Path]:
     """Run each notebook of ``notebooks/`` (or the ``names`` given) with ``parameters``.
 
     Every parameter is checked against the notebooks' declared ones first; a notebook gets the
     parameters it declares. Progress: which notebook, k of n, its time and the elapsed total.
+    ``jobs``: notebooks executed at once. ``None``: one per CPU core when the store already
+    holds every run the chapters read (each chapter is then kernel start-up, reading and
+    charts), else one at a time (the chapters that compute share the cores and their runs).
     """
+    import os
     import time
-
-    import papermill as pm
+    from concurrent.futures import ThreadPoolExecutor
 
     check_parameters(parameters)
     base = root()
     output_dir = Path(output_dir or base / "book" / "executed")
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = notebooks() if not names else [base / "notebooks" / f"{n}.ipynb" for n in names]
-    written, t0 = [], time.perf_counter()
-    for k, path in enumerate(paths, 1):
-        declared = pm.inspect_notebook(str(path))
-        params = {k: v for k, v in (parameters or {}).items() if k in declared}
-        out = output_dir / path.name
+    if jobs is None:
+        jobs = (os.cpu_count() or 1) if missing_runs(parameters) == 0 else 1
+    t0 = time.perf_counter()
+
+    def one(k: int, path: Path) -> Path:
         t = time.perf_counter()
         if progress:
             print(f"[{k}/{len(paths)}] {path.stem} ...", flush=True)
-        try:
-            # The kernel's own prints (a chapter's "runs k/n ..., about m min left") reach
-            # this console; its warnings stay in the executed notebook.
-            pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(base),
-                                kernel_name="python3", progress_bar=False, log_output=progress,
-                                stdout_file=sys.stdout if progress else None)
-        except pm.PapermillExecutionError as err:
-            raise NotebookFailed(f"notebook {path.name} failed in cell {err.exec_count}: "
-                                 f"{err.ename}: {err.evalue}\nexecuted copy kept at {out}") from err
+        out = _execute_one(path, output_dir, parameters, base, progress)
         if progress:
             print(f"[{k}/{len(paths)}] {path.stem}: {time.perf_counter() - t:.0f} s "
                   f"(elapsed {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
-        written.append(out)
-    return written
+        return out
+
+    if jobs <= 1:
+        return [one(k, path) for k, path in enumerate(paths, 1)]
+    if progress:
+        print(f"every run is in the store: {min(jobs, len(paths))} notebooks at a time",
+              flush=True)
+    with ThreadPoolExecutor(jobs) as pool:  # each notebook runs in its own kernel process
+        return list(pool.map(one, range(1, len(paths) + 1), paths))
 
 
-def build(parameters: Mapping[str, Any] | None = None, output: Path | None = None) -> Path:
-    """Execute every notebook and build the HTML book into ``output/_build/html``.
+def _execute_one(path: Path, output_dir: Path, parameters: Mapping[str, Any] | None,
+                 base: Path, progress: bool) -> Path:
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(path))
+    params = {k: v for k, v in (parameters or {}).items() if k in declared}
+    out = output_dir / path.name
+    try:
+        # The kernel's own prints (a chapter's "runs k/n ..., about m min left") reach this
+        # console; its warnings stay in the executed notebook.
+        pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(base),
+                            kernel_name="python3", progress_bar=False, log_output=progress,
+                            stdout_file=sys.stdout if progress else None)
+    except pm.PapermillExecutionError as err:
+        raise NotebookFailed(f"notebook {path.name} failed in cell {err.exec_count}: "
+                             f"{err.ename}: {err.evalue}\nexecuted copy kept at {out}") from err
+    return out
+
+
+def build(parameters: Mapping[str, Any] | None = None, output: Path | None = None,
+          jobs: int | None = None) -> Path:
+    """Execute every notebook (``jobs``: see :func:`execute`) and build the HTML book into
+    ``output/_build/html``.
 
     Returns the path of the book's index page."""
-    execute(parameters=parameters)
+    execute(parameters=parameters, jobs=jobs)
     write_static_assets()
     base = root()
     output = Path(output or base)  # Jupyter Book writes OUTPUT/_build/html
