@@ -62,13 +62,13 @@ def final_weights(config: RunConfig, results_dir: str | Path | None,
 
 def mix(model: torch.nn.Module, init: dict[str, torch.Tensor], final: dict[str, torch.Tensor],
         probe_head: dict[str, torch.Tensor], alpha: float) -> None:
-    """Set ``model``'s trainable parameters to the path's point ``alpha`` (in place)."""
-    head = set(models.classifier_names(model))
+    """Set ``model``'s trainable parameters to the path's point ``alpha`` (in place);
+    ``probe_head`` holds the linear probe's head under the model's names for its head."""
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, start in init.items():
             end = final[name].to(start.device, start.dtype)
-            if name in head:
+            if name in probe_head:
                 value = (1 - alpha) * probe_head[name].to(start.device, start.dtype) \
                     + alpha * end
             else:
