@@ -11,7 +11,9 @@ for strategies that start as the identity: full, BitFit, LoRA, (IA)^3; Adapter a
 start from their own small random update, which ``alpha = 0`` keeps).
 
 A path's rows go to the store (``interpolation/``), keyed by the two runs and the
-coefficients: computed once, read by the book. The runs' final weights are read from the store
+coefficients: computed once, read by the book. Its ends are the runs' own last evaluation
+points where the store holds them (the same model, so the same numbers, already paid for):
+``alpha = 1`` always, ``alpha = 0`` for the strategies that start as the identity. The runs' final weights are read from the store
 (``weights/``), or re-trained when they were not kept (same numbers on the same machine:
 evaluation does not touch the training's random state).
 """
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
 
-from . import metrics, models, preflight, store, train
+from . import metrics, models, preflight, store, strategies, train
 from .config import ConfigError, RunConfig, check_float
 from .evaluate import evaluate_point
 
@@ -81,6 +84,42 @@ def _short(name: str) -> str:
     return ".".join(name.rsplit(".", 2)[-2:])
 
 
+def _last_point(config: RunConfig, results_dir: str | Path | None) -> dict | None:
+    """The run's last evaluation point as stored (its step and what was measured), or None
+    when the store does not hold the run."""
+    found = store.complete_run(results_dir, config) if results_dir is not None else None
+    if found is None:
+        return None
+    _, table = store.read_run(found)
+    last = table.to_pandas().sort_values(metrics.STEP).iloc[-1]
+    return {metrics.STEP: int(last[metrics.STEP]),
+            **{k: v for k, v in last.items() if k not in metrics.TRAINING_COLUMNS}}
+
+
+def _evaluate(config: RunConfig, probe: RunConfig, alphas: Sequence[float],
+              results_dir: str | Path | None, device: str | None, progress: bool
+              ) -> dict[float, dict]:
+    """Evaluate the path's points at ``alphas`` (the runs' final weights from the store, or
+    re-trained)."""
+    device = train.resolve_device(device)
+    points = {}
+    with models.exact_convolutions():
+        task, model = train.prepare(config)
+        init = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        final = final_weights(config, results_dir, device, progress)
+        probe_final = {_short(n): t for n, t in final_weights(probe, results_dir,
+                                                               device).items()}
+        probe_head = {n: probe_final[_short(n)] for n in models.classifier_names(model)}
+        model.to(device).set_precision(train.resolve_precision(config.precision, device, model))
+        task = train.on_device(task, device)
+        train_eval = task.train.subset(config.train_eval_size)
+        for alpha in alphas:
+            mix(model, init, final, probe_head, alpha)
+            points[alpha] = {metrics.STEP: config.total_steps(len(task.train)),
+                             **evaluate_point(model, task, config, train_eval)}
+    return points
+
+
 def path(config: RunConfig, probe: RunConfig, alphas: Sequence[float] = ALPHAS,
          results_dir: str | Path | None = None, device: str | None = "auto",
          progress: bool = False) -> pd.DataFrame:
@@ -100,26 +139,81 @@ def path(config: RunConfig, probe: RunConfig, alphas: Sequence[float] = ALPHAS,
         done = store.read_table(store.interpolation_path(results_dir, key))
         if done is not None:
             return done
-    device = train.resolve_device(device)
-    with models.exact_convolutions():
-        task, model = train.prepare(config)
-        init = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        final = final_weights(config, results_dir, device, progress)
-        probe_final = {_short(n): t for n, t in final_weights(probe, results_dir,
-                                                               device).items()}
-        probe_head = {n: probe_final[_short(n)] for n in models.classifier_names(model)}
-        model.to(device).set_precision(train.resolve_precision(config.precision, device, model))
-        task = train.on_device(task, device)
-        train_eval = task.train.subset(config.train_eval_size)
-        rows = []
-        for alpha in alphas:
-            mix(model, init, final, probe_head, alpha)
-            row = {ALPHA: alpha, "run_id": config.run_id(), "probe_run_id": probe.run_id(),
-                   "task": config.task, "strategy": config.strategy, "seed": config.seed,
-                   metrics.STEP: config.total_steps(len(task.train))}
-            row.update(evaluate_point(model, task, config, train_eval))
-            rows.append(row)
+    known = {1.0: _last_point(config, results_dir)}
+    if strategies.get(config.strategy).starts_as_identity:
+        known[0.0] = _last_point(probe, results_dir)
+    points = {a: known[a] for a in alphas if known.get(a) is not None}
+    missing = [a for a in alphas if a not in points]
+    if missing:
+        points.update(_evaluate(config, probe, missing, results_dir, device, progress))
+    # every row is at the fine-tuned run's last step (the probe's end included)
+    step = (known[1.0] or points[missing[0]])[metrics.STEP]
+    rows = [{ALPHA: alpha, "run_id": config.run_id(), "probe_run_id": probe.run_id(),
+             "task": config.task, "strategy": config.strategy, "seed": config.seed,
+             **points[alpha], metrics.STEP: step} for alpha in alphas]
     frame = pd.DataFrame(rows)
     if results_dir is not None:
         store.write_table(store.interpolation_path(results_dir, key), frame)
     return frame
+
+
+@dataclass(frozen=True)
+class PathJob:
+    """One path as a unit of work for :func:`rtlib.sweep.run` (beside the runs): it names
+    itself like a run (task, strategy, seed, an id), knows whether the store holds it, and
+    computes it."""
+
+    config: RunConfig
+    probe: RunConfig
+    alphas: tuple[float, ...] = ALPHAS
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def strategy(self) -> str:
+        return self.config.strategy
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def run_id(self) -> str:
+        return path_key(self.config, self.probe, check_alphas(self.alphas))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.config.to_dict(), "probe": self.probe.to_dict(),
+                "alphas": list(self.alphas)}
+
+    def complete(self, results_dir: str | Path) -> bool:
+        return store.read_table(store.interpolation_path(results_dir, self.run_id())) \
+            is not None
+
+    def execute(self, results_dir: str | Path, device: str | None = "auto",
+                progress: bool = False) -> pd.DataFrame:
+        return path(self.config, self.probe, self.alphas, results_dir, device, progress)
+
+
+def jobs(configs: Sequence[RunConfig], alphas: Sequence[float] = ALPHAS) -> list[PathJob]:
+    """A path for every fine-tuned run of ``configs`` to the linear probe of its task, seed and
+    data among ``configs`` (runs without one get none)."""
+    alphas = check_alphas(alphas)
+    probes = {(c.task, c.seed, c.data_seed): c for c in configs
+              if c.strategy == "linear_probe"}
+    return [PathJob(c, probes[(c.task, c.seed, c.data_seed)], alphas) for c in configs
+            if c.strategy != "linear_probe" and (c.task, c.seed, c.data_seed) in probes]
+
+
+def load(results_dir: str | Path, path_jobs: Sequence[PathJob]) -> pd.DataFrame:
+    """The stored rows of ``path_jobs`` (the ones not computed yet are absent), with the runs'
+    first budget under one name (:func:`rtlib.store.with_first_budget`) and ``eps``."""
+    from .config import eps_label
+
+    frames = []
+    for job in path_jobs:
+        frame = store.read_table(store.interpolation_path(results_dir, job.run_id()))
+        if frame is not None:
+            frame["eps"] = eps_label(job.config.eps[0])
+            frames.append(store.with_first_budget(frame, job.config.eps[0]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

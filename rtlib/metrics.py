@@ -24,6 +24,8 @@ ROBUST = "robust_acc"
 TEST_N, ATTACKED = "test_n", "attacked"
 # Where the time went, in seconds (training is cumulative; evaluation per point).
 TRAIN_SECONDS, EVAL_SECONDS, ATTACK_SECONDS = "train_seconds", "eval_seconds", "attack_seconds"
+#: What the training loop writes; every other column of a row is the evaluation point's.
+TRAINING_COLUMNS = (STEP, EPOCH, IMAGES_SEEN, TRAIN_LOSS, TRAIN_SECONDS)
 # Which test images were right, clean and at each budget: bit masks (:func:`pack`), so that the
 # difference between two points of a run has a paired standard error (:func:`paired_se`).
 TEST_MASK, ROBUST_MASK_PREFIX = "test_mask", "robust_mask@"

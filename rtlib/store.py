@@ -299,6 +299,15 @@ CONFIG_COLUMNS = ("task", "strategy", "model", "weights", "domain", "seed", "ste
                   "batch_size", "train_size", "attack", "attack_steps")
 
 
+def with_first_budget(frame: pd.DataFrame, eps: float) -> pd.DataFrame:
+    """Add the run's first budget under one name for every task (tasks may use other
+    budgets): :data:`rtlib.metrics.ROBUST` and its mask (in place; returned for chaining)."""
+    frame[metrics.ROBUST] = frame[metrics.robust(eps)]
+    if metrics.robust_mask(eps) in frame:  # runs stored before the masks lack it
+        frame[metrics.ROBUST_MASK] = frame[metrics.robust_mask(eps)]
+    return frame
+
+
 def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) -> pd.DataFrame:
     """One row per run and evaluation point.
 
@@ -324,10 +333,7 @@ def load(results_dir: str | Path, configs: Iterable[RunConfig] | None = None) ->
             continue
         frame = table.to_pandas()
         cfg = meta["config"]
-        # The run's first budget, under one name for every task (tasks may use other budgets).
-        frame[metrics.ROBUST] = frame[metrics.robust(cfg["eps"][0])]
-        if metrics.robust_mask(cfg["eps"][0]) in frame:  # runs stored before the masks lack it
-            frame[metrics.ROBUST_MASK] = frame[metrics.robust_mask(cfg["eps"][0])]
+        with_first_budget(frame, cfg["eps"][0])
         front = {"run_id": meta["run_id"], **{k: cfg.get(k) for k in CONFIG_COLUMNS},
                  "eps": eps_label(cfg["eps"][0]),
                  "hparams": json.dumps(cfg.get("hparams", {}), sort_keys=True),

@@ -59,17 +59,28 @@ class Outcome:
     error: str = ""
 
 
-def run_one(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
+def complete(job: RunConfig | Any, results_dir: str | Path) -> bool:
+    """Whether the store holds ``job``: a run (:func:`rtlib.store.complete_run`), or another
+    unit of work that answers for itself (e.g. :class:`rtlib.interpolate.PathJob`)."""
+    if isinstance(job, RunConfig):
+        return store.complete_run(results_dir, job) is not None
+    return job.complete(results_dir)
+
+
+def run_one(config: RunConfig | Any, results_dir: str | Path, device: str | None = "auto",
             progress: bool = False) -> Outcome:
-    """Run one config (waiting for another process that computes it), turning an exception
-    into a recorded failure."""
+    """Run one config (waiting for another process that computes it), or execute another
+    unit of work, turning an exception into a recorded failure."""
     from . import train
 
     t0 = time.perf_counter()
     key = dict(run_id=config.run_id(), task=config.task, strategy=config.strategy,
                seed=config.seed)
     try:
-        train.run(config, results_dir, device=device, progress=progress)
+        if isinstance(config, RunConfig):
+            train.run(config, results_dir, device=device, progress=progress)
+        else:
+            config.execute(results_dir, device=device, progress=progress)
     except Exception as err:  # noqa: BLE001 - one failing run must not take the others down
         message = f"{type(err).__name__}: {err}"
         store.record_failure(results_dir, config, message, traceback.format_exc())
@@ -86,10 +97,12 @@ def _run_one_in_worker(config: RunConfig, results_dir: str, device: str | None,
     return run_one(config, results_dir, device=device, progress=False)
 
 
-def run(configs: Sequence[RunConfig], results_dir: str | Path, executor: str = "local",
+def run(configs: Sequence[RunConfig | Any], results_dir: str | Path, executor: str = "local",
         device: str | None = "auto", progress: bool = True, workers: int | None = 1,
         desc: str = "runs") -> pd.DataFrame:
-    """Execute every config not yet complete; returns one summary row per config.
+    """Execute every config not yet complete; returns one summary row per config. A config
+    may also be another unit of work with the same face (:func:`complete`, :func:`run_one`),
+    such as an interpolation path.
 
     ``progress``: ``True`` draws bars (one per run, and the sweep's with its remaining time);
     ``"lines"`` prints one line per finished run with the elapsed and remaining time (what a
@@ -102,7 +115,7 @@ def run(configs: Sequence[RunConfig], results_dir: str | Path, executor: str = "
 
     check_choice("executor", executor, EXECUTORS)
     # Complete runs are skipped without writing anything: a complete store may be read-only.
-    done = {i for i, c in enumerate(configs) if store.complete_run(results_dir, c) is not None}
+    done = {i for i, c in enumerate(configs) if complete(c, results_dir)}
     todo = [c for i, c in enumerate(configs) if i not in done]
     cpus = os.cpu_count() or 1
     workers = min(cpus, max(1, len(todo))) if workers is None else check_int(

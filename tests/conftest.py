@@ -26,3 +26,15 @@ def batch():
     images = torch.rand(16, 3, 32, 32, generator=g)
     labels = torch.randint(0, TINY_CLASSES, (16,), generator=g)
     return images, labels
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker process takes its share of the cores: torch's default
+    (one thread per core in every worker) would oversubscribe them and spin."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # for the tests' subprocesses

@@ -14,22 +14,45 @@ def _final(results_dir, config) -> pd.Series:
     return store.load(results_dir, [config]).sort_values(metrics.STEP).iloc[-1]
 
 
-def test_the_path_joins_the_linear_probe_to_the_fine_tuned_model(tmp_path, monkeypatch):
-    probe, full, lora = (tiny_config(strategy=s, steps=8, schedule="every:8")
-                         for s in ("linear_probe", "full", "lora"))
-    for config in (probe, full, lora):
-        train.run(config, tmp_path, progress=False)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store with a linear probe and four fine-tuned runs of one tiny task and seed."""
+    folder = tmp_path_factory.mktemp("runs")
+    configs = {s: tiny_config(strategy=s, steps=8, schedule="every:8")
+               for s in ("linear_probe", "full", "lora", "adapter", "bitfit")}
+    for config in configs.values():
+        train.run(config, folder, progress=False)
+    return folder, configs
+
+
+def test_the_path_joins_the_linear_probe_to_the_fine_tuned_model(trained, monkeypatch):
+    tmp_path, runs = trained
+    probe, full, lora, adapter = (runs[s] for s in ("linear_probe", "full", "lora", "adapter"))
+    # The mixing itself: alpha 1 is the fine-tuned model and alpha 0 the linear probe, for the
+    # strategies that start as the identity (bit-exact on the same machine)
+    for config in (full, lora):
+        ends = interpolate._evaluate(config, probe, [0.0, 1.0], tmp_path, "cpu", False)
+        for col in COLUMNS:
+            assert ends[1.0][col] == _final(tmp_path, config)[col], (config.strategy, col)
+            assert ends[0.0][col] == _final(tmp_path, probe)[col], (config.strategy, col)
+
+    evaluated = []
+    real = interpolate.evaluate_point
+    monkeypatch.setattr(interpolate, "evaluate_point",
+                        lambda *a, **k: evaluated.append(1) or real(*a, **k))
     frame = interpolate.path(full, probe, (0, 0.5, 1), tmp_path, device="cpu")
     assert frame[interpolate.ALPHA].tolist() == [0.0, 0.5, 1.0]
+    assert len(evaluated) == 1  # the ends are the runs' stored last points
     ends = frame.set_index(interpolate.ALPHA)
-    for col in COLUMNS:  # bit-exact on the same machine
+    for col in COLUMNS:
         assert ends.loc[1.0, col] == _final(tmp_path, full)[col], col
         assert ends.loc[0.0, col] == _final(tmp_path, probe)[col], col
-    # LoRA starts as the identity: its path also starts at the probe
-    lora_path = interpolate.path(lora, probe, (0, 1), tmp_path, device="cpu")
-    for col in COLUMNS:
-        assert lora_path.iloc[0][col] == _final(tmp_path, probe)[col], col
-        assert lora_path.iloc[1][col] == _final(tmp_path, lora)[col], col
+    assert (frame[metrics.STEP] == 8).all()  # the fine-tuned model's step, at both ends
+    # The adapter starts from its own random update: its alpha 0 is not the probe, and computed
+    evaluated.clear()
+    adapter_path = interpolate.path(adapter, probe, (0, 1), tmp_path, device="cpu")
+    assert len(evaluated) == 1
+    assert adapter_path.iloc[1][metrics.TEST_ACC] == _final(tmp_path, adapter)[metrics.TEST_ACC]
 
     # stored: asking again computes nothing
     def no_compute(*args, **kwargs):
@@ -60,3 +83,37 @@ def test_bad_coefficients_and_probes_are_named(tmp_path, alphas, message):
     with pytest.raises(ConfigError, match="^probe"):
         interpolate.path(full, tiny_config(strategy="linear_probe", seed=1), (0, 1), tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_paths_are_units_of_work_of_the_sweep_in_parallel_processes(trained):
+    from rtlib import sweep
+
+    tmp_path, runs = trained
+    probe, full, bitfit = (runs[s] for s in ("linear_probe", "full", "bitfit"))
+    other_seed = tiny_config(strategy="linear_probe", steps=8, schedule="every:8", seed=1)
+    jobs = [interpolate.PathJob(full, probe, (0, 0.25, 1)),
+            interpolate.PathJob(bitfit, probe, (0, 0.5, 1)),
+            interpolate.PathJob(bitfit, other_seed, (0, 1))]
+    summary = sweep.run(jobs, tmp_path, workers=2, progress=False)
+    assert summary["status"].tolist() == ["done", "done", "failed"]
+    assert "probe" in summary["error"].iloc[2]  # named, recorded, and the others went on
+    assert store.failure_path(tmp_path, jobs[2]).is_file()
+    assert [j.complete(tmp_path) for j in jobs] == [True, True, False]
+    # what the workers stored is what this process computes
+    stored = store.read_table(store.interpolation_path(tmp_path, jobs[1].run_id()))
+    fresh = interpolate.path(bitfit, probe, (0, 0.5, 1), results_dir=None, device="cpu")
+    cols = [metrics.TEST_ACC, metrics.robust(1 / 255), metrics.TEST_MASK]
+    pd.testing.assert_frame_equal(stored[cols], fresh[cols])
+    again = sweep.run(jobs[:2], tmp_path, workers=2, progress=False)
+    assert (again["status"] == "skipped").all()
+    loaded = interpolate.load(tmp_path, jobs)  # the failed path is absent
+    assert loaded.groupby("strategy").size().to_dict() == {"bitfit": 3, "full": 3}
+    assert (loaded[metrics.ROBUST] == loaded[metrics.robust(1 / 255)]).all()
+
+
+def test_each_fine_tuned_run_gets_a_path_to_its_own_probe(trained):
+    _, runs = trained
+    made = interpolate.jobs(list(runs.values()), (0, 1))
+    assert [j.strategy for j in made] == ["full", "lora", "adapter", "bitfit"]
+    assert all(j.probe == runs["linear_probe"] for j in made)
+    assert interpolate.jobs([runs["full"]], (0, 1)) == []  # no probe of its task and seed

@@ -65,6 +65,18 @@ def test_interpolation_summary_finds_an_interior_coefficient_and_a_wider_frontie
     row = remedies.interpolation_summary(flat, run).iloc[0]
     assert not row["beats_both"] and row["gain"] == pytest.approx(-0.20)
     assert row["aupf_gain"] == 0  # exactly: what_helps counts the paths with a gain > 0
+    assert row["by"] == metrics.ROBUST  # no validation column: the optimistic reading, named
+
+
+def test_the_interpolation_coefficient_is_chosen_on_validation_when_the_paths_have_it():
+    run = _run("r", 0, [0.0] * 4, [0.1, 0.40, 0.35, 0.30], [0.2, 0.6, 0.8, 0.9])
+    path = _path("fonts", "full", 0, [0.20, 0.45, 0.25, 0.30], [0.5, 0.8, 0.88, 0.9],
+                 alphas=(0.0, 0.25, 0.75, 1.0))
+    path[VAL_ROBUST] = [0.2, 0.30, 0.40, 0.3]  # validation prefers 0.75; test would take 0.25
+    row = remedies.interpolation_summary(path, run).iloc[0]
+    assert row["by"] == VAL_ROBUST and row["best_alpha"] == 0.75
+    assert row["robust_best"] == 0.25 and not row["beats_both"]
+    assert row["gain"] == pytest.approx(-0.05)
 
 
 def test_what_helps_states_its_verdicts_by_their_rules():
@@ -74,9 +86,10 @@ def test_what_helps_states_its_verdicts_by_their_rules():
     interpolation = pd.DataFrame({"task": "fonts", "strategy": ["full", "full", "lora", "lora"],
                                   "seed": [0, 1, 0, 1], "beats_both": [True, False, True, True],
                                   "clean_cost": [0.01, 0.01, 0.05, 0.03],
-                                  "aupf_gain": [0.01, 0.0, 0.02, 0.0]})
+                                  "aupf_gain": [0.01, 0.0, 0.02, 0.0], "by": VAL_ROBUST})
     chosen, mixed = remedies.what_helps(selection, interpolation)
     assert chosen.verdict == "holds" and "1 of 2" in chosen.ours  # full counts, lora does not
     assert mixed.verdict == "does not hold" and "0 of 2" in mixed.ours  # full fails a seed,
     assert "on 2 of 2" in mixed.ours  # lora costs too much; both widen the frontier
+    assert VAL_ROBUST in mixed.rule
     assert remedies.what_helps(None, None) == []

@@ -40,10 +40,6 @@ EXPECTED_COUNT = {
     # bias 64; one 4x4x4 rule shared by every layer.
     "compacter": DEPTH * 2 * ((64 + 4 + 4) + (4 + 64 + 64)) + 64 + HEAD_SIZE,
 }
-# The official initializations (tests/test_official.py): LoRA's B and (IA)^3's vectors make the
-# adapted model start exactly as the base model; the bottleneck adapter's "bert" initialization
-# does not; Compacter's rule of scale 1e-4 starts it within a whisker of the base model.
-STARTS_EXACTLY_AT_BASE = {"full", "linear_probe", "bitfit", "lora", "ia3", "dora"}
 ALL = strategies.names()
 
 
@@ -70,11 +66,15 @@ def test_exactly_the_intended_parameters_train(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_adapted_model_starts_where_the_official_one_does(name, batch):
+    """The official initializations (tests/test_official.py): LoRA's B and (IA)^3's vectors
+    make the adapted model start exactly as the base model (``starts_as_identity``, which
+    weight interpolation relies on); the bottleneck adapter's "bert" initialization does not;
+    Compacter's rule of scale 1e-4 starts it within a whisker of the base model."""
     base = build_tiny().eval()
     adapted = strategies.apply(copy.deepcopy(base), name).eval()
     with torch.no_grad():
         gap = (adapted(batch[0]) - base(batch[0])).abs().max().item()
-    if name in STARTS_EXACTLY_AT_BASE:
+    if strategies.get(name).starts_as_identity:
         assert gap <= 1e-5
     elif name == "compacter":
         assert 0 < gap < 1e-3

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -77,29 +78,53 @@ RUN_PARAMETERS = ("preset", "tasks", "strategies", "seeds", "eps", "steps", "dom
                   "executor", "workers")
 
 
+@dataclass(frozen=True)
+class ChapterRuns:
+    """The runs the chapters read, resolved once from the book's parameters: the study
+    chapters' ``tasks`` and the OOD chapter's (``ood_tasks``, fine-tuned on ``domain``), each
+    for every strategy and seed."""
+
+    preset: str
+    tasks: list[str]
+    ood_tasks: list[str]
+    domain: str | None
+    strategies: list[str]
+    seeds: list[int]
+    overrides: dict[str, Any]
+
+
+def chapter_runs(parameters: Mapping[str, Any]) -> ChapterRuns:
+    """Resolve the chapters' run parameters as their first cells would (``None``: the
+    preset's)."""
+    from ..config import book_preset, preset_ood_task, preset_seeds, preset_tasks
+    from ..strategies import PAPER_STRATEGIES
+
+    p = dict(parameters)
+    preset = book_preset(p.get("preset", declared_default("preset")))
+    return ChapterRuns(
+        preset=preset, tasks=list(p.get("tasks") or preset_tasks(preset)),
+        ood_tasks=list(p.get("tasks") or [preset_ood_task(preset)]), domain=p.get("domain"),
+        strategies=list(p.get("strategies") or PAPER_STRATEGIES),
+        seeds=list(p.get("seeds") or preset_seeds(preset)),
+        overrides={k: p[k] for k in ("eps", "steps") if p.get(k) is not None})
+
+
 def check_values(parameters: Mapping[str, Any]) -> None:
     """Check the values a chapter would run with, as its first cell would, before any notebook
     runs: every run config passes :func:`rtlib.preflight.check` (nothing is computed)."""
     if not set(parameters) & set(RUN_PARAMETERS):
         return
     from .. import sweep
-    from ..config import (EXECUTORS, book_preset, check_choice, check_int, preset_ood_task,
-                          preset_seeds, preset_tasks)
-    from ..strategies import PAPER_STRATEGIES
+    from ..config import EXECUTORS, check_choice, check_int
 
-    p = dict(parameters)
-    preset = book_preset(p.get("preset", declared_default("preset")))
-    check_choice("executor", p.get("executor", "local"), EXECUTORS)
-    if p.get("workers") is not None:
-        check_int("workers", p["workers"], minimum=1)
-    overrides = {k: p[k] for k in ("eps", "steps") if p.get(k) is not None}
-    tasks = p.get("tasks") or preset_tasks(preset)
-    strategies = p.get("strategies") or list(PAPER_STRATEGIES)
-    seeds = p.get("seeds") or preset_seeds(preset)
-    sweep.expand(tasks, strategies, seeds, preset=preset, **overrides)
-    if p.get("domain") is not None:  # the OOD chapter trains on this domain of its task
-        sweep.expand(p.get("tasks") or [preset_ood_task(preset)], strategies[:1], seeds[:1],
-                     preset=preset, domain=p["domain"], **overrides)
+    check_choice("executor", parameters.get("executor", "local"), EXECUTORS)
+    if parameters.get("workers") is not None:
+        check_int("workers", parameters["workers"], minimum=1)
+    runs = chapter_runs(parameters)
+    sweep.expand(runs.tasks, runs.strategies, runs.seeds, preset=runs.preset, **runs.overrides)
+    if runs.domain is not None:  # the OOD chapter trains on this domain of its task
+        sweep.expand(runs.ood_tasks, runs.strategies[:1], runs.seeds[:1], preset=runs.preset,
+                     domain=runs.domain, **runs.overrides)
 
 
 def missing_runs(parameters: Mapping[str, Any] | None = None) -> int | None:
@@ -107,19 +132,17 @@ def missing_runs(parameters: Mapping[str, Any] | None = None) -> int | None:
     runs), computing nothing; None when that cannot be known without computing (the
     learning-rate sweep is missing, or the OOD chapter trains on another domain)."""
     from .. import plan, store
-    from ..config import ConfigError, book_preset, preset_ood_task, preset_store
+    from ..config import ConfigError, preset_store
 
     p = dict(parameters or {})
     if p.get("domain") is not None or p.get("executor", "local") != "local":
         return None
-    preset = book_preset(p.get("preset", declared_default("preset")))
-    results_dir = p.get("results_dir") or preset_store(preset)
-    overrides = {k: p[k] for k in ("eps", "steps") if p.get(k) is not None}
-    configs = []
+    runs = chapter_runs(p)
+    results_dir = p.get("results_dir") or preset_store(runs.preset)
+    tasks = list(dict.fromkeys(runs.tasks + runs.ood_tasks))  # the OOD task is often a study task
     try:
-        for tasks in (p.get("tasks"), [preset_ood_task(preset)]):
-            configs += plan.plan(preset, tasks, p.get("strategies"), p.get("seeds"),
-                                 results_dir, compute_selection=False, **overrides).main
+        configs = plan.plan(runs.preset, tasks, runs.strategies, runs.seeds, results_dir,
+                            compute_selection=False, **runs.overrides).main
     except ConfigError:  # the sweep's runs are missing: they will be computed
         return None
     return sum(store.complete_run(results_dir, c) is None for c in configs)
@@ -216,11 +239,36 @@ def _execute_one(path: Path, output_dir: Path, parameters: Mapping[str, Any] | N
         # console; its warnings stay in the executed notebook.
         pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(base),
                             kernel_name="python3", progress_bar=False, log_output=progress,
-                            stdout_file=sys.stdout if progress else None)
+                            stdout_file=sys.stdout if progress else None,
+                            kernel_manager_class=_local_kernel_manager())
     except pm.PapermillExecutionError as err:
         raise NotebookFailed(f"notebook {path.name} failed in cell {err.exec_count}: "
                              f"{err.ename}: {err.evalue}\nexecuted copy kept at {out}") from err
     return out
+
+
+def _local_kernel_manager() -> type:
+    """A kernel manager whose kernels talk over local (IPC) sockets: a chapter's kernel then
+    opens no TCP port, and ipykernel has no reason to print its warning about unencrypted TCP
+    for every notebook (what a reader of ``make book`` saw instead of progress)."""
+    import os
+    import uuid
+
+    from jupyter_client.manager import KernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import CaselessStrEnum, default
+
+    class LocalKernelManager(KernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            # jupyter_client's default is "kernel-ipc" in the working directory, which two
+            # chapters executed at once would share: each kernel gets sockets of its own.
+            os.makedirs(jupyter_runtime_dir(), exist_ok=True)
+            return os.path.join(jupyter_runtime_dir(), f"rtlib-{uuid.uuid4().hex[:12]}-ipc")
+
+    return LocalKernelManager
 
 
 def build(parameters: Mapping[str, Any] | None = None, output: Path | None = None,

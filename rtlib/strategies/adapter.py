@@ -110,4 +110,5 @@ ADAPTER = Strategy(
     prepare=_adapter, validate=lambda b, hp: validate_common("adapter", hp),
     paper_percent=3.97, official_trainable=3_567_370,
     reference="Houlsby et al., Parameter-efficient transfer learning (ICML 2019)",
+    starts_as_identity=False,
 )

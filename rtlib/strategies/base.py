@@ -46,6 +46,10 @@ class Strategy:
     official_trainable: int | None = None
     reference: str = ""
     notes: str = ""
+    #: Whether the prepared backbone computes what the pre-trained one does until it is
+    #: trained (a zero LoRA update, unit (IA)^3 scales, the backbone's own weights); the
+    #: bottleneck adapters start from a small random update instead.
+    starts_as_identity: bool = True
 
     def __post_init__(self):
         assert self.information in INFORMATION, self.information

@@ -108,4 +108,5 @@ COMPACTER = Strategy(
     prepare=_compacter, validate=_validate, paper_percent=0.07, official_trainable=64_778,
     reference="Karimi Mahabadi et al., Compacter (NeurIPS 2021)",
     notes="The bottleneck width is rounded up to a multiple of n.",
+    starts_as_identity=False,
 )
