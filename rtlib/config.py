@@ -106,8 +106,11 @@ ATTACKS = ("pgd", "apgd", "autoattack")
 #: The embedded upstream model and its committed checkpoint (``python -m rtlib pretrain``).
 EMBEDDED_MODEL = "vit_glyph_p4_24"
 EMBEDDED_WEIGHTS = Path(__file__).resolve().parent / "weights" / f"{EMBEDDED_MODEL}.safetensors"
-#: Weights that are not a file: random initialization, the hub's, or our checkpoint.
-NAMED_WEIGHTS = (None, "hub", "timm", "embedded")
+#: Its adversarially pre-trained variant (issue 17's robust upstream model; ``python -m rtlib
+#: pretrain --init ... --adv-eps ...``, the command in its metadata).
+ROBUST_WEIGHTS = EMBEDDED_WEIGHTS.with_name(f"{EMBEDDED_MODEL}_adv.safetensors")
+#: Weights that are not a file: random initialization, the hub's, or our checkpoints.
+NAMED_WEIGHTS = (None, "hub", "timm", "embedded", "embedded_robust")
 
 
 def _field(default: Any, help: str, **meta: Any):
@@ -135,8 +138,9 @@ class RunConfig:
     # model
     model: str = _field("vit_glyph_p4_24", "timm model name")
     weights: str | None = _field(
-        None, "pretrained weights: 'embedded' (our upstream checkpoint), 'hub' (download), a "
-              ".safetensors/.pth file, or none (random initialization)")
+        None, "pretrained weights: 'embedded' (our upstream checkpoint), 'embedded_robust' (its "
+              "adversarially pre-trained variant), 'hub' (download), a .safetensors/.pth file, "
+              "or none (random initialization)")
     model_kwargs: dict = _field(dict, "passed to timm.create_model (e.g. depth=2 in tests)")
     # data
     domain: str | None = _field(
@@ -243,10 +247,14 @@ class RunConfig:
             check_float("eps", e, low=0, high=1)
         if self.domain is not None and not isinstance(self.domain, str):
             raise ConfigError("domain", self.domain, "a domain name or None", "not a name:")
+        if self.weights == "embedded_robust" and not ROBUST_WEIGHTS.is_file():
+            raise ConfigError("weights", self.weights, "a robust upstream model made by python "
+                              f"-m rtlib pretrain --adv-eps ... --out {ROBUST_WEIGHTS}",
+                              "not made yet:")
         if self.weights not in NAMED_WEIGHTS:
             if not isinstance(self.weights, str) or not Path(self.weights).is_file():
-                raise ConfigError("weights", self.weights,
-                                  "none, embedded, hub, or an existing file", "file not found:")
+                raise ConfigError("weights", self.weights, "none, embedded, embedded_robust, "
+                                  "hub, or an existing file", "file not found:")
         parse_schedule(self.schedule, self.total_steps())
         return self
 
@@ -464,6 +472,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tasks": ["digits", "greek", "fonts"],
         "ood_task": "digits",
         "seeds": [0],
+        "remedies": dict(alphas=[0.0, 0.5, 1.0], robust_tasks=["fonts"]),
         "strategy_overrides": {
             "full": dict(lr=5e-4, lr_schedule="linear", warmup_steps=0),
         },
@@ -499,6 +508,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ood_task": "digits",
         "seeds": [0, 1, 2],
         "store": "study",
+        "remedies": dict(alphas=[0.0, 0.25, 0.5, 0.75, 1.0], robust_tasks=["digits", "fonts"]),
         "strategy_overrides": {
             "full": dict(lr_schedule="linear", warmup_steps=0),
         },
@@ -541,6 +551,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tasks": ["digits", "fonts"],
         "ood_task": "digits",
         "seeds": [0],
+        "remedies": dict(alphas=[0.0, 0.5, 1.0], robust_tasks=["fonts"]),
         "strategy_overrides": {},
         "sources": {},
     },
@@ -567,9 +578,12 @@ def preset_spec(name: str) -> dict[str, Any]:
 
 
 def resolve_weights(weights: str | None) -> str | None:
-    """``"embedded"`` means the committed upstream checkpoint (random init if it is absent)."""
+    """``"embedded"`` means the committed upstream checkpoint (random init if it is absent),
+    ``"embedded_robust"`` its adversarially pre-trained variant."""
     if weights == "embedded":
         return str(EMBEDDED_WEIGHTS) if EMBEDDED_WEIGHTS.is_file() else None
+    if weights == "embedded_robust":
+        return str(ROBUST_WEIGHTS)
     return weights
 
 
@@ -620,3 +634,13 @@ def preset_description(name: str) -> str:
 
 def preset_ood_task(name: str) -> str:
     return _preset(name)["ood_task"]
+
+
+
+def preset_remedies(name: str) -> dict[str, Any]:
+    """What the remedies chapter computes at preset ``name``: the interpolation coefficients
+    (``alphas``), the robust upstream model's weights and the tasks fine-tuned from it."""
+    spec = _preset(name).get("remedies", {})
+    return {"alphas": list(spec.get("alphas", [0.0, 0.5, 1.0])),
+            "robust_weights": spec.get("robust_weights", "embedded_robust"),
+            "robust_tasks": list(spec.get("robust_tasks", preset_tasks(name)))}

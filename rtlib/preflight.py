@@ -112,7 +112,7 @@ def check_weights_file(weights: str | None) -> None:
         return
     path = Path(weights)
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ConfigError("weights", weights, ["none", "embedded", "hub",
+        raise ConfigError("weights", weights, ["none", "embedded", "embedded_robust", "hub",
                                                *(f"a *{s} file" for s in WEIGHT_SUFFIXES)],
                           "unsupported file type:")
     stat = path.stat()

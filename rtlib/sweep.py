@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -143,7 +143,7 @@ def run(configs: Sequence[RunConfig | Any], results_dir: str | Path, executor: s
         outcomes.append(Outcome(run_id=c.run_id(), task=c.task, strategy=c.strategy,
                                 seed=c.seed, status="skipped", seconds=0.0)
                         if i in done else next(computed))
-    return pd.DataFrame([o.__dict__ for o in outcomes])
+    return pd.DataFrame([o.__dict__ for o in outcomes], columns=[f.name for f in fields(Outcome)])
 
 
 def _run_pool(configs, results_dir, device, workers, threads, progress, desc="runs"

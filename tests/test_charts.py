@@ -88,3 +88,40 @@ def test_paper_vs_ours(frame):
                   {"setting", "strategy", "relative", "source"})
     text = json.dumps(spec)
     assert "paper: CIFAR-10" in text and "ours: fonts" in text
+
+
+def _params(spec):
+    """The chart's params, wherever Vega-Lite keeps them (top level, or a facet's spec)."""
+    return spec.get("params", []) + spec.get("spec", {}).get("params", [])
+
+
+def test_selection_gains(frame):
+    from rtlib import metrics
+    from rtlib.report import remedies
+
+    frame = frame.assign(run_id=frame["task"] + frame["strategy"] + frame["seed"].astype(str),
+                         **{metrics.VAL_ACC: frame["test_acc"]}).rename(
+        columns={ROBUST: metrics.ROBUST})
+    selection = remedies.checkpoint_selection(frame, by=metrics.ROBUST)
+    spec = charts.selection_gains(selection).to_dict(validate=True)
+    assert {"strategy", "mean", "low", "high", "measure", "task"} <= _fields(spec)
+    assert any(p.get("bind") == "legend" for p in _params(spec))
+    svg = vlc.vegalite_to_svg(json.dumps(spec))
+    assert svg.startswith("<svg") and "robust gained" in svg and "clean given up" in svg
+
+
+def test_interpolation_paths(frame):
+    fonts = frame[frame.task == "fonts"]
+    ends = fonts[fonts.step == fonts.step.max()]
+    paths = pd.concat([ends.assign(alpha=a, test_acc=ends["test_acc"] * (0.5 + a / 2))
+                       for a in (0.0, 0.5, 1.0)])
+    _check(charts.interpolation_paths(paths, fonts, ROBUST),
+           {"test_acc", ROBUST, "alpha", "strategy", "clean", "robust", "aupf"})
+
+
+def test_by_upstream(frame):
+    both = pd.concat([frame.assign(upstream="standard"),
+                      frame.assign(upstream="robust", **{ROBUST: frame[ROBUST] + 0.1})])
+    spec = _check(charts.by_upstream(both[both.task == "fonts"], ROBUST),
+                  {"step", "mean", "upstream", "strategy", "low", "high"})
+    assert "upstream model" in json.dumps(spec)

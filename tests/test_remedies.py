@@ -93,3 +93,70 @@ def test_what_helps_states_its_verdicts_by_their_rules():
     assert "on 2 of 2" in mixed.ours  # lora costs too much; both widen the frontier
     assert VAL_ROBUST in mixed.rule
     assert remedies.what_helps(None, None) == []
+
+
+def test_the_robust_upstream_is_compared_run_for_run():
+    standard = pd.concat([
+        _run("s0", 0, [0.0] * 4, [0.1, 0.40, 0.35, 0.30], [0.2, 0.6, 0.8, 0.9]),
+        _run("s1", 0, [0.0] * 4, [0.1, 0.30, 0.30, 0.30], [0.2, 0.6, 0.8, 0.9], "lora")])
+    robust = pd.concat([
+        _run("r0", 0, [0.0] * 4, [0.2, 0.50, 0.50, 0.45], [0.2, 0.6, 0.8, 0.89]),
+        _run("r1", 0, [0.0] * 4, [0.2, 0.30, 0.30, 0.20], [0.2, 0.6, 0.8, 0.8], "lora")])
+    other_task = _run("x", 0, [0.0] * 4, [0.1] * 4, [0.2] * 4).assign(task="digits")
+    runs = remedies.by_upstream(pd.concat([standard, other_task]), robust).assign(
+        **{metrics.TEST_N: 400})  # binomial standard errors (no masks in these runs)
+    assert set(runs.loc[runs.upstream == "standard", "task"]) == {"fonts"}
+    table = remedies.upstream_comparison(runs).set_index(["upstream", "strategy"])
+    assert table.loc[("robust", "full"), "first"] == pytest.approx(0.50)
+    assert table.loc[("robust", "full"), "final"] == pytest.approx(0.45)
+    assert table.loc[("standard", "full"), "drop"] == pytest.approx(0.10)
+    (card,) = remedies.what_helps(None, None, table.reset_index())
+    # full: +0.15 robust at 0.01 clean; lora: -0.10 robust (and 0.10 clean): 1 of 2 counts
+    assert card.verdict == "holds" and card.ours.startswith("1 of 2")
+
+
+def test_the_chapter_computes_paths_and_robust_upstream_runs_once(tmp_path, monkeypatch):
+    """At the smoke scale on one task: the study's runs (the probe added), a path from the
+    probe to the fine-tuned run, and the same grid fine-tuned from the robust upstream model
+    (here a perturbed copy of the embedded checkpoint: another file, so other runs); a second
+    call computes nothing."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rtlib import config, interpolate
+
+    weights = load_file(str(config.EMBEDDED_WEIGHTS))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 0.01 * torch.randn_like(weights[name])
+    robust_file = tmp_path / "robust.safetensors"
+    save_file(weights, str(robust_file))
+    monkeypatch.setattr(config, "ROBUST_WEIGHTS", robust_file)
+
+    kwargs = dict(preset="smoke", tasks=["digits"], strategies=["full"], seeds=[0],
+                  robust_tasks=["digits"], results_dir=tmp_path / "store", workers=1,
+                  progress=False, steps=8)
+    out = remedies.compute(**kwargs)
+    assert set(out.chapter.frame["strategy"]) == {"full", "linear_probe"}
+    assert out.paths[interpolate.ALPHA].tolist() == [0.0, 0.5, 1.0]
+    # the smoke runs have no validation robust accuracy: the optimistic reading, named
+    assert len(out.interpolation) == 1 and out.interpolation["by"].iloc[0] == metrics.ROBUST
+    assert out.selection["by"].iloc[0] == metrics.VAL_ACC
+    assert set(out.selection["strategy"]) == {"full", "linear_probe"}
+    assert set(out.robust["strategy"]) == {"full", "linear_probe"}
+    assert not set(out.robust["run_id"]) & set(out.chapter.frame["run_id"])
+    assert "2 trained now" in out.status  # the two robust upstream runs
+    again = remedies.compute(**kwargs)
+    assert "0 computed now" in again.status and "0 trained now." in again.status
+    pd.testing.assert_frame_equal(again.paths, out.paths)
+
+
+def test_a_robust_upstream_model_not_made_yet_is_named_before_anything_runs(tmp_path,
+                                                                            monkeypatch):
+    from rtlib import config
+    from rtlib.config import ConfigError
+
+    monkeypatch.setattr(config, "ROBUST_WEIGHTS", tmp_path / "missing.safetensors")
+    with pytest.raises(ConfigError, match="^weights: not made yet: .embedded_robust"):
+        remedies.compute(preset="smoke", tasks=["digits"], strategies=["full"],
+                         robust_tasks=["digits"], results_dir=tmp_path / "store")
+    assert not (tmp_path / "store").exists()

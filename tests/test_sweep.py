@@ -58,6 +58,8 @@ def test_sweep_skips_done_runs_and_records_failures(tmp_path, monkeypatch):
     assert text.startswith("3 runs: 2 done, 0 skipped (already complete), 1 failed")
     again = sweep.run(good, tmp_path / "r", progress=False)
     assert (again["status"] == "skipped").all()
+    nothing = sweep.run([], tmp_path / "r", progress=False)  # same columns, no rows
+    assert list(nothing.columns) == list(summary.columns) and nothing.empty
 
 
 def test_nan_loss_stops_the_run_with_a_clear_reason(tmp_path, monkeypatch):

@@ -238,3 +238,95 @@ def upstream_curve(curve: pd.DataFrame, final_accuracy: float | None = None,
                 "y:Q", format=".3f", title="final accuracy (whole test set)")]))
     return alt.layer(*layers).properties(
         width=WIDTH, height=HEIGHT, title=title or "Pre-training the upstream model")
+
+
+def selection_gains(selection: pd.DataFrame, title: str | None = None) -> alt.Chart:
+    """Remedies: what choosing the checkpoint on validation gains in test robust accuracy and
+    costs in test clean accuracy, per strategy (points: the mean over seeds; bars: the lowest
+    to the highest seed), one column per task."""
+    long = selection.melt(id_vars=["task", "strategy", "seed"], value_vars=["gain", "cost"],
+                          var_name="measure", value_name="value")
+    long["measure"] = long["measure"].map({"gain": "robust gained", "cost": "clean given up"})
+    summary = long.groupby(["task", "strategy", "measure"], as_index=False)["value"].agg(
+        mean="mean", low="min", high="max", seeds="count")
+    order = strategy_order(summary["strategy"])
+    sel, color, opacity = _legend_filter("strategy", order)
+    x = alt.X("strategy:N", sort=order, title=None, axis=alt.Axis(labelAngle=-40))
+    base = alt.Chart(summary)
+    bars = base.mark_rule(strokeWidth=2).encode(x=x, y="low:Q", y2="high:Q", color=color,
+                                                opacity=opacity)
+    points = base.mark_point(filled=True, size=70).encode(
+        x=x, y=alt.Y("mean:Q", title="test accuracy (picked - last, or last - picked)"),
+        color=color, opacity=opacity,
+        tooltip=["task:N", "strategy:N", "measure:N", "seeds:Q",
+                 alt.Tooltip("mean:Q", format="+.3f", title="mean over seeds"),
+                 alt.Tooltip("low:Q", format="+.3f", title="lowest seed"),
+                 alt.Tooltip("high:Q", format="+.3f", title="highest seed")])
+    zero = base.mark_rule(color="grey", strokeDash=[3, 3]).encode(y=alt.datum(0))
+    return alt.layer(zero, bars, points).add_params(sel).properties(
+        width=max(120, WIDTH // max(1, summary["task"].nunique())), height=160).facet(
+        row=alt.Row("measure:N", title=None, sort=["robust gained", "clean given up"]),
+        column=alt.Column("task:N", title=None)).properties(
+        title=title or "Choosing the checkpoint by validation robust accuracy")
+
+
+def interpolation_paths(paths: pd.DataFrame, frame: pd.DataFrame, robust_col: str,
+                        title: str | None = None) -> alt.Chart:
+    """Remedies: each strategy's interpolation path (solid, from the linear probe at alpha 0 to
+    the fine-tuned model at 1; mean over seeds) beside its training-time Pareto frontier
+    (dotted staircase of its checkpoints, mean over seeds), in the (clean, robust) plane."""
+    from ..interpolate import ALPHA
+
+    mixed = paths.groupby(["strategy", ALPHA], as_index=False)[["test_acc", robust_col]].mean()
+    runs = _mean_over_seeds(frame[frame["strategy"].isin(mixed["strategy"])],
+                            ["test_acc", robust_col])
+    order = strategy_order(mixed["strategy"])
+    sel, color, opacity = _legend_filter("strategy", order)
+    line = alt.Chart(mixed).mark_line(point=alt.OverlayMarkDef(size=50), strokeWidth=2.5).encode(
+        x=alt.X("test_acc:Q", title="clean accuracy", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y(f"{robust_col}:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
+                scale=alt.Scale(domain=[0, 1])),
+        order=f"{ALPHA}:Q", color=color, opacity=opacity,
+        tooltip=["strategy:N", alt.Tooltip(f"{ALPHA}:Q", title="mixing coefficient"),
+                 alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
+                 alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")])
+    stairs = []
+    for strategy, g in runs.groupby("strategy"):
+        s = _staircase(pareto.frontier(g["test_acc"], g[robust_col]))
+        s["strategy"] = strategy
+        s["aupf"] = pareto.aupf(g["test_acc"], g[robust_col])
+        stairs.append(s)
+    front = alt.Chart(pd.concat(stairs)).mark_line(strokeWidth=1.5, strokeDash=[2, 2]).encode(
+        x="clean:Q", y="robust:Q", order="order:Q", color=color, opacity=opacity,
+        tooltip=["strategy:N", alt.Tooltip("aupf:Q", format=".3f", title="AUPF of checkpoints")])
+    return (front + line).add_params(sel).properties(
+        width=HEIGHT + 80, height=HEIGHT + 80,
+        title=title or "Interpolation paths (solid) and training-time frontiers (dotted)")
+
+
+def by_upstream(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
+    """Remedies: robust test accuracy during fine-tuning from each upstream model (``upstream``
+    column: solid the standard one, dashed the robust one), per strategy; mean over seeds, with
+    the range over seeds as a band when there are several."""
+    runs = frame.groupby(["upstream", "strategy", "step"], as_index=False)[robust_col].agg(
+        mean="mean", low="min", high="max", seeds="count")
+    order = strategy_order(runs["strategy"])
+    sel, color, opacity = _legend_filter("strategy", order)
+    ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000) if t <= runs["step"].max()]
+    x = alt.X("step:Q", scale=alt.Scale(type="symlog"), title="fine-tuning step (symlog)",
+              axis=alt.Axis(values=ticks, format="~s"))
+    dash = alt.StrokeDash("upstream:N", sort=["standard", "robust"], title="upstream model")
+    lines = alt.Chart(runs).mark_line(point=True).encode(
+        x=x, y=alt.Y("mean:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
+                     scale=alt.Scale(domain=[0, 1])),
+        color=color, strokeDash=dash, opacity=opacity, detail="upstream:N",
+        tooltip=["strategy:N", "upstream:N", "step:Q", "seeds:Q",
+                 alt.Tooltip("mean:Q", format=".3f", title="mean over seeds")])
+    layers = [lines]
+    if runs["seeds"].max() > 1:
+        layers.insert(0, alt.Chart(runs).mark_area(opacity=0.12).encode(
+            x=x, y="low:Q", y2="high:Q", color=color, detail="upstream:N",
+            opacity=alt.condition(sel, alt.value(0.15), alt.value(0.03))))
+    return alt.layer(*layers).add_params(sel).properties(
+        width=WIDTH, height=HEIGHT,
+        title=title or "Robust accuracy from the standard and the robust upstream model")

@@ -7,10 +7,14 @@ gained and cost.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
 import pandas as pd
 
-from .. import metrics, pareto
-from .study import Verdict, majority_verdict
+from .. import metrics, pareto, store
+from .study import Chapter, Verdict, chapter, majority_verdict
 
 
 def checkpoint_selection(frame: pd.DataFrame, by: str | None = None,
@@ -114,13 +118,41 @@ def interpolation_summary(paths: pd.DataFrame, frame: pd.DataFrame, by: str | No
     return pd.DataFrame(rows)
 
 
+def by_upstream(frame: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:
+    """The runs fine-tuned from the standard upstream model (``frame``, on the tasks of
+    ``robust``) and from the robust one (``robust``), with an ``upstream`` column."""
+    standard = frame[frame["task"].isin(set(robust["task"]))]
+    return pd.concat([standard.assign(upstream="standard"), robust.assign(upstream="robust")],
+                     ignore_index=True)
+
+
+def upstream_comparison(runs: pd.DataFrame, col: str = metrics.ROBUST) -> pd.DataFrame:
+    """Per upstream model, task and strategy (``runs``: :func:`by_upstream`): robust accuracy
+    at the first point after the start (what fine-tuning inherits first), the fall pooled over
+    seeds (:func:`rtlib.report.study.pooled_fall`) and the final clean accuracy (seed means)."""
+    from .study import final_points, pooled_fall
+
+    parts = []
+    for upstream, g in runs.groupby("upstream", sort=False):
+        fall = pooled_fall(g, col)
+        steps = sorted(g[metrics.STEP].unique())
+        first = g[g[metrics.STEP] == (steps[1] if len(steps) > 1 else steps[0])]
+        fall["first"] = fall.set_index(["task", "strategy"]).index.map(
+            first.groupby(["task", "strategy"])[col].mean())
+        fall["final_clean"] = fall.set_index(["task", "strategy"]).index.map(
+            final_points(g).groupby(["task", "strategy"])[metrics.TEST_ACC].mean())
+        parts.append(fall.assign(upstream=upstream))
+    return pd.concat(parts, ignore_index=True)
+
+
 #: The clean accuracy a remedy may cost and still count as cheap (the WiSE-FT reading: a
 #: small cost in clean accuracy).
 SMALL_COST = 0.02
 
 
 def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | None,
-               small_cost: float = SMALL_COST) -> list[Verdict]:
+               upstream: pd.DataFrame | None = None, small_cost: float = SMALL_COST
+               ) -> list[Verdict]:
     """The scorecard's section "What helps": one verdict per remedy measured, by stated rules,
     over (task, strategy) pairs with the per-seed values pooled (seed means)."""
     cards = []
@@ -154,4 +186,102 @@ def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | Non
             f"beats both ends on test robust accuracy in every seed at a seed-mean clean cost "
             f"of at most {small_cost:.0%}; holds if at least half of the pairs count, partly if "
             f"some do"))
+    if upstream is not None and len(upstream) and set(upstream["upstream"]) >= {"standard",
+                                                                                "robust"}:
+        table = upstream.pivot_table(index=["task", "strategy"], columns="upstream",
+                                     values=["final", "final_clean", "significant"])
+        gain = table[("final", "robust")] - table[("final", "standard")]
+        cost = table[("final_clean", "standard")] - table[("final_clean", "robust")]
+        hits = int(((gain > 0) & (cost <= small_cost)).sum())
+        falls = {u: int(upstream.loc[upstream["upstream"] == u, "significant"].sum())
+                 for u in ("standard", "robust")}
+        cards.append(Verdict(
+            "A robust upstream model passes more robustness on, at a small clean cost",
+            "not studied by the paper (its story: fine-tuning inherits, then exploits)",
+            f"{hits} of {len(table)} task x strategy pairs end more robust (mean "
+            f"{gain.mean():+.3f}) at a clean cost of at most {small_cost:.0%} (mean "
+            f"{cost.mean():+.3f}); significant falls from the robust peak: {falls['standard']} "
+            f"from the standard model, {falls['robust']} from the robust one",
+            majority_verdict(hits, len(table)),
+            f"seed means of the last point; a pair counts if its robust accuracy from the robust "
+            f"model is higher and its clean accuracy at most {small_cost:.0%} lower; holds if "
+            f"at least half of the pairs count, partly if some do"))
     return cards
+
+
+@dataclass
+class Remedies:
+    """What the remedies chapter starts from: the study's runs (``chapter``), the checkpoint
+    each run would keep if chosen on validation (``selection``), the interpolation paths'
+    rows (``paths``) and their summary (``interpolation``), the runs fine-tuned from the
+    robust upstream model (``robust``: empty when none were asked for) and a status line."""
+
+    chapter: Chapter
+    selection: pd.DataFrame
+    paths: pd.DataFrame
+    interpolation: pd.DataFrame
+    robust: pd.DataFrame
+    status: str
+
+
+def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
+            strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+            alphas: Sequence[float] | None = None, robust_tasks: Sequence[str] | None = None,
+            results_dir: str | Path | None = None, executor: str = "local",
+            workers: int | None = None, progress: bool | str = "lines", **overrides: Any
+            ) -> Remedies:
+    """The one call the remedies chapter makes. Everything is checked first; then the study's
+    runs (:func:`rtlib.report.study.chapter`: the linear probe is always among them, every path
+    starts there), the interpolation paths between each run and its probe, and the runs
+    fine-tuned from the robust upstream model on ``robust_tasks`` at the study's learning
+    rates: computed only where the store lacks them. ``None``: the preset's
+    (:func:`rtlib.config.preset_remedies`; ``robust_tasks=[]`` leaves the robust model out).
+    """
+    from .. import interpolate, sweep
+    from ..config import book_preset, preset_remedies, preset_seeds, preset_store, preset_tasks
+    from ..strategies import PAPER_STRATEGIES
+
+    preset = book_preset(preset)
+    spec = preset_remedies(preset)
+    alphas = interpolate.check_alphas(spec["alphas"] if alphas is None else alphas)
+    strategies = list(strategies or PAPER_STRATEGIES)
+    if "linear_probe" not in strategies:
+        strategies.insert(0, "linear_probe")
+    robust_tasks = spec["robust_tasks"] if robust_tasks is None else list(robust_tasks)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    # checked before anything is computed: the robust runs (their weights must exist too)
+    robust_seeds = list(preset_seeds(preset) if seeds is None else seeds)
+    robust_configs = sweep.expand(robust_tasks, strategies, robust_seeds, preset=preset,
+                                  weights=spec["robust_weights"], **overrides)
+    results_dir = results_dir or preset_store(preset)
+    base = chapter(preset, tasks or preset_tasks(preset), strategies, seeds,
+                   results_dir=results_dir, executor=executor, workers=workers,
+                   progress=progress, **overrides)
+    path_jobs = interpolate.jobs(base.plan.main, alphas)
+    path_summary = sweep.run(path_jobs, results_dir, executor=executor, workers=workers,
+                             progress=progress, desc="interpolation paths")
+    if robust_configs and base.plan.lrs:  # the study's chosen rates
+        robust_configs = sweep.expand(
+            robust_tasks, strategies, robust_seeds, preset=preset,
+            strategy_overrides={s: {"lr": lr} for s, lr in base.plan.lrs.items()},
+            weights=spec["robust_weights"], **overrides)
+    robust_summary = sweep.run(robust_configs, results_dir, executor=executor,
+                               workers=workers, progress=progress, desc="robust upstream runs")
+    paths = interpolate.load(results_dir, path_jobs)
+    robust = (store.load(results_dir, robust_configs) if robust_configs
+              else base.frame.iloc[:0])
+    by = None if metrics.val_robust_columns(base.frame) else metrics.VAL_ACC
+    selection = checkpoint_selection(base.frame, by=by)
+    interpolation = interpolation_summary(paths, base.frame) if len(paths) else pd.DataFrame()
+    status = base.status + (
+        f" Interpolation: {len(path_jobs)} paths of {len(alphas)} coefficients "
+        f"({', '.join(f'{a:g}' for a in alphas)}), "
+        f"{int((path_summary.status == 'done').sum())} computed now. Robust upstream model: "
+        f"{len(robust_configs)} runs on {', '.join(robust_tasks) or 'no task'}, "
+        f"{int((robust_summary.status == 'done').sum())} trained now.")
+    failed = pd.concat([path_summary, robust_summary])
+    failed = failed[failed.status == "failed"] if len(failed) else failed
+    if len(failed):
+        status += f" **{len(failed)} failed**: " + "; ".join(
+            f"{r.task}/{r.strategy}/seed {r.seed}: {r.error}" for r in failed.itertuples())
+    return Remedies(base, selection, paths, interpolation, robust, status)
