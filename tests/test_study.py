@@ -190,3 +190,14 @@ def test_plateau_reads_the_last_three_points():
     p = study.plateau(pd.DataFrame(rows)).set_index("run_id")
     assert p.loc["flat", "plateaued"] and not p.loc["rising", "plateaued"]
     assert p.loc["rising", "last_steps"] == "100, 500, 1000"
+
+
+def test_verdicts_render_as_the_scorecard_with_their_colours():
+    cards = [study.Verdict("a claim", "paper", "ours", "holds", "rule"),
+             study.Verdict("another", "paper", "ours", "does not hold", "rule")]
+    table = study.verdict_table(cards)
+    assert list(table.columns) == ["claim", "paper", "ours", "verdict", "rule"]
+    assert study.verdict_table([]).columns.tolist() == list(table.columns)
+    html = study.styled(table).to_html()
+    assert study.VERDICT_COLOURS["holds"] in html and study.VERDICT_COLOURS["does not hold"] in html
+    assert study.VERDICT_COLOURS["partly"] not in html

@@ -58,6 +58,11 @@ def checkpoint_selection(frame: pd.DataFrame, by: str | None = None,
 def selection_summary(selection: pd.DataFrame) -> pd.DataFrame:
     """:func:`checkpoint_selection` per task and strategy over seeds: the mean gain and cost
     and their range over seeds, and how often the choice was the last point anyway."""
+    from ..strategies import ordered
+
+    order = {s: k for k, s in enumerate(ordered(selection["strategy"]))}
+    selection = selection.sort_values(["task", "strategy"],
+                                      key=lambda c: c.map(order) if c.name == "strategy" else c)
     grouped = selection.groupby(["task", "strategy"], sort=False)
     return grouped.agg(
         seeds=("seed", "nunique"), gain=("gain", "mean"), gain_min=("gain", "min"),

@@ -437,7 +437,23 @@ def scorecard(frame: pd.DataFrame, table: pd.DataFrame, ood_frame: pd.DataFrame 
     else:
         cards.append(Verdict("RQ3: OOD accuracy tracks in-domain accuracy", "", "no OOD domains",
                              "not testable here", ""))
-    return pd.DataFrame([c.__dict__ for c in cards])
+    return verdict_table(cards)
+
+
+def verdict_table(cards: Sequence[Verdict]) -> pd.DataFrame:
+    """Verdicts as the scorecard's table: claim, paper, ours, verdict, rule."""
+    return pd.DataFrame([c.__dict__ for c in cards], columns=list(Verdict.__dataclass_fields__))
+
+
+#: The scorecard's colour per verdict.
+VERDICT_COLOURS = {"holds": "#d4edda", "partly": "#fff3cd", "does not hold": "#f8d7da"}
+
+
+def styled(card: pd.DataFrame):
+    """A scorecard table as the book shows it: no index, each verdict on its colour."""
+    return card.style.hide(axis="index").map(
+        lambda v: f"background-color: {VERDICT_COLOURS[v]}" if v in VERDICT_COLOURS else "",
+        subset=["verdict"])
 
 
 def takeaways(frame: pd.DataFrame, table: pd.DataFrame) -> list[str]:
