@@ -639,8 +639,9 @@ def preset_ood_task(name: str) -> str:
 
 def preset_remedies(name: str) -> dict[str, Any]:
     """What the remedies chapter computes at preset ``name``: the interpolation coefficients
-    (``alphas``), the robust upstream model's weights and the tasks fine-tuned from it."""
+    (``alphas``), the robust upstream model's weights and the tasks fine-tuned from it (none
+    unless the preset names them)."""
     spec = _preset(name).get("remedies", {})
     return {"alphas": list(spec.get("alphas", [0.0, 0.5, 1.0])),
             "robust_weights": spec.get("robust_weights", "embedded_robust"),
-            "robust_tasks": list(spec.get("robust_tasks", preset_tasks(name)))}
+            "robust_tasks": list(spec.get("robust_tasks", []))}

@@ -13,7 +13,8 @@ start from their own small random update, which ``alpha = 0`` keeps).
 A path's rows go to the store (``interpolation/``), keyed by the two runs and the
 coefficients: computed once, read by the book. Its ends are the runs' own last evaluation
 points where the store holds them (the same model, so the same numbers, already paid for):
-``alpha = 1`` always, ``alpha = 0`` for the strategies that start as the identity. The runs' final weights are read from the store
+``alpha = 1`` always, ``alpha = 0`` for the strategies that start as the identity (the
+``computed`` column says which points were evaluated for the path). The runs' final weights are read from the store
 (``weights/``), or re-trained when they were not kept (same numbers on the same machine:
 evaluation does not touch the training's random state).
 """
@@ -150,7 +151,8 @@ def path(config: RunConfig, probe: RunConfig, alphas: Sequence[float] = ALPHAS,
     step = (known[1.0] or points[missing[0]])[metrics.STEP]
     rows = [{ALPHA: alpha, "run_id": config.run_id(), "probe_run_id": probe.run_id(),
              "task": config.task, "strategy": config.strategy, "seed": config.seed,
-             **points[alpha], metrics.STEP: step} for alpha in alphas]
+             **points[alpha], metrics.STEP: step, "computed": alpha in missing}
+            for alpha in alphas]
     frame = pd.DataFrame(rows)
     if results_dir is not None:
         store.write_table(store.interpolation_path(results_dir, key), frame)

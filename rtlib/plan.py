@@ -127,6 +127,41 @@ def plan(preset: str, tasks: Sequence[str] | None = None,
     return Plan(preset, selection, main, lrs, choice)
 
 
+@dataclass
+class RemediesPlan:
+    """What the remedies chapter adds to a study (issue 17): an interpolation path from each
+    fine-tuned run to its linear probe (``paths``, :class:`rtlib.interpolate.PathJob`), and
+    the study's grid on ``robust_tasks`` fine-tuned from the robust upstream model at the
+    study's learning rates (``robust``)."""
+
+    paths: list
+    robust: list[RunConfig]
+
+    def work(self) -> list:
+        return list(self.paths) + list(self.robust)
+
+
+def remedies_plan(study_plan: Plan, alphas: Sequence[float] | None = None,
+                  robust_tasks: Sequence[str] | None = None, **overrides: Any
+                  ) -> RemediesPlan:
+    """The remedies of ``study_plan`` (``None``: the preset's coefficients and robust tasks,
+    :func:`rtlib.config.preset_remedies`). Every config is checked (the robust upstream model
+    must exist when a task asks for it); nothing is computed."""
+    from . import interpolate
+    from .config import preset_remedies
+
+    spec = preset_remedies(study_plan.preset)
+    alphas = interpolate.check_alphas(spec["alphas"] if alphas is None else alphas)
+    robust_tasks = spec["robust_tasks"] if robust_tasks is None else list(robust_tasks)
+    strategies = list(dict.fromkeys(c.strategy for c in study_plan.main))
+    seeds = sorted({c.seed for c in study_plan.main})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    robust = sweep.expand(robust_tasks, strategies, seeds, preset=study_plan.preset,
+                          strategy_overrides={s: {"lr": lr} for s, lr in study_plan.lrs.items()},
+                          weights=spec["robust_weights"], **overrides)
+    return RemediesPlan(interpolate.jobs(study_plan.main, alphas), robust)
+
+
 def progress_report(preset: str, tasks: Sequence[str] | None = None,
                     strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                     results_dir: str | Path | None = None, **overrides: Any) -> list[str]:
@@ -207,8 +242,26 @@ def run_records(results_dir: str | Path, configs: Sequence[RunConfig], role: str
     return records
 
 
-def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[str, Any]
-                   ) -> Path:
+def path_records(results_dir: str | Path, jobs: Sequence[Any]) -> list[dict[str, Any]]:
+    """One record per stored interpolation path: what it joins, its coefficients and the
+    seconds of the points it evaluated (its ends are the runs' own points)."""
+    records = []
+    for job in jobs:
+        rows = store.read_table(store.interpolation_path(results_dir, job.run_id()))
+        if rows is None:
+            continue
+        computed = rows[rows["computed"]] if "computed" in rows else rows
+        records.append({
+            "run_id": job.run_id(), "role": "interpolation", "task": job.task,
+            "strategy": job.strategy, "seed": job.seed, "of_run": job.config.run_id(),
+            "probe": job.probe.run_id(), "alphas": list(job.alphas),
+            "points": int(len(computed)),
+            "seconds": round(float(computed[metrics.EVAL_SECONDS].sum()), 1)})
+    return records
+
+
+def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[str, Any],
+                   remedies: RemediesPlan | None = None) -> Path:
     """``results_dir/manifest.json``: the study's command, code version, package versions,
     upstream checkpoint, chosen learning rates, every run with its time, and every invocation
     that computed part of it (a study may be computed over several sessions)."""
@@ -232,6 +285,9 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
                     "command": meta.get("command")}
     runs = (run_records(results_dir, study_plan.selection, "lr selection")
             + run_records(results_dir, study_plan.main, "study"))
+    if remedies is not None:
+        runs += (run_records(results_dir, remedies.robust, "robust upstream")
+                 + path_records(results_dir, remedies.paths))
     manifest = {
         "preset": study_plan.preset,
         "command": invocation["command"],
@@ -241,7 +297,8 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
         "learning_rates": study_plan.lrs,
         "lr_choice": [] if study_plan.choice is None else
         json.loads(study_plan.choice.to_json(orient="records")),
-        "runs_planned": len(study_plan.selection) + len(study_plan.main),
+        "runs_planned": len(study_plan.selection) + len(study_plan.main)
+        + (len(remedies.work()) if remedies is not None else 0),
         "runs_complete": len(runs),
         "compute_seconds": round(sum(r["seconds"] for r in runs), 1),
         "runs": runs,
@@ -254,11 +311,12 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
             strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             results_dir: str | Path | None = None, device: str = "auto",
             workers: int | None = 1, progress: bool = True, command: str = "",
-            **overrides: Any) -> tuple[Plan, pd.DataFrame, Path]:
-    """Compute a study (what the store lacks: the learning-rate sweep, then the study's runs)
-    and write its manifest; returns (plan, summary of the study's runs, manifest path).
-    Resumable: an interrupted study resumes from its complete runs and each run from its last
-    evaluation point."""
+            remedies: bool = True, **overrides: Any) -> tuple[Plan, pd.DataFrame, Path]:
+    """Compute a study (what the store lacks: the learning-rate sweep, then the study's runs,
+    then, with ``remedies``, the remedies chapter's paths and robust upstream runs,
+    :func:`remedies_plan`) and write its manifest; returns (plan, summary of the study's runs
+    and remedies, manifest path). Resumable: an interrupted study resumes from its complete
+    runs and each run from its last evaluation point."""
     import datetime
     import time
 
@@ -267,10 +325,11 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     invocation = {"command": command, "started": started.isoformat(timespec="seconds"),
                   "code": _code_version(results_dir), "machine": _machine(device)}
-    study_plan = summary = None
+    study_plan = summary = extra = None
     try:
         study_plan = plan(preset, tasks, strategies, seeds, results_dir, device=device,
                           workers=workers, progress=progress, **overrides)
+        extra = remedies_plan(study_plan, **overrides) if remedies else None  # checked first
         if study_plan.at_top() and progress:
             print(f"note: the sweep chose the largest rate of the grid for "
                   f"{', '.join(study_plan.at_top())}: the best rate may lie beyond it (extend "
@@ -279,6 +338,10 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
         summary = sweep.run(sorted(study_plan.main, key=lambda c: c.seed), results_dir,
                             device=device, progress=progress, workers=workers,
                             desc="study runs")
+        if extra is not None and extra.work():
+            summary = pd.concat([summary, sweep.run(
+                extra.work(), results_dir, device=device, progress=progress, workers=workers,
+                desc="remedies (paths, robust upstream runs)")], ignore_index=True)
     finally:  # an interrupted study still records what it completed
         invocation["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
@@ -293,5 +356,6 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
                 study_plan = Plan(preset, selection, main)
             except ConfigError:  # bad options: nothing ran, nothing to record
                 pass
-        manifest = write_manifest(results_dir, study_plan, invocation) if study_plan else None
+        manifest = (write_manifest(results_dir, study_plan, invocation, extra) if study_plan
+                    else None)
     return study_plan, summary, manifest

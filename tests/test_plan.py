@@ -48,11 +48,13 @@ def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path
         last = sel[sel.strategy == strategy].sort_values("step").groupby("run_id").tail(1)
         assert lr == last.sort_values(["val_acc", "lr"], ascending=[False, True]).lr.iloc[0]
     assert {c.lr for c in study_plan.main if c.strategy == "bitfit"} == {study_plan.lrs["bitfit"]}
-    assert (summary.status == "done").all()
+    assert (summary.status == "done").all() and len(summary) == 4 + 2  # runs, then 2 paths
     record = json.loads(manifest.read_text())
-    assert record["runs_complete"] == 8 and record["learning_rates"] == study_plan.lrs
-    assert {r["role"] for r in record["runs"]} == {"lr selection", "study"}
+    assert record["runs_complete"] == 10 and record["learning_rates"] == study_plan.lrs
+    assert {r["role"] for r in record["runs"]} == {"lr selection", "study", "interpolation"}
     assert all(r["seconds"] > 0 for r in record["runs"])
+    # a path evaluates its interior point only (its ends are the runs' last points)
+    assert {r["points"] for r in record["runs"] if r["role"] == "interpolation"} == {1}
     assert record["invocations"][0]["completed"] and record["versions"]["torch"]
 
     # Again: nothing is computed, the choice is read back, the manifest records both calls.

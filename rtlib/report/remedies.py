@@ -235,43 +235,39 @@ def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
             results_dir: str | Path | None = None, executor: str = "local",
             workers: int | None = None, progress: bool | str = "lines", **overrides: Any
             ) -> Remedies:
-    """The one call the remedies chapter makes. Everything is checked first; then the study's
+    """The one call the remedies chapter makes. The learning-rate sweep first (where the store
+    lacks it), then every remedy is checked (:func:`rtlib.plan.remedies_plan`) before the study's
     runs (:func:`rtlib.report.study.chapter`: the linear probe is always among them, every path
     starts there), the interpolation paths between each run and its probe, and the runs
     fine-tuned from the robust upstream model on ``robust_tasks`` at the study's learning
     rates: computed only where the store lacks them. ``None``: the preset's
     (:func:`rtlib.config.preset_remedies`; ``robust_tasks=[]`` leaves the robust model out).
     """
-    from .. import interpolate, sweep
-    from ..config import book_preset, preset_remedies, preset_seeds, preset_store, preset_tasks
+    from .. import interpolate, plan, sweep
+    from ..config import book_preset, preset_store, preset_tasks
     from ..strategies import PAPER_STRATEGIES
 
     preset = book_preset(preset)
-    spec = preset_remedies(preset)
-    alphas = interpolate.check_alphas(spec["alphas"] if alphas is None else alphas)
     strategies = list(strategies or PAPER_STRATEGIES)
     if "linear_probe" not in strategies:
         strategies.insert(0, "linear_probe")
-    robust_tasks = spec["robust_tasks"] if robust_tasks is None else list(robust_tasks)
+    tasks = tasks or preset_tasks(preset)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    # checked before anything is computed: the robust runs (their weights must exist too)
-    robust_seeds = list(preset_seeds(preset) if seeds is None else seeds)
-    robust_configs = sweep.expand(robust_tasks, strategies, robust_seeds, preset=preset,
-                                  weights=spec["robust_weights"], **overrides)
     results_dir = results_dir or preset_store(preset)
-    base = chapter(preset, tasks or preset_tasks(preset), strategies, seeds,
-                   results_dir=results_dir, executor=executor, workers=workers,
-                   progress=progress, **overrides)
-    path_jobs = interpolate.jobs(base.plan.main, alphas)
+    # The sweep first (where the store lacks it), then every remedy checked before any run.
+    extra = plan.remedies_plan(
+        plan.plan(preset, tasks, strategies, seeds, results_dir, executor=executor,
+                  workers=workers, progress=progress, **overrides),
+        alphas, robust_tasks, **overrides)
+    base = chapter(preset, tasks, strategies, seeds, results_dir=results_dir,
+                   executor=executor, workers=workers, progress=progress, **overrides)
+    path_jobs, robust_configs = extra.paths, extra.robust
     path_summary = sweep.run(path_jobs, results_dir, executor=executor, workers=workers,
                              progress=progress, desc="interpolation paths")
-    if robust_configs and base.plan.lrs:  # the study's chosen rates
-        robust_configs = sweep.expand(
-            robust_tasks, strategies, robust_seeds, preset=preset,
-            strategy_overrides={s: {"lr": lr} for s, lr in base.plan.lrs.items()},
-            weights=spec["robust_weights"], **overrides)
     robust_summary = sweep.run(robust_configs, results_dir, executor=executor,
                                workers=workers, progress=progress, desc="robust upstream runs")
+    alphas = path_jobs[0].alphas if path_jobs else ()
+    robust_tasks = list(dict.fromkeys(c.task for c in robust_configs))
     paths = interpolate.load(results_dir, path_jobs)
     robust = (store.load(results_dir, robust_configs) if robust_configs
               else base.frame.iloc[:0])
