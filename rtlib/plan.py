@@ -165,22 +165,39 @@ def remedies_plan(study_plan: Plan, alphas: Sequence[float] | None = None,
 def progress_report(preset: str, tasks: Sequence[str] | None = None,
                     strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                     results_dir: str | Path | None = None, **overrides: Any) -> list[str]:
-    """How much of a study its store holds, without computing anything (``--dry-run``)."""
+    """How much of a study its store holds, without computing anything (``--dry-run``): the
+    sweep, the study's runs (at the chosen rates once the sweep is complete) and its
+    remedies."""
     results_dir = Path(results_dir or preset_store(preset))
     *_, main, selection = _grids(preset, tasks, strategies, seeds, **overrides)
+    study_plan, chosen = Plan(preset, selection, main), False
+    if selection:
+        try:
+            study_plan = plan(preset, tasks, strategies, seeds, results_dir,
+                              compute_selection=False, **overrides)
+            chosen = True
+        except ConfigError:  # the sweep is incomplete: the preset's rates stand in
+            pass
     lines = []
     for (name, role), configs in ((("learning-rate sweep", "lr selection"), selection),
-                                  (("study", "study"), main)):
+                                  (("study", "study"), study_plan.main)):
         records = run_records(results_dir, configs, role)
         line = f"{name}: {len(records)} of {len(configs)} runs complete in {results_dir}"
         if records and len(records) < len(configs):
             pace = sum(r["seconds"] for r in records) / len(records)
             line += (f"; at the pace of those ({pace:.0f} s of compute per run), about "
-                     f"{pace * (len(configs) - len(records)) / 3600:.1f} h of compute left")
+                     f"{pace * (len(configs) - len(records)) / 3600:.1f} h of one core left")
         lines.append(line)
-    if selection:
+    if selection and not chosen:
         lines.append("(the study's runs take the learning rates the sweep chooses; until it is "
                      "complete they are counted at the preset's rate)")
+    try:
+        work = remedies_plan(study_plan, **overrides).work()
+        done = sum(sweep.complete(job, results_dir) for job in work)
+        lines.append(f"remedies (interpolation paths, robust upstream runs): {done} of "
+                     f"{len(work)} complete")
+    except ConfigError as err:
+        lines.append(f"remedies: {err}")
     return lines
 
 

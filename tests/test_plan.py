@@ -55,6 +55,10 @@ def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path
     assert all(r["seconds"] > 0 for r in record["runs"])
     # a path evaluates its interior point only (its ends are the runs' last points)
     assert {r["points"] for r in record["runs"] if r["role"] == "interpolation"} == {1}
+    # the dry run counts the study's runs at the chosen rates, and its remedies
+    report = "\n".join(plan.progress_report(toy, strategies=["bitfit", "linear_probe"],
+                                             results_dir=tmp_path))
+    assert "study: 4 of 4 runs complete" in report and ": 2 of 2 complete" in report
     assert record["invocations"][0]["completed"] and record["versions"]["torch"]
 
     # Again: nothing is computed, the choice is read back, the manifest records both calls.
