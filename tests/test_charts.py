@@ -108,6 +108,7 @@ def test_selection_gains(frame):
     assert any(p.get("bind") == "legend" for p in _params(spec))
     svg = vlc.vegalite_to_svg(json.dumps(spec))
     assert svg.startswith("<svg") and "robust gained" in svg and "clean given up" in svg
+    assert spec["resolve"]["scale"]["y"] == "independent"  # gains and costs differ in size
 
 
 def test_interpolation_paths(frame):

@@ -246,7 +246,8 @@ def selection_gains(selection: pd.DataFrame, title: str | None = None) -> alt.Ch
     to the highest seed), one column per task."""
     long = selection.melt(id_vars=["task", "strategy", "seed"], value_vars=["gain", "cost"],
                           var_name="measure", value_name="value")
-    long["measure"] = long["measure"].map({"gain": "robust gained", "cost": "clean given up"})
+    names = {"gain": "robust gained (picked - last)", "cost": "clean given up (last - picked)"}
+    long["measure"] = long["measure"].map(names)
     summary = long.groupby(["task", "strategy", "measure"], as_index=False)["value"].agg(
         mean="mean", low="min", high="max", seeds="count")
     order = strategy_order(summary["strategy"])
@@ -256,7 +257,7 @@ def selection_gains(selection: pd.DataFrame, title: str | None = None) -> alt.Ch
     bars = base.mark_rule(strokeWidth=2).encode(x=x, y="low:Q", y2="high:Q", color=color,
                                                 opacity=opacity)
     points = base.mark_point(filled=True, size=70).encode(
-        x=x, y=alt.Y("mean:Q", title="test accuracy (picked - last, or last - picked)"),
+        x=x, y=alt.Y("mean:Q", title="test accuracy"),
         color=color, opacity=opacity,
         tooltip=["task:N", "strategy:N", "measure:N", "seeds:Q",
                  alt.Tooltip("mean:Q", format="+.3f", title="mean over seeds"),
@@ -265,8 +266,8 @@ def selection_gains(selection: pd.DataFrame, title: str | None = None) -> alt.Ch
     zero = base.mark_rule(color="grey", strokeDash=[3, 3]).encode(y=alt.datum(0))
     return alt.layer(zero, bars, points).add_params(sel).properties(
         width=max(120, WIDTH // max(1, summary["task"].nunique())), height=160).facet(
-        row=alt.Row("measure:N", title=None, sort=["robust gained", "clean given up"]),
-        column=alt.Column("task:N", title=None)).properties(
+        row=alt.Row("measure:N", title=None, sort=list(names.values())),
+        column=alt.Column("task:N", title=None)).resolve_scale(y="independent").properties(
         title=title or "Choosing the checkpoint by validation robust accuracy")
 
 
@@ -278,14 +279,14 @@ def interpolation_paths(paths: pd.DataFrame, frame: pd.DataFrame, robust_col: st
     from ..interpolate import ALPHA
 
     mixed = paths.groupby(["strategy", ALPHA], as_index=False)[["test_acc", robust_col]].mean()
-    runs = _mean_over_seeds(frame[frame["strategy"].isin(mixed["strategy"])],
-                            ["test_acc", robust_col])
-    order = strategy_order(mixed["strategy"])
+    runs = _mean_over_seeds(frame, ["test_acc", robust_col])  # the probe's frontier included
+    order = strategy_order(runs["strategy"])  # the colours of the book's other charts
     sel, color, opacity = _legend_filter("strategy", order)
+    # zoomed to the points: the differences a path makes are a few points of accuracy
     line = alt.Chart(mixed).mark_line(point=alt.OverlayMarkDef(size=50), strokeWidth=2.5).encode(
-        x=alt.X("test_acc:Q", title="clean accuracy", scale=alt.Scale(domain=[0, 1])),
+        x=alt.X("test_acc:Q", title="clean accuracy", scale=alt.Scale(zero=False)),
         y=alt.Y(f"{robust_col}:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
-                scale=alt.Scale(domain=[0, 1])),
+                scale=alt.Scale(zero=False)),
         order=f"{ALPHA}:Q", color=color, opacity=opacity,
         tooltip=["strategy:N", alt.Tooltip(f"{ALPHA}:Q", title="mixing coefficient"),
                  alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
