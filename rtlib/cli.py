@@ -230,7 +230,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     command = "python -m rtlib " + " ".join(sys.argv[1:])
     study_plan, summary, manifest = plan.compute(
         args.preset, args.tasks, args.strategies, args.seeds, results_dir, device=device,
-        workers=args.workers, progress=not args.quiet, command=command.strip(), **overrides)
+        workers=args.workers, progress=not args.quiet, command=command.strip(),
+        remedies=not args.no_remedies, **overrides)
     from . import sweep
 
     print(sweep.summarize(summary))
@@ -403,7 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
         "study", help="compute a whole study (the committed one by default), resumable",
         description="Compute the runs of a preset's study that its store lacks: first the "
                     "learning-rate sweep (each strategy at each rate of its grid, chosen on the "
-                    "validation split), then every task x strategy x seed at the chosen rates. "
+                    "validation split), then every task x strategy x seed at the chosen rates, "
+                    "then the remedies chapter's work (an interpolation path from each "
+                    "fine-tuned run to its linear probe; the runs from the robust upstream "
+                    "model on the preset's robust tasks). "
                     "Shows a bar per run and the study's elapsed and remaining time; an "
                     "interrupted study resumes where it stopped (rerun the same command). "
                     "Writes RESULTS_DIR/manifest.json: the command, code version, package "
@@ -428,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--dry-run", action="store_true",
                    help="count the runs and how many are complete; compute nothing")
+    p.add_argument("--no-remedies", action="store_true",
+                   help="stop after the study's runs (no interpolation paths, no runs from the "
+                        "robust upstream model)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_study)
 

@@ -65,7 +65,12 @@ def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path
     again, summary, manifest = plan.compute(toy, strategies=["bitfit", "linear_probe"],
                                             results_dir=tmp_path, device="cpu", progress=False)
     assert (summary.status == "skipped").all() and again.lrs == study_plan.lrs
-    assert len(json.loads(manifest.read_text())["invocations"]) == 2
+    assert len(summary) == 6 and len(json.loads(manifest.read_text())["invocations"]) == 2
+    # From the command line, without the remedies: the study's 4 runs only
+    assert cli.main(["study", "--preset", "toy", "--strategies", "bitfit,linear_probe",
+                     "--results-dir", str(tmp_path), "--no-remedies", "--quiet"]) == 0
+    last = json.loads(manifest.read_text())["invocations"][-1]
+    assert last["summary"] == {"skipped": 4}
 
 
 def test_a_missing_sweep_is_an_error_where_nothing_may_be_computed(toy, tmp_path):
