@@ -637,7 +637,6 @@ def preset_ood_task(name: str) -> str:
     return _preset(name)["ood_task"]
 
 
-
 def preset_remedies(name: str) -> dict[str, Any]:
     """What the remedies chapter computes at preset ``name``: the interpolation coefficients
     (``alphas``), the robust upstream model's weights and the tasks fine-tuned from it (none

@@ -14,9 +14,9 @@ A path's rows go to the store (``interpolation/``), keyed by the two runs and th
 coefficients: computed once, read by the book. Its ends are the runs' own last evaluation
 points where the store holds them (the same model, so the same numbers, already paid for):
 ``alpha = 1`` always, ``alpha = 0`` for the strategies that start as the identity (the
-``computed`` column says which points were evaluated for the path). The runs' final weights are read from the store
-(``weights/``), or re-trained when they were not kept (same numbers on the same machine:
-evaluation does not touch the training's random state).
+``computed`` column says which points were evaluated for the path). The runs' final weights
+are read from the store (``weights/``), or re-trained when they were not kept (same numbers
+on the same machine: evaluation does not touch the training's random state).
 """
 from __future__ import annotations
 
@@ -140,15 +140,16 @@ def path(config: RunConfig, probe: RunConfig, alphas: Sequence[float] = ALPHAS,
         done = store.read_table(store.interpolation_path(results_dir, key))
         if done is not None:
             return done
-    known = {1.0: _last_point(config, results_dir)}
+    ends = {1.0: config}  # the ends the store may hold, read only when asked for
     if strategies.get(config.strategy).starts_as_identity:
-        known[0.0] = _last_point(probe, results_dir)
-    points = {a: known[a] for a in alphas if known.get(a) is not None}
+        ends[0.0] = probe
+    known = {a: _last_point(ends[a], results_dir) for a in alphas if a in ends}
+    points = {a: point for a, point in known.items() if point is not None}
     missing = [a for a in alphas if a not in points]
     if missing:
         points.update(_evaluate(config, probe, missing, results_dir, device, progress))
     # every row is at the fine-tuned run's last step (the probe's end included)
-    step = (known[1.0] or points[missing[0]])[metrics.STEP]
+    step = (known.get(1.0) or points[missing[0]])[metrics.STEP]
     rows = [{ALPHA: alpha, "run_id": config.run_id(), "probe_run_id": probe.run_id(),
              "task": config.task, "strategy": config.strategy, "seed": config.seed,
              **points[alpha], metrics.STEP: step, "computed": alpha in missing}

@@ -8,6 +8,7 @@ directory or from this package, and says so when there is none.
 """
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -247,6 +248,7 @@ def _execute_one(path: Path, output_dir: Path, parameters: Mapping[str, Any] | N
     return out
 
 
+@functools.cache  # one class for every notebook
 def _local_kernel_manager() -> type:
     """A kernel manager whose kernels talk over local (IPC) sockets: a chapter's kernel then
     opens no TCP port, and ipykernel has no reason to print its warning about unencrypted TCP

@@ -97,6 +97,22 @@ def _staircase(front: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"clean": xs, "robust": ys, "order": np.arange(len(xs))})
 
 
+def _frontiers(runs: pd.DataFrame, robust_col: str, color, opacity, stroke_width: float,
+               aupf_title: str) -> alt.Chart:
+    """Each strategy's Pareto frontier of its (seed-mean) checkpoints as a dotted staircase,
+    with its AUPF in the tooltip."""
+    stairs = []
+    for strategy, g in runs.groupby("strategy"):
+        s = _staircase(pareto.frontier(g["test_acc"], g[robust_col]))
+        s["strategy"] = strategy
+        s["aupf"] = pareto.aupf(g["test_acc"], g[robust_col])
+        stairs.append(s)
+    return alt.Chart(pd.concat(stairs)).mark_line(
+        strokeWidth=stroke_width, strokeDash=[2, 2]).encode(
+        x="clean:Q", y="robust:Q", order="order:Q", color=color, opacity=opacity,
+        tooltip=["strategy:N", alt.Tooltip("aupf:Q", format=".3f", title=aupf_title)])
+
+
 def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
     """The path of each run in the (clean, robust) plane, with its Pareto frontier (staircase)."""
     runs = _mean_over_seeds(frame, ["test_acc", robust_col])
@@ -109,15 +125,7 @@ def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None
         order="step:Q", color=color, opacity=opacity,
         tooltip=["strategy:N", "step:Q", alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
                  alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")])
-    stairs = []
-    for strategy, g in runs.groupby("strategy"):
-        s = _staircase(pareto.frontier(g["test_acc"], g[robust_col]))
-        s["strategy"] = strategy
-        s["aupf"] = pareto.aupf(g["test_acc"], g[robust_col])
-        stairs.append(s)
-    front = alt.Chart(pd.concat(stairs)).mark_line(strokeWidth=3, strokeDash=[2, 2]).encode(
-        x="clean:Q", y="robust:Q", order="order:Q", color=color, opacity=opacity,
-        tooltip=["strategy:N", alt.Tooltip("aupf:Q", format=".3f", title="AUPF")])
+    front = _frontiers(runs, robust_col, color, opacity, stroke_width=3, aupf_title="AUPF")
     return (path + front).add_params(sel).properties(
         width=HEIGHT + 80, height=HEIGHT + 80,
         title=title or "Each run's path (thin) and its Pareto frontier (dotted)")
@@ -291,15 +299,8 @@ def interpolation_paths(paths: pd.DataFrame, frame: pd.DataFrame, robust_col: st
         tooltip=["strategy:N", alt.Tooltip(f"{ALPHA}:Q", title="mixing coefficient"),
                  alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
                  alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")])
-    stairs = []
-    for strategy, g in runs.groupby("strategy"):
-        s = _staircase(pareto.frontier(g["test_acc"], g[robust_col]))
-        s["strategy"] = strategy
-        s["aupf"] = pareto.aupf(g["test_acc"], g[robust_col])
-        stairs.append(s)
-    front = alt.Chart(pd.concat(stairs)).mark_line(strokeWidth=1.5, strokeDash=[2, 2]).encode(
-        x="clean:Q", y="robust:Q", order="order:Q", color=color, opacity=opacity,
-        tooltip=["strategy:N", alt.Tooltip("aupf:Q", format=".3f", title="AUPF of checkpoints")])
+    front = _frontiers(runs, robust_col, color, opacity, stroke_width=1.5,
+                       aupf_title="AUPF of checkpoints")
     return (front + line).add_params(sel).properties(
         width=HEIGHT + 80, height=HEIGHT + 80,
         title=title or "Interpolation paths (solid) and training-time frontiers (dotted)")

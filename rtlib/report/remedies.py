@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .. import metrics, pareto, store
-from .study import Chapter, Verdict, chapter, majority_verdict
+from .study import Chapter, Verdict, chapter, failures, majority_verdict
 
 
 def checkpoint_selection(frame: pd.DataFrame, by: str | None = None,
@@ -255,12 +255,12 @@ def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
     overrides = {k: v for k, v in overrides.items() if v is not None}
     results_dir = results_dir or preset_store(preset)
     # The sweep first (where the store lacks it), then every remedy checked before any run.
-    extra = plan.remedies_plan(
-        plan.plan(preset, tasks, strategies, seeds, results_dir, executor=executor,
-                  workers=workers, progress=progress, **overrides),
-        alphas, robust_tasks, **overrides)
+    study_plan = plan.plan(preset, tasks, strategies, seeds, results_dir, executor=executor,
+                           workers=workers, progress=progress, **overrides)
+    extra = plan.remedies_plan(study_plan, alphas, robust_tasks, **overrides)
     base = chapter(preset, tasks, strategies, seeds, results_dir=results_dir,
-                   executor=executor, workers=workers, progress=progress, **overrides)
+                   executor=executor, workers=workers, progress=progress,
+                   study_plan=study_plan, **overrides)
     path_jobs, robust_configs = extra.paths, extra.robust
     path_summary = sweep.run(path_jobs, results_dir, executor=executor, workers=workers,
                              progress=progress, desc="interpolation paths")
@@ -279,10 +279,6 @@ def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
         f"({', '.join(f'{a:g}' for a in alphas)}), "
         f"{int((path_summary.status == 'done').sum())} computed now. Robust upstream model: "
         f"{len(robust_configs)} runs on {', '.join(robust_tasks) or 'no task'}, "
-        f"{int((robust_summary.status == 'done').sum())} trained now.")
-    failed = pd.concat([path_summary, robust_summary])
-    failed = failed[failed.status == "failed"] if len(failed) else failed
-    if len(failed):
-        status += f" **{len(failed)} failed**: " + "; ".join(
-            f"{r.task}/{r.strategy}/seed {r.seed}: {r.error}" for r in failed.itertuples())
+        f"{int((robust_summary.status == 'done').sum())} trained now."
+    ) + failures(pd.concat([path_summary, robust_summary]), "paths or runs")
     return Remedies(base, selection, paths, interpolation, robust, status)

@@ -18,21 +18,24 @@ from .. import metrics, pareto, plan, store, strategies, sweep
 def runs(tasks: Sequence[str] | None = None, strategies: Sequence[str] | None = None,
          seeds: Sequence[int] | None = None, preset: str = "study",
          results_dir: str | Path | None = None, executor: str = "local",
-         progress: bool | str = True, workers: int | None = None, **overrides: Any
+         progress: bool | str = True, workers: int | None = None,
+         study_plan: plan.Plan | None = None, **overrides: Any
          ) -> tuple[pd.DataFrame, pd.DataFrame, plan.Plan]:
     """Run what is missing from the preset's study (its learning-rate sweep first, where it has
     one), then load it: (tidy frame, sweep summary, plan).
 
     Runs are keyed by their config hash, so chapters that share runs train them once, and a
     committed store is read, not recomputed. ``None`` means the preset's tasks, the paper's
-    seven strategies, the preset's seeds and the preset's store.
+    seven strategies, the preset's seeds and the preset's store. ``study_plan``: these
+    arguments' plan when the caller has made it already (it is not made again).
     """
     from ..config import EXECUTORS, check_choice, preset_store
 
     check_choice("executor", executor, EXECUTORS)
     results_dir = results_dir or preset_store(preset)
-    study_plan = plan.plan(preset, tasks, strategies, seeds, results_dir, executor=executor,
-                           workers=workers, progress=progress, **overrides)
+    study_plan = study_plan or plan.plan(preset, tasks, strategies, seeds, results_dir,
+                                         executor=executor, workers=workers,
+                                         progress=progress, **overrides)
     summary = sweep.run(study_plan.main, results_dir, executor=executor, progress=progress,
                         workers=workers)
     failed = summary[summary["status"] == "failed"]
@@ -58,21 +61,22 @@ class Chapter:
 def chapter(preset: str | None = None, tasks: Sequence[str] | None = None,
             strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             results_dir: str | Path | None = None, executor: str = "local",
-            workers: int | None = None, progress: bool | str = "lines", **overrides: Any
-            ) -> Chapter:
+            workers: int | None = None, progress: bool | str = "lines",
+            study_plan: plan.Plan | None = None, **overrides: Any) -> Chapter:
     """The one call a chapter makes: its runs (computing only what the store lacks).
 
     ``preset`` defaults to the book's (:data:`rtlib.config.BOOK_PRESET`), ``tasks`` to the
     preset's, ``strategies`` to the paper's seven, ``seeds`` and
     ``results_dir`` to the preset's; ``overrides`` (e.g. ``eps``, ``steps``; ``None`` values are
-    ignored) replace the preset's values."""
+    ignored) replace the preset's values; ``study_plan``: see :func:`runs`."""
     from ..config import book_preset, preset_description, preset_store
 
     preset = book_preset(preset)
     results_dir = results_dir or preset_store(preset)
     frame, summary, study_plan = runs(tasks, strategies, seeds, preset=preset,
                                       results_dir=results_dir, executor=executor,
-                                      progress=progress, workers=workers, **overrides)
+                                      progress=progress, workers=workers,
+                                      study_plan=study_plan, **overrides)
     done, read = int((summary.status == "done").sum()), int((summary.status == "skipped").sum())
     seeds_used = sorted(frame["seed"].unique()) if len(frame) else []
     status = (f"**Setting: `{preset}`**, {preset_description(preset)}. "
@@ -82,11 +86,18 @@ def chapter(preset: str | None = None, tasks: Sequence[str] | None = None,
     if study_plan.lrs:
         status += (" Learning rates chosen on the validation split: " + ", ".join(
             f"{s} {lr:g}" for s, lr in study_plan.lrs.items()) + ".")
-    failed = summary[summary.status == "failed"]
-    if len(failed):
-        status += f" **{len(failed)} runs failed**: " + "; ".join(
-            f"{r.task}/{r.strategy}/seed {r.seed}: {r.error}" for r in failed.itertuples())
+    status += failures(summary, "runs")
     return Chapter(frame, summary, status, study_plan)
+
+
+def failures(summary: pd.DataFrame, what: str) -> str:
+    """The status line's account of what failed in a summary of :func:`rtlib.sweep.run`
+    (empty when nothing did)."""
+    failed = summary[summary["status"] == "failed"]
+    if not len(failed):
+        return ""
+    return f" **{len(failed)} {what} failed**: " + "; ".join(
+        f"{r.task}/{r.strategy}/seed {r.seed}: {r.error}" for r in failed.itertuples())
 
 
 def final_points(frame: pd.DataFrame) -> pd.DataFrame:
