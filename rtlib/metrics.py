@@ -91,6 +91,18 @@ def qualifier(column: str) -> str:
     return column.split("@", 1)[1]
 
 
+def describe(column: str) -> str:
+    """A column's name in words, for titles and verdicts (``"validation robust accuracy at
+    2/255"``)."""
+    for prefix, words in ((VAL_ROBUST_PREFIX, "validation robust accuracy at"),
+                          (ROBUST_PREFIX, "test robust accuracy at"),
+                          (OOD_PREFIX, "accuracy on the domain")):
+        if column.startswith(prefix):
+            return f"{words} {qualifier(column)}"
+    return {TRAIN_ACC: "training accuracy", VAL_ACC: "validation accuracy",
+            TEST_ACC: "test accuracy", ROBUST: "test robust accuracy"}.get(column, column)
+
+
 def robust_columns(frame) -> list[str]:
     return [c for c in frame.columns if c.startswith(ROBUST_PREFIX)]
 

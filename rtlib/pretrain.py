@@ -173,6 +173,44 @@ def learning_curve(meta: dict):
     return pd.DataFrame(rows, columns=["stage", "step", "accuracy", "loss"])
 
 
+def upstream_robustness(weights: str | Path, results_dir: str | Path | None = None,
+                        images: int = 512, eps: float = 2 / 255, steps: int = 10,
+                        seed: int = 7) -> dict[str, float]:
+    """A checkpoint's upstream ``clean`` and ``robust`` accuracy on ``images`` upstream test
+    images (rendered with ``seed``; the same images for every checkpoint), under PGD-``steps`` at
+    ``eps`` (step 0.25 x eps, as the runs attack). With ``results_dir`` it is kept there
+    (``upstream/``, keyed by the checkpoint's bytes and these settings) and read back, so a book
+    build that finds it computes nothing."""
+    from . import attacks
+    from .data import glyphs
+    from .data.split import Split
+    from .evaluate import accuracy
+
+    weights = Path(weights)
+    settings = {"checkpoint": hashlib.sha256(weights.read_bytes()).hexdigest(), "images": images,
+                "eps": eps, "steps": steps, "seed": seed}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = store.upstream_path(results_dir, key) if results_dir is not None else None
+    kept = store.read_table(path) if path is not None else None
+    if kept is not None:
+        return {k: float(kept[k].iloc[0]) for k in ("clean", "robust")}
+    from safetensors.torch import load_file
+
+    spec = glyphs.specs()["upstream"]
+    model = models.build(models.EMBEDDED_MODEL, len(spec.classes))
+    model.backbone.load_state_dict(load_file(str(weights)))
+    model.eval()
+    test = Split(*map(torch.from_numpy, glyphs.generate("upstream", "test", images, seed=seed)))
+    out = {"clean": accuracy(model, test)[0],
+           "robust": attacks.robust_accuracy(model, test.images, test.labels, eps,
+                                             step_size=0.25 * eps, steps=steps, seed=seed)}
+    if path is not None:
+        import pandas as pd
+
+        store.write_table(path, pd.DataFrame([{**settings, "file": weights.name, **out}]))
+    return out
+
+
 def accuracy_by_domain(weights: str | Path, images: int = 1024, seed: int = 0) -> dict[str, float]:
     """Upstream test accuracy of a checkpoint in each upstream domain (``images`` rendered test
     images each): the mix the upstream accuracy averages over is not equally hard."""

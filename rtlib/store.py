@@ -12,6 +12,9 @@ Layout of ``<results_dir>``:
   (interpolation); the committed study does not commit them (a run can be re-trained);
 - ``interpolation/<key>.parquet``: the evaluations along a weight-interpolation path
   (:mod:`rtlib.interpolate`), keyed by its two runs and coefficients;
+- ``upstream/<key>.parquet``: an upstream checkpoint's clean and robust accuracy on the upstream
+  test images (:func:`rtlib.pretrain.upstream_robustness`), keyed by the checkpoint's bytes and
+  the evaluation's settings;
 - ``failed/<run_id>.json``: why a run of a sweep failed; removed when it succeeds;
 - ``locks/<run_id>.lock``: held (``flock``, released when the process dies) while a process
   computes the run, so two processes never train the same run: the second waits and reads the
@@ -68,6 +71,10 @@ def weights_path(results_dir: str | Path, config: RunConfig) -> Path:
 
 def interpolation_path(results_dir: str | Path, key: str) -> Path:
     return Path(results_dir) / "interpolation" / f"{key}.parquet"
+
+
+def upstream_path(results_dir: str | Path, key: str) -> Path:
+    return Path(results_dir) / "upstream" / f"{key}.parquet"
 
 
 def failure_path(results_dir: str | Path, config: RunConfig) -> Path:

@@ -12,11 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHAPTERS = {  # page -> number of charts it must draw at the smoke preset (2 tasks)
     "index.html": 0,
-    "book/executed/methods.html": 1,  # the upstream learning curve
+    "book/executed/methods.html": 2,  # the upstream learning curves (standard, robust)
     "book/executed/differences.html": 0,
     "book/executed/rq1_robustness_during_finetuning.html": 2,
     "book/executed/rq2_strategies_and_complexity.html": 4,
     "book/executed/rq3_ood_robustness.html": 1,
+    # selection gains, an interpolation chart per task, one per robust task (digits)
+    "book/executed/remedies.html": 4,
     "book/executed/takeaways.html": 0,
 }
 
@@ -143,7 +145,13 @@ def test_a_rebuild_from_a_complete_store_executes_chapters_at_once(smoke_book, t
     runs = book.chapter_runs(params)
     expected = {(t, s, seed) for t in runs.tasks + runs.ood_tasks for s in runs.strategies
                 for seed in runs.seeds}
-    assert book.missing_runs({**params, "results_dir": str(tmp_path / "empty")}) == len(expected)
+    empty = {**params, "results_dir": str(tmp_path / "empty")}
+    assert book.missing_runs(empty, remedies=False) == len(expected)
+    # ... and, for the remedies chapter, a path per fine-tuned run of the study's tasks and the
+    # runs from the robust upstream model.
+    paths = len(runs.tasks) * (len(runs.strategies) - 1) * len(runs.seeds)
+    robust = len(runs.robust_tasks) * len(runs.strategies) * len(runs.seeds)
+    assert runs.robust_tasks and book.missing_runs(empty) == len(expected) + paths + robust
     assert book.missing_runs({**params, "domain": "outline"}) is None  # not known: one at a time
     written = book.execute(["rq3_ood_robustness", "takeaways"], params, output_dir=tmp_path,
                            progress=False, jobs=2)

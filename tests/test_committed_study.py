@@ -59,6 +59,7 @@ def test_committed_runs_are_todays_and_a_complete_study_has_every_run():
     if swept:  # the chosen rates are known: so are the study's run ids
         study_plan = plan.plan("study", results_dir=STUDY, compute_selection=False)
         known |= {c.run_id() for c in study_plan.main}
+        known |= {c.run_id() for c in plan.remedies_plan(study_plan).robust}
         if manifest["learning_rates"]:
             assert manifest["learning_rates"] == study_plan.lrs
     committed_ids = {p.stem for p in (STUDY / "runs").glob("*.parquet")}

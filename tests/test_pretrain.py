@@ -53,3 +53,26 @@ def test_adversarial_budget_is_checked_and_parsed_like_eps():
         PretrainConfig(adv_eps=2.0).check()
     args = cli.build_parser().parse_args(["pretrain", "--adv-eps", "2/255"])
     assert args.adv_eps == 2 / 255
+
+
+def test_upstream_robustness_is_kept_in_the_store_and_read_back(tmp_path):
+    """The methods chapter's comparison of the two upstream models: computed once per
+    checkpoint and setting, then read (a rebuild of the book attacks nothing)."""
+    import pandas as pd
+
+    from rtlib import config
+
+    store_dir = tmp_path / "store"
+    first = pretrain.upstream_robustness(config.EMBEDDED_WEIGHTS, store_dir, images=16, steps=2)
+    assert 0 <= first["robust"] <= first["clean"] <= 1  # only correct images can be robust
+    [kept] = (store_dir / "upstream").glob("*.parquet")
+    # what is stored is what is read: plant another number and it comes back
+    pd.read_parquet(kept).assign(robust=0.123).to_parquet(kept, index=False)
+    again = pretrain.upstream_robustness(config.EMBEDDED_WEIGHTS, store_dir, images=16, steps=2)
+    assert again == {"clean": first["clean"], "robust": 0.123}
+    # another budget or another checkpoint is another entry, scored on the same images
+    pretrain.upstream_robustness(config.EMBEDDED_WEIGHTS, store_dir, images=16, steps=2,
+                                 eps=4 / 255)
+    robust = pretrain.upstream_robustness(config.ROBUST_WEIGHTS, store_dir, images=16, steps=2)
+    assert len(list((store_dir / "upstream").glob("*.parquet"))) == 3
+    assert robust != first

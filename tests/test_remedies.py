@@ -91,7 +91,9 @@ def test_what_helps_states_its_verdicts_by_their_rules():
     assert chosen.verdict == "holds" and "1 of 2" in chosen.ours  # full counts, lora does not
     assert mixed.verdict == "does not hold" and "0 of 2" in mixed.ours  # full fails a seed,
     assert "on 2 of 2" in mixed.ours  # lora costs too much; both widen the frontier
-    assert VAL_ROBUST in mixed.rule
+    # the column the choice was made on, in words
+    assert "by validation robust accuracy at 2/255" in chosen.ours
+    assert "by validation robust accuracy at 2/255" in mixed.rule
     assert remedies.what_helps(None, None) == []
 
 
@@ -145,6 +147,9 @@ def test_the_chapter_computes_paths_and_robust_upstream_runs_once(tmp_path, monk
     assert set(out.robust["strategy"]) == {"full", "linear_probe"}
     assert not set(out.robust["run_id"]) & set(out.chapter.frame["run_id"])
     assert "2 trained now" in out.status  # the two robust upstream runs
+    comparison = out.upstream()
+    assert set(comparison["upstream"]) == {"standard", "robust"} and len(comparison) == 4
+    assert [v.claim.split()[0] for v in out.verdicts()] == ["Choosing", "Interpolating", "A"]
     again = remedies.compute(**kwargs)
     assert "0 computed now" in again.status and "0 trained now." in again.status
     pd.testing.assert_frame_equal(again.paths, out.paths)

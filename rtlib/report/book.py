@@ -76,14 +76,16 @@ def check_parameters(parameters: Mapping[str, Any] | None) -> None:
 
 #: The chapters' parameters that choose runs (the rest say where and how runs are done).
 RUN_PARAMETERS = ("preset", "tasks", "strategies", "seeds", "eps", "steps", "domain",
-                  "executor", "workers")
+                  "alphas", "robust_tasks", "executor", "workers")
 
 
 @dataclass(frozen=True)
 class ChapterRuns:
     """The runs the chapters read, resolved once from the book's parameters: the study
     chapters' ``tasks`` and the OOD chapter's (``ood_tasks``, fine-tuned on ``domain``), each
-    for every strategy and seed."""
+    for every strategy and seed; the remedies chapter's interpolation coefficients
+    (``alphas``) and the tasks it fine-tunes from the robust upstream model
+    (``robust_tasks``), the preset's where not given."""
 
     preset: str
     tasks: list[str]
@@ -92,22 +94,29 @@ class ChapterRuns:
     strategies: list[str]
     seeds: list[int]
     overrides: dict[str, Any]
+    alphas: list[float]
+    robust_tasks: list[str]
 
 
 def chapter_runs(parameters: Mapping[str, Any]) -> ChapterRuns:
     """Resolve the chapters' run parameters as their first cells would (``None``: the
     preset's)."""
-    from ..config import book_preset, preset_ood_task, preset_seeds, preset_tasks
+    from ..config import (book_preset, preset_ood_task, preset_remedies, preset_seeds,
+                          preset_tasks)
     from ..strategies import PAPER_STRATEGIES
 
     p = dict(parameters)
     preset = book_preset(p.get("preset", declared_default("preset")))
+    remedies = preset_remedies(preset)
     return ChapterRuns(
         preset=preset, tasks=list(p.get("tasks") or preset_tasks(preset)),
         ood_tasks=list(p.get("tasks") or [preset_ood_task(preset)]), domain=p.get("domain"),
         strategies=list(p.get("strategies") or PAPER_STRATEGIES),
         seeds=list(p.get("seeds") or preset_seeds(preset)),
-        overrides={k: p[k] for k in ("eps", "steps") if p.get(k) is not None})
+        overrides={k: p[k] for k in ("eps", "steps") if p.get(k) is not None},
+        alphas=list(remedies["alphas"] if p.get("alphas") is None else p["alphas"]),
+        robust_tasks=list(remedies["robust_tasks"] if p.get("robust_tasks") is None
+                          else p["robust_tasks"]))
 
 
 def check_values(parameters: Mapping[str, Any]) -> None:
@@ -115,8 +124,8 @@ def check_values(parameters: Mapping[str, Any]) -> None:
     runs: every run config passes :func:`rtlib.preflight.check` (nothing is computed)."""
     if not set(parameters) & set(RUN_PARAMETERS):
         return
-    from .. import sweep
-    from ..config import EXECUTORS, check_choice, check_int
+    from .. import interpolate, sweep
+    from ..config import EXECUTORS, check_choice, check_int, preset_remedies
 
     check_choice("executor", parameters.get("executor", "local"), EXECUTORS)
     if parameters.get("workers") is not None:
@@ -126,13 +135,19 @@ def check_values(parameters: Mapping[str, Any]) -> None:
     if runs.domain is not None:  # the OOD chapter trains on this domain of its task
         sweep.expand(runs.ood_tasks, runs.strategies[:1], runs.seeds[:1], preset=runs.preset,
                      domain=runs.domain, **runs.overrides)
+    interpolate.check_alphas(runs.alphas)
+    if runs.robust_tasks:  # the remedies chapter's runs from the robust upstream model
+        sweep.expand(runs.robust_tasks, runs.strategies, runs.seeds, preset=runs.preset,
+                     weights=preset_remedies(runs.preset)["robust_weights"], **runs.overrides)
 
 
-def missing_runs(parameters: Mapping[str, Any] | None = None) -> int | None:
-    """How many of the chapters' runs the store lacks (their study and the OOD chapter's
-    runs), computing nothing; None when that cannot be known without computing (the
-    learning-rate sweep is missing, or the OOD chapter trains on another domain)."""
-    from .. import plan, store
+def missing_runs(parameters: Mapping[str, Any] | None = None, remedies: bool = True
+                 ) -> int | None:
+    """How many of the chapters' runs the store lacks (their study's, the OOD chapter's and,
+    with ``remedies``, the remedies chapter's paths and robust upstream runs), computing
+    nothing; None when that cannot be known without computing (the learning-rate sweep is
+    missing, or the OOD chapter trains on another domain)."""
+    from .. import plan, store, sweep
     from ..config import ConfigError, preset_store
 
     p = dict(parameters or {})
@@ -142,11 +157,17 @@ def missing_runs(parameters: Mapping[str, Any] | None = None) -> int | None:
     results_dir = p.get("results_dir") or preset_store(runs.preset)
     tasks = list(dict.fromkeys(runs.tasks + runs.ood_tasks))  # the OOD task is often a study task
     try:
-        configs = plan.plan(runs.preset, tasks, runs.strategies, runs.seeds, results_dir,
-                            compute_selection=False, **runs.overrides).main
+        study_plan = plan.plan(runs.preset, tasks, runs.strategies, runs.seeds, results_dir,
+                               compute_selection=False, **runs.overrides)
     except ConfigError:  # the sweep's runs are missing: they will be computed
         return None
-    return sum(store.complete_run(results_dir, c) is None for c in configs)
+    missing = sum(store.complete_run(results_dir, c) is None for c in study_plan.main)
+    if remedies:  # paths from the study chapters' runs (the OOD-only task has none)
+        study_plan.main = [c for c in study_plan.main if c.task in runs.tasks]
+        work = plan.remedies_plan(study_plan, runs.alphas, runs.robust_tasks,
+                                  **runs.overrides).work()
+        missing += sum(not sweep.complete(job, results_dir) for job in work)
+    return missing
 
 
 def setup_notebook() -> None:
@@ -206,7 +227,8 @@ def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = notebooks() if not names else [base / "notebooks" / f"{n}.ipynb" for n in names]
     if jobs is None:
-        jobs = (os.cpu_count() or 1) if missing_runs(parameters) == 0 else 1
+        missing = missing_runs(parameters, remedies=any(p.stem == "remedies" for p in paths))
+        jobs = (os.cpu_count() or 1) if missing == 0 else 1
     t0 = time.perf_counter()
 
     def one(k: int, path: Path) -> Path:

@@ -233,7 +233,7 @@ def upstream_curve(curve: pd.DataFrame, final_accuracy: float | None = None,
     (``curve``: :func:`rtlib.pretrain.learning_curve`), with its final accuracy as a rule."""
     curve = curve.assign(stage=curve["stage"].map(lambda k: f"stage {k}"))
     line = alt.Chart(curve).mark_line(point=True).encode(
-        x=alt.X("step:Q", title="pre-training step (batch 256)"),
+        x=alt.X("step:Q", title="pre-training step"),
         y=alt.Y("accuracy:Q", title="upstream test accuracy (2,048 images)",
                 scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("stage:N", title="stage"),
@@ -276,7 +276,7 @@ def selection_gains(selection: pd.DataFrame, title: str | None = None) -> alt.Ch
         width=max(120, WIDTH // max(1, summary["task"].nunique())), height=160).facet(
         row=alt.Row("measure:N", title=None, sort=list(names.values())),
         column=alt.Column("task:N", title=None)).resolve_scale(y="independent").properties(
-        title=title or "Choosing the checkpoint by validation robust accuracy")
+        title=title or f"Choosing the checkpoint by {metrics.describe(selection['by'].iloc[0])}")
 
 
 def interpolation_paths(paths: pd.DataFrame, frame: pd.DataFrame, robust_col: str,

@@ -164,7 +164,7 @@ def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | Non
     if selection is not None and len(selection):
         pairs = selection.groupby(["task", "strategy"])[["gain", "cost"]].mean()
         hits = int(((pairs["gain"] > 0) & (pairs["cost"] <= small_cost)).sum())
-        by = selection["by"].iloc[0] if "by" in selection else "validation"
+        by = metrics.describe(selection["by"].iloc[0])
         cards.append(Verdict(
             "Choosing the checkpoint on the validation split recovers robust accuracy cheaply",
             "not studied by the paper",
@@ -187,7 +187,7 @@ def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | Non
             f"{hits} of {len(pairs)} task x strategy pairs; the path widens the run's frontier "
             f"(a larger AUPF than its checkpoints) on {wider} of {len(pairs)}",
             majority_verdict(hits, len(pairs)),
-            f"the coefficient is chosen by {interpolation['by'].iloc[0]}; a pair counts if it "
+            f"the coefficient is chosen by {metrics.describe(interpolation['by'].iloc[0])}; a pair counts if it "
             f"beats both ends on test robust accuracy in every seed at a seed-mean clean cost "
             f"of at most {small_cost:.0%}; holds if at least half of the pairs count, partly if "
             f"some do"))
@@ -227,6 +227,21 @@ class Remedies:
     interpolation: pd.DataFrame
     robust: pd.DataFrame
     status: str
+
+    def upstream_runs(self) -> pd.DataFrame:
+        """The robust tasks' runs from both upstream models (:func:`by_upstream`); empty when
+        no task was fine-tuned from the robust one."""
+        if not len(self.robust):
+            return self.robust.assign(upstream=pd.Series(dtype=str))
+        return by_upstream(self.chapter.frame, self.robust)
+
+    def upstream(self) -> pd.DataFrame | None:
+        """:func:`upstream_comparison` of :meth:`upstream_runs`; None without robust runs."""
+        return upstream_comparison(self.upstream_runs()) if len(self.robust) else None
+
+    def verdicts(self) -> list[Verdict]:
+        """The scorecard's "What helps" (:func:`what_helps`) for these remedies."""
+        return what_helps(self.selection, self.interpolation, self.upstream())
 
 
 def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
