@@ -359,6 +359,10 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
             summary = pd.concat([summary, sweep.run(
                 extra.work(), results_dir, device=device, progress=progress, workers=workers,
                 desc="remedies (paths, robust upstream runs)")], ignore_index=True)
+        if extra is not None:  # the methods chapter's scores of the two upstream models
+            from .pretrain import upstream_table
+
+            upstream_table(preset, results_dir)
     finally:  # an interrupted study still records what it completed
         invocation["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")

@@ -211,6 +211,34 @@ def upstream_robustness(weights: str | Path, results_dir: str | Path | None = No
     return out
 
 
+def upstream_table(preset: str, results_dir: str | Path | None = None):
+    """The preset's upstream models (``standard``, and ``robust``: the remedies' robust upstream
+    model) scored by :func:`upstream_robustness` the way the preset's runs are attacked (its
+    number of test images, first budget and attack steps), kept in its store. A DataFrame
+    (``clean``, ``robust``) indexed by upstream model, without the checkpoints that are not
+    files (hub weights, a robust model not made yet); ``attrs["attack"]`` says how it attacked."""
+    import pandas as pd
+
+    from .config import (RunConfig, eps_label, preset_defaults, preset_remedies, preset_store,
+                         preset_tasks, resolve_weights)
+
+    run = preset_defaults(preset)
+    attack = RunConfig(task=preset_tasks(preset)[0], strategy="full", **run)
+    results_dir = results_dir or preset_store(preset)
+    scores = {}
+    for name, weights in (("standard", run.get("weights")),
+                          ("robust", preset_remedies(preset)["robust_weights"])):
+        path = resolve_weights(weights)
+        if path and Path(path).is_file():
+            scores[name] = upstream_robustness(path, results_dir, images=attack.test_size,
+                                               eps=attack.eps[0], steps=attack.attack_steps)
+    table = pd.DataFrame.from_dict(scores, orient="index", columns=["clean", "robust"]
+                                   ).rename_axis("upstream model")
+    table.attrs["attack"] = (f"PGD-{attack.attack_steps} at {eps_label(attack.eps[0])} on "
+                             f"{attack.test_size:,} upstream test images")
+    return table
+
+
 def accuracy_by_domain(weights: str | Path, images: int = 1024, seed: int = 0) -> dict[str, float]:
     """Upstream test accuracy of a checkpoint in each upstream domain (``images`` rendered test
     images each): the mix the upstream accuracy averages over is not equally hard."""

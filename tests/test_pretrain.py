@@ -76,3 +76,13 @@ def test_upstream_robustness_is_kept_in_the_store_and_read_back(tmp_path):
     robust = pretrain.upstream_robustness(config.ROBUST_WEIGHTS, store_dir, images=16, steps=2)
     assert len(list((store_dir / "upstream").glob("*.parquet"))) == 3
     assert robust != first
+
+
+def test_the_upstream_table_scores_both_models_as_the_presets_runs_are_attacked(tmp_path):
+    table = pretrain.upstream_table("smoke", tmp_path)
+    assert table.index.tolist() == ["standard", "robust"]
+    assert table.attrs["attack"] == "PGD-3 at 2/255 on 64 upstream test images"
+    assert (table["robust"] <= table["clean"]).all()
+    # the robust model is the more robust one (a fact about the committed checkpoints)
+    assert table.loc["robust", "robust"] > table.loc["standard", "robust"]
+    assert len(list((tmp_path / "upstream").glob("*.parquet"))) == 2
