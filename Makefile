@@ -49,7 +49,7 @@ browser:
 	fi
 
 test: $(VENV)/.test-installed browser
-	$(BIN)/python -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 book: $(VENV)/.book-installed
 	$(BIN)/python -m rtlib book $(PARAMS)

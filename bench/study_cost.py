@@ -26,8 +26,8 @@ def main() -> None:
 
     import torch
 
-    from rtlib import metrics, plan, store, sweep, train
-    from rtlib.config import preset_seeds, preset_spec, preset_tasks
+    from rtlib import interpolate, metrics, plan, store, sweep, train
+    from rtlib.config import preset_remedies, preset_seeds, preset_spec, preset_tasks
     from rtlib.strategies import PAPER_STRATEGIES
 
     torch.set_num_threads(args.threads)
@@ -53,6 +53,19 @@ def main() -> None:
     print(f"projection for preset {args.preset!r}: {runs} runs x {wall:.0f} s + {sweep_runs} "
           f"sweep runs x ~{train_s:.0f} s = {total / 3600:.1f} h on one process "
           f"(strategies differ: this is one of them; {preset_spec(args.preset).get('store')})")
+    # The remedies (python -m rtlib study computes them after the study's runs): the runs from
+    # the robust upstream model at this run's time, and each path's evaluated points at this
+    # run's time per evaluation point.
+    remedies = preset_remedies(args.preset)
+    seeds, tasks = len(preset_seeds(args.preset)), len(preset_tasks(args.preset))
+    robust_runs = len(remedies["robust_tasks"]) * len(PAPER_STRATEGIES) * seeds
+    points = tasks * seeds * sum(len([a for a in remedies["alphas"]
+                                      if a not in interpolate.run_ends(s)])
+                                 for s in PAPER_STRATEGIES if s != "linear_probe")
+    per_point = eval_s / len(rows)
+    extra = robust_runs * wall + points * per_point
+    print(f"remedies: {robust_runs} robust upstream runs x {wall:.0f} s + {points} path points "
+          f"x ~{per_point:.0f} s = {extra / 3600:.1f} h more on one process")
 
 
 if __name__ == "__main__":

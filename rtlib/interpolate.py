@@ -121,6 +121,13 @@ def _evaluate(config: RunConfig, probe: RunConfig, alphas: Sequence[float],
     return points
 
 
+def run_ends(strategy: str) -> tuple[float, ...]:
+    """The coefficients whose points are runs' own last points, not evaluated for a path:
+    1 (the fine-tuned model), and 0 (the linear probe) for a strategy that starts as the
+    identity."""
+    return (0.0, 1.0) if strategies.get(strategy).starts_as_identity else (1.0,)
+
+
 def path(config: RunConfig, probe: RunConfig, alphas: Sequence[float] = ALPHAS,
          results_dir: str | Path | None = None, device: str | None = "auto",
          progress: bool = False) -> pd.DataFrame:
@@ -140,9 +147,8 @@ def path(config: RunConfig, probe: RunConfig, alphas: Sequence[float] = ALPHAS,
         done = store.read_table(store.interpolation_path(results_dir, key))
         if done is not None:
             return done
-    ends = {1.0: config}  # the ends the store may hold, read only when asked for
-    if strategies.get(config.strategy).starts_as_identity:
-        ends[0.0] = probe
+    # the ends the store may hold, read only when asked for
+    ends = {a: {1.0: config, 0.0: probe}[a] for a in run_ends(config.strategy)}
     known = {a: _last_point(ends[a], results_dir) for a in alphas if a in ends}
     points = {a: point for a, point in known.items() if point is not None}
     missing = [a for a in alphas if a not in points]

@@ -337,9 +337,18 @@ class _Session:
              label=f"{self.config.task}/{self.config.strategy}", progress=progress)
 
 
-def replay(config: RunConfig, points: int = 2, device: str | None = "cpu") -> list[dict]:
+def replay(config: RunConfig, points: int = 2, device: str | None = "cpu",
+           test_images: int | None = None) -> list[dict]:
     """The rows of a run's first ``points`` evaluation points, computed afresh (nothing is
-    read from or written to a store): what a committed run's first rows should be."""
+    read from or written to a store): what a committed run's first rows should be.
+
+    ``test_images``: score only the first that many test images (and as many of each OOD
+    domain), a cheaper check. Training does not depend on the test set, and each test image's
+    result depends only on that image (an image's rendering on its index, an attack batch's
+    random start on a seed and its position: a prefix of the run's batches draws a prefix of
+    their noise), so the rows' masks are then prefixes of the run's."""
+    if test_images is not None and test_images < config.test_size:
+        config = dataclasses.replace(config, test_size=test_images)
     preflight.check(config)
     device = resolve_device(device)
     with models.exact_convolutions():
