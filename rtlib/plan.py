@@ -362,7 +362,11 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
         if extra is not None:  # the methods chapter's scores of the two upstream models
             from .pretrain import upstream_table
 
-            upstream_table(preset, results_dir)
+            if progress:
+                print("scoring the upstream models for the methods chapter", flush=True)
+            table = upstream_table(preset, results_dir)
+            if progress:
+                print(f"{table.attrs['attack']}:\n{table.round(3).to_string()}", flush=True)
     finally:  # an interrupted study still records what it completed
         invocation["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
