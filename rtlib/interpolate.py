@@ -147,9 +147,9 @@ def path(config: RunConfig, probe: RunConfig, alphas: Sequence[float] = ALPHAS,
         done = store.read_table(store.interpolation_path(results_dir, key))
         if done is not None:
             return done
-    # the ends the store may hold, read only when asked for
-    ends = {a: {1.0: config, 0.0: probe}[a] for a in run_ends(config.strategy)}
-    known = {a: _last_point(ends[a], results_dir) for a in alphas if a in ends}
+    ends = {1.0: config, 0.0: probe}  # the runs the store may hold, read only when asked for
+    known = {a: _last_point(ends[a], results_dir) for a in alphas
+             if a in run_ends(config.strategy)}
     points = {a: point for a, point in known.items() if point is not None}
     missing = [a for a in alphas if a not in points]
     if missing:

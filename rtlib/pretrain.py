@@ -173,6 +173,17 @@ def learning_curve(meta: dict):
     return pd.DataFrame(rows, columns=["stage", "step", "accuracy", "loss"])
 
 
+def _upstream_model(weights: str | Path):
+    """The embedded model with the upstream task's head, loaded from checkpoint ``weights``."""
+    from safetensors.torch import load_file
+
+    from .data import glyphs
+
+    model = models.build(models.EMBEDDED_MODEL, len(glyphs.specs()["upstream"].classes))
+    model.backbone.load_state_dict(load_file(str(weights)))
+    return model.eval()
+
+
 def upstream_robustness(weights: str | Path, results_dir: str | Path | None = None,
                         images: int = 512, eps: float = 2 / 255, steps: int = 10,
                         seed: int = 7) -> dict[str, float]:
@@ -194,12 +205,7 @@ def upstream_robustness(weights: str | Path, results_dir: str | Path | None = No
     kept = store.read_table(path) if path is not None else None
     if kept is not None:
         return {k: float(kept[k].iloc[0]) for k in ("clean", "robust")}
-    from safetensors.torch import load_file
-
-    spec = glyphs.specs()["upstream"]
-    model = models.build(models.EMBEDDED_MODEL, len(spec.classes))
-    model.backbone.load_state_dict(load_file(str(weights)))
-    model.eval()
+    model = _upstream_model(weights)
     test = Split(*map(torch.from_numpy, glyphs.generate("upstream", "test", images, seed=seed)))
     out = {"clean": accuracy(model, test)[0],
            "robust": attacks.robust_accuracy(model, test.images, test.labels, eps,
@@ -242,17 +248,13 @@ def upstream_table(preset: str, results_dir: str | Path | None = None):
 def accuracy_by_domain(weights: str | Path, images: int = 1024, seed: int = 0) -> dict[str, float]:
     """Upstream test accuracy of a checkpoint in each upstream domain (``images`` rendered test
     images each): the mix the upstream accuracy averages over is not equally hard."""
-    from safetensors.torch import load_file
-
     from .data import glyphs
     from .data.split import Split
     from .evaluate import accuracy
 
-    spec = glyphs.specs()["upstream"]
-    model = models.build(models.EMBEDDED_MODEL, len(spec.classes))
-    model.backbone.load_state_dict(load_file(str(weights)))
+    model = _upstream_model(weights)
     out = {}
-    for domain in dict.fromkeys(spec.domains):
+    for domain in dict.fromkeys(glyphs.specs()["upstream"].domains):
         split = Split(*map(torch.from_numpy, glyphs.generate("upstream", "test", images,
                                                              seed=seed, domain=domain)))
         out[domain], _ = accuracy(model, split)

@@ -187,10 +187,10 @@ def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | Non
             f"{hits} of {len(pairs)} task x strategy pairs; the path widens the run's frontier "
             f"(a larger AUPF than its checkpoints) on {wider} of {len(pairs)}",
             majority_verdict(hits, len(pairs)),
-            f"the coefficient is chosen by {metrics.describe(interpolation['by'].iloc[0])}; a pair counts if it "
-            f"beats both ends on test robust accuracy in every seed at a seed-mean clean cost "
-            f"of at most {small_cost:.0%}; holds if at least half of the pairs count, partly if "
-            f"some do"))
+            f"the coefficient is chosen by {metrics.describe(interpolation['by'].iloc[0])}; a "
+            f"pair counts if it beats both ends on test robust accuracy in every seed at a "
+            f"seed-mean clean cost of at most {small_cost:.0%}; holds if at least half of the "
+            f"pairs count, partly if some do"))
     if upstream is not None and len(upstream) and set(upstream["upstream"]) >= {"standard",
                                                                                 "robust"}:
         table = upstream.pivot_table(index=["task", "strategy"], columns="upstream",
