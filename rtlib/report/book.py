@@ -8,6 +8,7 @@ directory or from this package, and says so when there is none.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import subprocess
@@ -163,8 +164,9 @@ def missing_runs(parameters: Mapping[str, Any] | None = None, remedies: bool = T
         return None
     missing = sum(store.complete_run(results_dir, c) is None for c in study_plan.main)
     if remedies:  # paths from the study chapters' runs (the OOD-only task has none)
-        study_plan.main = [c for c in study_plan.main if c.task in runs.tasks]
-        work = plan.remedies_plan(study_plan, runs.alphas, runs.robust_tasks,
+        chapters_plan = dataclasses.replace(
+            study_plan, main=[c for c in study_plan.main if c.task in runs.tasks])
+        work = plan.remedies_plan(chapters_plan, runs.alphas, runs.robust_tasks,
                                   **runs.overrides).work()
         missing += sum(not sweep.complete(job, results_dir) for job in work)
     return missing
