@@ -153,6 +153,11 @@ def test_the_chapter_computes_paths_and_robust_upstream_runs_once(tmp_path, monk
     again = remedies.compute(**kwargs)
     assert "0 computed now" in again.status and "0 trained now." in again.status
     pd.testing.assert_frame_equal(again.paths, out.paths)
+    # The takeaways page has the study's runs already: they serve, not read again.
+    monkeypatch.setattr(remedies, "chapter", lambda *a, **k: pytest.fail("runs read again"))
+    reused = remedies.compute(**kwargs, base=out.chapter)
+    assert reused.chapter is out.chapter and reused.verdicts() == out.verdicts()
+    pd.testing.assert_frame_equal(reused.paths, out.paths)
 
 
 def test_a_robust_upstream_model_not_made_yet_is_named_before_anything_runs(tmp_path,

@@ -244,12 +244,24 @@ class Remedies:
         return what_helps(self.selection, self.interpolation, self.upstream())
 
 
+def _serves(base: Chapter, tasks: Sequence[str], strategies: Sequence[str],
+            seeds: Sequence[int] | None) -> bool:
+    """Whether ``base`` holds the study's runs these remedies need: its plan's strategies are
+    ``strategies`` (the linear probe among them), its tasks include ``tasks`` and its seeds
+    are ``seeds`` (None: any, the preset's)."""
+    if base.plan is None:
+        return False
+    main = base.plan.main
+    return ({c.strategy for c in main} == set(strategies) and {c.task for c in main} >= set(tasks)
+            and (seeds is None or {c.seed for c in main} == set(seeds)))
+
+
 def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
             strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             alphas: Sequence[float] | None = None, robust_tasks: Sequence[str] | None = None,
             results_dir: str | Path | None = None, executor: str = "local",
-            workers: int | None = None, progress: bool | str = "lines", **overrides: Any
-            ) -> Remedies:
+            workers: int | None = None, progress: bool | str = "lines",
+            base: Chapter | None = None, **overrides: Any) -> Remedies:
     """The one call the remedies chapter makes. The learning-rate sweep first (where the store
     lacks it), then every remedy is checked (:func:`rtlib.plan.remedies_plan`) before the study's
     runs (:func:`rtlib.report.study.chapter`: the linear probe is always among them, every path
@@ -257,6 +269,9 @@ def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
     fine-tuned from the robust upstream model on ``robust_tasks`` at the study's learning
     rates: computed only where the store lacks them. ``None``: the preset's
     (:func:`rtlib.config.preset_remedies`; ``robust_tasks=[]`` leaves the robust model out).
+    ``base``: the study's runs a caller already has (:func:`rtlib.report.study.chapter` with
+    the same arguments, e.g. the takeaways page's), not read from the store again when they
+    include the linear probe.
     """
     from .. import interpolate, plan, sweep
     from ..config import book_preset, preset_store, preset_tasks
@@ -269,13 +284,19 @@ def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
     tasks = tasks or preset_tasks(preset)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     results_dir = results_dir or preset_store(preset)
-    # The sweep first (where the store lacks it), then every remedy checked before any run.
-    study_plan = plan.plan(preset, tasks, strategies, seeds, results_dir, executor=executor,
-                           workers=workers, progress=progress, **overrides)
-    extra = plan.remedies_plan(study_plan, alphas, robust_tasks, **overrides)
-    base = chapter(preset, tasks, strategies, seeds, results_dir=results_dir,
-                   executor=executor, workers=workers, progress=progress,
-                   study_plan=study_plan, **overrides)
+    if base is not None and not _serves(base, tasks, strategies, seeds):
+        base = None  # other runs than these remedies start from: load those
+    if base is None:
+        # The sweep first (where the store lacks it), then every remedy checked before any run.
+        study_plan = plan.plan(preset, tasks, strategies, seeds, results_dir,
+                               executor=executor, workers=workers, progress=progress,
+                               **overrides)
+        extra = plan.remedies_plan(study_plan, alphas, robust_tasks, **overrides)
+        base = chapter(preset, tasks, strategies, seeds, results_dir=results_dir,
+                       executor=executor, workers=workers, progress=progress,
+                       study_plan=study_plan, **overrides)
+    else:
+        extra = plan.remedies_plan(base.plan, alphas, robust_tasks, **overrides)
     path_jobs, robust_configs = extra.paths, extra.robust
     path_summary = sweep.run(path_jobs, results_dir, executor=executor, workers=workers,
                              progress=progress, desc="interpolation paths")
