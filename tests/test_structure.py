@@ -194,3 +194,29 @@ def test_lora_alpha_has_an_upper_bound():
 
     with pytest.raises(ConfigError, match="lora.alpha"):
         preflight.check(tiny_config(hparams={"alpha": 1e30}))
+
+
+def test_chapters_run_in_this_environment_whatever_python3_kernel_jupyter_finds(tmp_path,
+                                                                                monkeypatch):
+    """A reader's own "python3" kernel (here a broken one, first on Jupyter's search path)
+    must not be the one that executes the chapters: rtlib's environment is."""
+    import nbformat
+
+    from rtlib.report import book
+
+    decoy = tmp_path / "jupyter" / "kernels" / "python3"
+    decoy.mkdir(parents=True)
+    (decoy / "kernel.json").write_text(json.dumps({
+        "argv": [str(tmp_path / "no-such-python"), "-m", "ipykernel_launcher", "-f",
+                 "{connection_file}"], "display_name": "someone else's", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    seen = tmp_path / "executable.txt"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        f"import sys; open({str(seen)!r}, 'w').write(sys.executable)")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
+                                       "display_name": "Python 3"}
+    (tmp_path / "notebooks").mkdir()
+    path = tmp_path / "notebooks" / "chapter.ipynb"
+    nbformat.write(notebook, str(path))
+    book._execute_one(path, tmp_path, None, tmp_path, progress=False)  # executed: tmp_path/
+    assert seen.read_text() == sys.executable

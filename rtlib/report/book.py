@@ -274,18 +274,31 @@ def _execute_one(path: Path, output_dir: Path, parameters: Mapping[str, Any] | N
 
 @functools.cache  # one class for every notebook
 def _local_kernel_manager() -> type:
-    """A kernel manager whose kernels talk over local (IPC) sockets: a chapter's kernel then
-    opens no TCP port, and ipykernel has no reason to print its warning about unencrypted TCP
-    for every notebook (what a reader of ``make book`` saw instead of progress)."""
+    """A kernel manager for the chapters: its kernels run in this interpreter (the environment
+    that has rtlib), whatever kernel named "python3" Jupyter's search path finds first (a
+    reader's own, in ~/.local/share/jupyter, comes before the environment's); and they talk
+    over local (IPC) sockets: a chapter's kernel then opens no TCP port, and ipykernel has no
+    reason to print its warning about unencrypted TCP for every notebook (what a reader of
+    ``make book`` saw instead of progress)."""
     import os
     import uuid
 
+    from jupyter_client.kernelspec import KernelSpec
     from jupyter_client.manager import KernelManager
     from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import CaselessStrEnum, default
 
     class LocalKernelManager(KernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @property
+        def kernel_spec(self) -> KernelSpec:
+            if self._kernel_spec is None:
+                self._kernel_spec = KernelSpec(
+                    argv=[sys.executable, "-m", "ipykernel_launcher", "-f",
+                          "{connection_file}"],
+                    display_name="Python 3 (rtlib)", language="python")
+            return self._kernel_spec
 
         @default("ip")
         def _ip_default(self) -> str:
