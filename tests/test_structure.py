@@ -220,3 +220,51 @@ def test_chapters_run_in_this_environment_whatever_python3_kernel_jupyter_finds(
     nbformat.write(notebook, str(path))
     book._execute_one(path, tmp_path, None, tmp_path, progress=False)  # executed: tmp_path/
     assert seen.read_text() == sys.executable
+
+
+def test_no_chapter_reuses_a_parameters_name_for_something_else():
+    """A chapter may refine a parameter from itself (``preset = config.book_preset(preset)``,
+    ``tasks = tasks or [...]``) but never bind its name to another value: a reader's ``-p``
+    would then be lost or reach the wrong call (the methods page once named its table of tasks
+    ``tasks``)."""
+    import ast
+
+    import papermill as pm
+
+    from rtlib.report import book
+
+    class Bindings(ast.NodeVisitor):  # the notebook's own names, not those inside functions
+        def __init__(self):
+            self.found = []
+
+        def visit_FunctionDef(self, node):
+            pass
+
+        def visit_Lambda(self, node):
+            pass
+
+        def visit_Assign(self, node):
+            for target in node.targets:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        self.found.append((name.id, node.value))
+
+        def visit_For(self, node):
+            self.found += [(n.id, None) for n in ast.walk(node.target) if isinstance(n, ast.Name)]
+            self.generic_visit(node)
+
+    bad = []
+    for path in book.notebooks():
+        declared = set(pm.inspect_notebook(str(path)))
+        cells = json.loads(path.read_text())["cells"]
+        for cell in cells:
+            if cell["cell_type"] != "code" or "parameters" in cell["metadata"].get("tags", []):
+                continue
+            visitor = Bindings()
+            visitor.visit(ast.parse("".join(cell["source"])))
+            for name, value in visitor.found:
+                uses = ({n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
+                        if value is not None else set())
+                if name in declared and name not in uses:
+                    bad.append(f"{path.name}: {name}")
+    assert not bad, bad
