@@ -67,6 +67,21 @@ def test_trajectories(frame):
     assert intervals and all(i.endswith("(512 images)") for i in intervals)
 
 
+def test_step_axis_labels_read_as_steps(frame):
+    """A 1,000-step run's axis reads 0, 1, 3, 10, ... 1,000 (Vega's SI format once labelled
+    every tick with the largest one's prefix: "0k" for 10)."""
+    import re
+
+    long_run = frame.assign(step=frame["step"] * 1000 // 320)
+    for chart in (charts.trajectories(long_run, ROBUST),
+                  charts.by_upstream(long_run.assign(upstream="standard"), ROBUST)):
+        svg = vlc.vegalite_to_svg(json.dumps(chart.to_dict(validate=True)))
+        labels = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+        ticks = ["0", "1", "3", "10", "30", "100", "300", "1,000"]
+        assert all(t in labels for t in ticks), labels
+        assert not any(label.endswith("k") for label in labels), labels
+
+
 def test_frontier_path(frame):
     _check(charts.frontier_path(frame[frame.task == "fonts"], ROBUST),
            {"test_acc", ROBUST, "strategy", "step", "clean", "robust", "aupf"})

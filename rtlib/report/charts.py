@@ -32,6 +32,16 @@ def _mean_over_seeds(frame: pd.DataFrame, cols: Sequence[str],
     return frame.groupby(list(by), as_index=False)[list(cols)].mean()
 
 
+def _step_axis(last_step: int) -> alt.X:
+    """The fine-tuning step on a symlog axis (the schedule is dense early), ticked at 1-3-10
+    steps up to ``last_step`` and labelled as whole numbers (Vega's SI format gives every
+    tick the largest one's prefix: 20 became "0k")."""
+    ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000)
+             if t <= last_step]
+    return alt.X("step:Q", scale=alt.Scale(type="symlog"), title="fine-tuning step (symlog)",
+                 axis=alt.Axis(values=ticks, format=",d"))
+
+
 def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
     """RQ1: clean and robust test accuracy against the step (symlog axis), per strategy.
 
@@ -53,10 +63,7 @@ def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None)
         tooltip.append(alt.Tooltip("ci95:N", title="95% interval"))
     order = strategy_order(long["strategy"])
     sel, color, opacity = _legend_filter("strategy", order)
-    ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000)
-             if t <= long["step"].max()]
-    x = alt.X("step:Q", scale=alt.Scale(type="symlog"), title="fine-tuning step (symlog)",
-              axis=alt.Axis(values=ticks, format="~s"))
+    x = _step_axis(long["step"].max())
     lines = alt.Chart(long).mark_line(point=True).encode(
         x=x, y=alt.Y("accuracy:Q", title="test accuracy", scale=alt.Scale(domain=[0, 1])),
         color=color, strokeDash=alt.StrokeDash("metric:N", title="metric"),
@@ -314,9 +321,7 @@ def by_upstream(frame: pd.DataFrame, robust_col: str, title: str | None = None) 
         mean="mean", low="min", high="max", seeds="count")
     order = strategy_order(runs["strategy"])
     sel, color, opacity = _legend_filter("strategy", order)
-    ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000) if t <= runs["step"].max()]
-    x = alt.X("step:Q", scale=alt.Scale(type="symlog"), title="fine-tuning step (symlog)",
-              axis=alt.Axis(values=ticks, format="~s"))
+    x = _step_axis(runs["step"].max())
     dash = alt.StrokeDash("upstream:N", sort=["standard", "robust"], title="upstream model")
     lines = alt.Chart(runs).mark_line(point=True).encode(
         x=x, y=alt.Y("mean:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
