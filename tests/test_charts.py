@@ -131,8 +131,14 @@ def test_interpolation_paths(frame):
     ends = fonts[fonts.step == fonts.step.max()]
     paths = pd.concat([ends.assign(alpha=a, test_acc=ends["test_acc"] * (0.5 + a / 2))
                        for a in (0.0, 0.5, 1.0)])
-    _check(charts.interpolation_paths(paths, fonts, ROBUST),
-           {"test_acc", ROBUST, "alpha", "strategy", "clean", "robust", "aupf"})
+    spec = _check(charts.interpolation_paths(paths, fonts, ROBUST),
+                  {"test_acc", ROBUST, "alpha", "strategy", "clean", "robust", "aupf"})
+    # Zoomed to the paths and the frontiers' checkpoints, not to the staircases' start at
+    # clean 0 (which squeezed a near task's paths against the right edge).
+    path_layer = spec["layer"][1]["encoding"]
+    lo, hi = path_layer["x"]["scale"]["domain"]
+    assert 0 < lo <= paths["test_acc"].min() and hi >= paths["test_acc"].max(), (lo, hi)
+    assert spec["layer"][0]["encoding"]["x"]["scale"]["domain"] == [lo, hi]
 
 
 def test_by_upstream(frame):

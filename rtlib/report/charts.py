@@ -104,20 +104,37 @@ def _staircase(front: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"clean": xs, "robust": ys, "order": np.arange(len(xs))})
 
 
-def _frontiers(runs: pd.DataFrame, robust_col: str, color, opacity, stroke_width: float,
-               aupf_title: str) -> alt.Chart:
-    """Each strategy's Pareto frontier of its (seed-mean) checkpoints as a dotted staircase,
-    with its AUPF in the tooltip."""
+def _frontier_stairs(runs: pd.DataFrame, robust_col: str) -> pd.DataFrame:
+    """Each strategy's Pareto frontier of its (seed-mean) checkpoints as staircase vertices
+    (:func:`_staircase`; ``vertex`` marks the checkpoints themselves), with its AUPF."""
     stairs = []
     for strategy, g in runs.groupby("strategy"):
         s = _staircase(pareto.frontier(g["test_acc"], g[robust_col]))
         s["strategy"] = strategy
         s["aupf"] = pareto.aupf(g["test_acc"], g[robust_col])
+        s["vertex"] = s["order"] % 2 == 1  # (previous x, r), then the checkpoint (c, r)
         stairs.append(s)
-    return alt.Chart(pd.concat(stairs)).mark_line(
-        strokeWidth=stroke_width, strokeDash=[2, 2]).encode(
-        x="clean:Q", y="robust:Q", order="order:Q", color=color, opacity=opacity,
+    return pd.concat(stairs)
+
+
+def _frontiers(runs: pd.DataFrame, robust_col: str, color, opacity, stroke_width: float,
+               aupf_title: str, stairs: pd.DataFrame | None = None,
+               x: alt.X | str = "clean:Q", y: alt.Y | str = "robust:Q") -> alt.Chart:
+    """Each strategy's Pareto frontier of its (seed-mean) checkpoints as a dotted staircase,
+    with its AUPF in the tooltip (clipped to the plot, for a zoomed ``x`` or ``y``)."""
+    stairs = _frontier_stairs(runs, robust_col) if stairs is None else stairs
+    return alt.Chart(stairs).mark_line(
+        strokeWidth=stroke_width, strokeDash=[2, 2], clip=True).encode(
+        x=x, y=y, order="order:Q", color=color, opacity=opacity,
         tooltip=["strategy:N", alt.Tooltip("aupf:Q", format=".3f", title=aupf_title)])
+
+
+def _zoom(values: Sequence[float], pad: float = 0.1) -> list[float]:
+    """An axis domain around ``values`` (accuracies), ``pad`` of their range (at least half a
+    point) either side, within [0, 1]."""
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    margin = max((hi - lo) * pad, 0.005)
+    return [max(0.0, lo - margin), min(1.0, hi + margin)]
 
 
 def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
@@ -272,7 +289,7 @@ def selection_gains(selection: pd.DataFrame, title: str | None = None) -> alt.Ch
     bars = base.mark_rule(strokeWidth=2).encode(x=x, y="low:Q", y2="high:Q", color=color,
                                                 opacity=opacity)
     points = base.mark_point(filled=True, size=70).encode(
-        x=x, y=alt.Y("mean:Q", title="test accuracy"),
+        x=x, y=alt.Y("mean:Q", title="test accuracy difference", axis=alt.Axis(format="+.2~%")),
         color=color, opacity=opacity,
         tooltip=["task:N", "strategy:N", "measure:N", "seeds:Q",
                  alt.Tooltip("mean:Q", format="+.3f", title="mean over seeds"),
@@ -297,17 +314,24 @@ def interpolation_paths(paths: pd.DataFrame, frame: pd.DataFrame, robust_col: st
     runs = _mean_over_seeds(frame, ["test_acc", robust_col])  # the probe's frontier included
     order = strategy_order(runs["strategy"])  # the colours of the book's other charts
     sel, color, opacity = _legend_filter("strategy", order)
-    # zoomed to the points: the differences a path makes are a few points of accuracy
-    line = alt.Chart(mixed).mark_line(point=alt.OverlayMarkDef(size=50), strokeWidth=2.5).encode(
-        x=alt.X("test_acc:Q", title="clean accuracy", scale=alt.Scale(zero=False)),
+    # Zoomed to the paths and the checkpoints on the frontiers: the differences a path makes
+    # are a few points of accuracy (the staircases start at clean 0, out of the picture).
+    stairs = _frontier_stairs(runs, robust_col)
+    vertices = stairs[stairs["vertex"]]
+    x_scale = alt.Scale(domain=_zoom(pd.concat([mixed["test_acc"], vertices["clean"]])))
+    y_scale = alt.Scale(domain=_zoom(pd.concat([mixed[robust_col], vertices["robust"]])))
+    line = alt.Chart(mixed).mark_line(point=alt.OverlayMarkDef(size=50), strokeWidth=2.5,
+                                      clip=True).encode(
+        x=alt.X("test_acc:Q", title="clean accuracy", scale=x_scale),
         y=alt.Y(f"{robust_col}:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
-                scale=alt.Scale(zero=False)),
+                scale=y_scale),
         order=f"{ALPHA}:Q", color=color, opacity=opacity,
         tooltip=["strategy:N", alt.Tooltip(f"{ALPHA}:Q", title="mixing coefficient"),
                  alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
                  alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")])
     front = _frontiers(runs, robust_col, color, opacity, stroke_width=1.5,
-                       aupf_title="AUPF of checkpoints")
+                       aupf_title="AUPF of checkpoints", stairs=stairs,
+                       x=alt.X("clean:Q", scale=x_scale), y=alt.Y("robust:Q", scale=y_scale))
     return (front + line).add_params(sel).properties(
         width=HEIGHT + 80, height=HEIGHT + 80,
         title=title or "Interpolation paths (solid) and training-time frontiers (dotted)")
