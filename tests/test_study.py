@@ -201,3 +201,10 @@ def test_verdicts_render_as_the_scorecard_with_their_colours():
     html = study.styled(table).to_html()
     assert study.VERDICT_COLOURS["holds"] in html and study.VERDICT_COLOURS["does not hold"] in html
     assert study.VERDICT_COLOURS["partly"] not in html
+
+
+def test_differences_print_with_their_sign_and_no_negative_zero():
+    from rtlib.report.study import signed
+
+    assert [signed(0.0131), signed(-0.0131), signed(-0.0004), signed(0.2149, 2)] == \
+        ["+0.013", "-0.013", "+0.000", "+0.21"]

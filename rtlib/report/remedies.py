@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .. import metrics, pareto, store
-from .study import Chapter, Verdict, chapter, failures, majority_verdict
+from .study import Chapter, Verdict, chapter, failures, majority_verdict, signed
 
 
 def checkpoint_selection(frame: pd.DataFrame, by: str | None = None,
@@ -169,8 +169,8 @@ def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | Non
             "Choosing the checkpoint on the validation split recovers robust accuracy cheaply",
             "not studied by the paper",
             f"chosen by {by}: on {hits} of {len(pairs)} task x strategy pairs the seed-mean test "
-            f"robust accuracy rises (mean {pairs['gain'].mean():+.3f}) at a clean cost of at "
-            f"most {small_cost:.0%} (mean {pairs['cost'].mean():+.3f})",
+            f"robust accuracy rises (mean {signed(pairs['gain'].mean())}) at a clean cost of at "
+            f"most {small_cost:.0%} (mean {signed(pairs['cost'].mean())})",
             majority_verdict(hits, len(pairs)),
             f"a pair counts if its seed-mean gain is above 0 and its clean cost at most "
             f"{small_cost:.0%}; holds if at least half of the pairs count, partly if some do"))
@@ -204,8 +204,8 @@ def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | Non
             "A robust upstream model passes more robustness on, at a small clean cost",
             "not studied by the paper (its story: fine-tuning inherits, then exploits)",
             f"{hits} of {len(table)} task x strategy pairs end more robust (mean "
-            f"{gain.mean():+.3f}) at a clean cost of at most {small_cost:.0%} (mean "
-            f"{cost.mean():+.3f}); significant falls from the robust peak: {falls['standard']} "
+            f"{signed(gain.mean())}) at a clean cost of at most {small_cost:.0%} (mean "
+            f"{signed(cost.mean())}); significant falls from the robust peak: {falls['standard']} "
             f"from the standard model, {falls['robust']} from the robust one",
             majority_verdict(hits, len(table)),
             f"seed means of the last point; a pair counts if its robust accuracy from the robust "

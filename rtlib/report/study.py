@@ -100,6 +100,12 @@ def failures(summary: pd.DataFrame, what: str) -> str:
         f"{r.task}/{r.strategy}/seed {r.seed}: {r.error}" for r in failed.itertuples())
 
 
+def signed(value: float, digits: int = 3) -> str:
+    """``value`` with its sign, as the book prints differences of accuracy: ``+0.013``; a
+    difference that rounds to zero prints as ``+0.000``, not ``-0.000``."""
+    return f"{round(float(value), digits) + 0.0:+.{digits}f}"
+
+
 def final_points(frame: pd.DataFrame) -> pd.DataFrame:
     """The last evaluation point of every run."""
     return frame.sort_values("step").groupby("run_id").tail(1)
@@ -262,7 +268,7 @@ def rq1_findings(frame: pd.DataFrame, col: str = metrics.ROBUST) -> list[str]:
             "and every seed drops)."]
     for task in task_order(frame):
         sub, runs_ = pooled[pooled.task == task], rf[rf.task == task]
-        names = ", ".join(f"{r.strategy} ({r.drop:+.3f} +- {r.drop_se:.3f})"
+        names = ", ".join(f"{r.strategy} ({signed(r.drop)} +- {r.drop_se:.3f})"
                           for r in sub[sub.significant].itertuples()) or "none"
         bits.append(f"- {task}: robust accuracy peaks at a median step of "
                     f"{int(runs_.peak_step.median())} of {int(runs_.final_step.max())}; "
@@ -294,7 +300,7 @@ def sensitivity_findings(sensitivity: pd.DataFrame, tasks: Sequence[str]) -> lis
                          "frontier has a trapezoid area of 0): no best strategy to compare")
             continue
         text = "the same" if same else "**different**"
-        corr = (f"rank correlation {rho:+.2f}" if pd.notna(rho) else
+        corr = (f"rank correlation {signed(rho, 2)}" if pd.notna(rho) else
                 "one reading ranks no strategy above another")
         lines.append(f"- **{task}**: best strategy {text} under both readings; {corr}")
     return lines
@@ -416,7 +422,7 @@ def scorecard(frame: pd.DataFrame, table: pd.DataFrame, ood_frame: pd.DataFrame 
             "RQ2: the more complex the task (the less similar to upstream), the steeper the "
             "frontier",
             "steeper frontiers on complex tasks",
-            f"Spearman correlation between distance from upstream and steepness: {rho:+.2f} "
+            f"Spearman correlation between distance from upstream and steepness: {signed(rho, 2)} "
             f"over {len(steep)} tasks",
             "holds" if rho >= 0.5 else ("partly" if rho > 0 else "does not hold"),
             "holds if rho >= 0.5, partly if positive"))
