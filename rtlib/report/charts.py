@@ -138,18 +138,26 @@ def _zoom(values: Sequence[float], pad: float = 0.1) -> list[float]:
 
 
 def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
-    """The path of each run in the (clean, robust) plane, with its Pareto frontier (staircase)."""
+    """The path of each run in the (clean, robust) plane, with its Pareto frontier (staircase),
+    zoomed to the frontiers' checkpoints and the runs' last points (where the strategies
+    differ; the early steps enter from the lower left)."""
     runs = _mean_over_seeds(frame, ["test_acc", robust_col])
     order = strategy_order(runs["strategy"])
     sel, color, opacity = _legend_filter("strategy", order)
-    path = alt.Chart(runs).mark_line(point=True, strokeWidth=1).encode(
-        x=alt.X("test_acc:Q", title="clean accuracy", scale=alt.Scale(domain=[0, 1])),
+    stairs = _frontier_stairs(runs, robust_col)
+    vertices, last = stairs[stairs["vertex"]], runs.sort_values("step").groupby("strategy").tail(1)
+    x_scale = alt.Scale(domain=_zoom(pd.concat([vertices["clean"], last["test_acc"]])))
+    y_scale = alt.Scale(domain=_zoom(pd.concat([vertices["robust"], last[robust_col]])))
+    path = alt.Chart(runs).mark_line(point=True, strokeWidth=1, clip=True).encode(
+        x=alt.X("test_acc:Q", title="clean accuracy", scale=x_scale),
         y=alt.Y(f"{robust_col}:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
-                scale=alt.Scale(domain=[0, 1])),
+                scale=y_scale),
         order="step:Q", color=color, opacity=opacity,
         tooltip=["strategy:N", "step:Q", alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
                  alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")])
-    front = _frontiers(runs, robust_col, color, opacity, stroke_width=3, aupf_title="AUPF")
+    front = _frontiers(runs, robust_col, color, opacity, stroke_width=3, aupf_title="AUPF",
+                       stairs=stairs, x=alt.X("clean:Q", scale=x_scale),
+                       y=alt.Y("robust:Q", scale=y_scale))
     return (path + front).add_params(sel).properties(
         width=HEIGHT + 80, height=HEIGHT + 80,
         title=title or "Each run's path (thin) and its Pareto frontier (dotted)")
