@@ -268,3 +268,29 @@ def test_no_chapter_reuses_a_parameters_name_for_something_else():
                 if name in declared and name not in uses:
                     bad.append(f"{path.name}: {name}")
     assert not bad, bad
+
+
+def test_the_exercises_commands_pass_the_books_checks():
+    """Every ``-p NAME VALUE`` an exercise tells a reader to type (in a ``python -m rtlib
+    book`` or ``papermill`` command, or alone) names a declared parameter and a value the
+    chapters accept, checked as ``make book`` checks it, before anything runs."""
+    import re
+    import shlex
+
+    import yaml
+
+    from rtlib.report import book
+
+    commands = []
+    for path in book.notebooks():
+        for cell in json.loads(path.read_text())["cells"]:
+            text = "".join(cell["source"])
+            if cell["cell_type"] == "markdown" and "Exercises" in text:
+                commands += [(path.name, span) for span in re.findall(r"`([^`]*-p [^`]*)`", text)]
+    assert len(commands) >= 6, commands
+    for name, command in commands:
+        words = shlex.split(command)
+        params = {words[i + 1]: yaml.safe_load(words[i + 2])
+                  for i, w in enumerate(words) if w == "-p"}
+        assert params, (name, command)
+        book.check_parameters(params)  # raises ConfigError naming the field
