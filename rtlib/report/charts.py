@@ -117,15 +117,14 @@ def _frontier_stairs(runs: pd.DataFrame, robust_col: str) -> pd.DataFrame:
     return pd.concat(stairs)
 
 
-def _frontiers(runs: pd.DataFrame, robust_col: str, color, opacity, stroke_width: float,
-               aupf_title: str, stairs: pd.DataFrame | None = None,
-               x: alt.X | str = "clean:Q", y: alt.Y | str = "robust:Q") -> alt.Chart:
-    """Each strategy's Pareto frontier of its (seed-mean) checkpoints as a dotted staircase,
-    with its AUPF in the tooltip (clipped to the plot, for a zoomed ``x`` or ``y``)."""
-    stairs = _frontier_stairs(runs, robust_col) if stairs is None else stairs
+def _frontiers(stairs: pd.DataFrame, x_scale: alt.Scale, y_scale: alt.Scale, color, opacity,
+               stroke_width: float, aupf_title: str) -> alt.Chart:
+    """The frontiers' staircases (:func:`_frontier_stairs`) as dotted lines, with each AUPF in
+    the tooltip; clipped to the plot, whose scales are zoomed (:func:`_zoomed_scales`)."""
     return alt.Chart(stairs).mark_line(
         strokeWidth=stroke_width, strokeDash=[2, 2], clip=True).encode(
-        x=x, y=y, order="order:Q", color=color, opacity=opacity,
+        x=alt.X("clean:Q", scale=x_scale), y=alt.Y("robust:Q", scale=y_scale),
+        order="order:Q", color=color, opacity=opacity,
         tooltip=["strategy:N", alt.Tooltip("aupf:Q", format=".3f", title=aupf_title)])
 
 
@@ -137,6 +136,16 @@ def _zoom(values: Sequence[float], pad: float = 0.1) -> list[float]:
     return [max(0.0, lo - margin), min(1.0, hi + margin)]
 
 
+def _zoomed_scales(stairs: pd.DataFrame, clean: pd.Series, robust: pd.Series
+                   ) -> tuple[alt.Scale, alt.Scale]:
+    """The (clean, robust) plane's scales zoomed to the frontiers' checkpoints and the points
+    (``clean``, ``robust``) a chart draws beside them: where strategies differ by a few points
+    (the staircases start at clean 0, out of the picture)."""
+    vertices = stairs[stairs["vertex"]]
+    return (alt.Scale(domain=_zoom(pd.concat([clean, vertices["clean"]]))),
+            alt.Scale(domain=_zoom(pd.concat([robust, vertices["robust"]]))))
+
+
 def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
     """The path of each run in the (clean, robust) plane, with its Pareto frontier (staircase),
     zoomed to the frontiers' checkpoints and the runs' last points (where the strategies
@@ -145,9 +154,8 @@ def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None
     order = strategy_order(runs["strategy"])
     sel, color, opacity = _legend_filter("strategy", order)
     stairs = _frontier_stairs(runs, robust_col)
-    vertices, last = stairs[stairs["vertex"]], runs.sort_values("step").groupby("strategy").tail(1)
-    x_scale = alt.Scale(domain=_zoom(pd.concat([vertices["clean"], last["test_acc"]])))
-    y_scale = alt.Scale(domain=_zoom(pd.concat([vertices["robust"], last[robust_col]])))
+    last = runs.sort_values("step").groupby("strategy").tail(1)
+    x_scale, y_scale = _zoomed_scales(stairs, last["test_acc"], last[robust_col])
     path = alt.Chart(runs).mark_line(point=True, strokeWidth=1, clip=True).encode(
         x=alt.X("test_acc:Q", title="clean accuracy", scale=x_scale),
         y=alt.Y(f"{robust_col}:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
@@ -155,9 +163,8 @@ def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None
         order="step:Q", color=color, opacity=opacity,
         tooltip=["strategy:N", "step:Q", alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
                  alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")])
-    front = _frontiers(runs, robust_col, color, opacity, stroke_width=3, aupf_title="AUPF",
-                       stairs=stairs, x=alt.X("clean:Q", scale=x_scale),
-                       y=alt.Y("robust:Q", scale=y_scale))
+    front = _frontiers(stairs, x_scale, y_scale, color, opacity, stroke_width=3,
+                       aupf_title="AUPF")
     return (path + front).add_params(sel).properties(
         width=HEIGHT + 80, height=HEIGHT + 80,
         title=title or "Each run's path (thin) and its Pareto frontier (dotted)")
@@ -322,12 +329,9 @@ def interpolation_paths(paths: pd.DataFrame, frame: pd.DataFrame, robust_col: st
     runs = _mean_over_seeds(frame, ["test_acc", robust_col])  # the probe's frontier included
     order = strategy_order(runs["strategy"])  # the colours of the book's other charts
     sel, color, opacity = _legend_filter("strategy", order)
-    # Zoomed to the paths and the checkpoints on the frontiers: the differences a path makes
-    # are a few points of accuracy (the staircases start at clean 0, out of the picture).
+    # Zoomed to the paths and the frontiers: a path's difference is a few points of accuracy.
     stairs = _frontier_stairs(runs, robust_col)
-    vertices = stairs[stairs["vertex"]]
-    x_scale = alt.Scale(domain=_zoom(pd.concat([mixed["test_acc"], vertices["clean"]])))
-    y_scale = alt.Scale(domain=_zoom(pd.concat([mixed[robust_col], vertices["robust"]])))
+    x_scale, y_scale = _zoomed_scales(stairs, mixed["test_acc"], mixed[robust_col])
     line = alt.Chart(mixed).mark_line(point=alt.OverlayMarkDef(size=50), strokeWidth=2.5,
                                       clip=True).encode(
         x=alt.X("test_acc:Q", title="clean accuracy", scale=x_scale),
@@ -337,9 +341,8 @@ def interpolation_paths(paths: pd.DataFrame, frame: pd.DataFrame, robust_col: st
         tooltip=["strategy:N", alt.Tooltip(f"{ALPHA}:Q", title="mixing coefficient"),
                  alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
                  alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")])
-    front = _frontiers(runs, robust_col, color, opacity, stroke_width=1.5,
-                       aupf_title="AUPF of checkpoints", stairs=stairs,
-                       x=alt.X("clean:Q", scale=x_scale), y=alt.Y("robust:Q", scale=y_scale))
+    front = _frontiers(stairs, x_scale, y_scale, color, opacity, stroke_width=1.5,
+                       aupf_title="AUPF of checkpoints")
     return (front + line).add_params(sel).properties(
         width=HEIGHT + 80, height=HEIGHT + 80,
         title=title or "Interpolation paths (solid) and training-time frontiers (dotted)")
