@@ -45,12 +45,17 @@ def cmd_strategies(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_book(args: argparse.Namespace) -> int:
+def book_parameters(args: argparse.Namespace) -> dict:
+    """The notebook parameters of ``rtlib book``'s ``-p NAME VALUE`` (VALUE read as YAML)."""
     import yaml
 
+    return {name: yaml.safe_load(value) for name, value in args.parameters or []}
+
+
+def cmd_book(args: argparse.Namespace) -> int:
     from .report import book
 
-    params = {name: yaml.safe_load(value) for name, value in args.parameters or []}
+    params = book_parameters(args)
     book.check_parameters(params)
     try:
         if args.execute_only:

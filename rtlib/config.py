@@ -73,6 +73,24 @@ def check_float(field: str, value: Any, low: float | None = None, high: float | 
     return value
 
 
+#: The list parameters of the chapters and the CLI, each with an example value (for errors).
+#: (``eps`` is not among them: one budget, ``2/255``, is a list of one.)
+LIST_EXAMPLES = {"tasks": "[digits, fonts]", "strategies": "[full, lora]", "seeds": "[0, 1, 2]",
+                 "alphas": "[0, 0.5, 1]", "robust_tasks": "[digits]"}
+
+
+def check_list(field: str, value: Any) -> list:
+    """A list parameter (``field`` one of :data:`LIST_EXAMPLES`). Text is refused by name:
+    papermill's ``-p seeds '[0, 1]'`` passes the text ``'[0, 1]'``, which would otherwise be
+    read one character at a time and reported as a bad seed ``'['``."""
+    example = LIST_EXAMPLES[field]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigError(field, value, f"a list, e.g. {example} (papermill's -p passes text: "
+                                        f"give a list with -y \"{field}: {example}\")",
+                          "not a list:")
+    return list(value)
+
+
 def parse_budget(text: Any) -> float:
     """An attack budget in [0, 1] pixel units from ``"1/255"``, ``"0.0039"`` or a number."""
     allowed = "a budget in [0, 1], e.g. 1/255 or 0.0039"

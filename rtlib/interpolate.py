@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from . import metrics, models, preflight, store, strategies, train
-from .config import ConfigError, RunConfig, check_float
+from .config import ConfigError, RunConfig, check_float, check_list
 from .evaluate import evaluate_point
 
 #: Mixing coefficients of a path by default (0: the linear probe, 1: the fine-tuned model).
@@ -39,12 +39,13 @@ ALPHA = "alpha"
 
 
 def check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
+    alphas = check_list("alphas", alphas)
+    for a in alphas:
+        check_float("alphas", a, low=0, high=1)
     alphas = tuple(sorted({float(a) for a in alphas}))
     if len(alphas) < 2:
         raise ConfigError("alphas", list(alphas), "two or more coefficients in [0, 1]",
                           "too few:")
-    for a in alphas:
-        check_float("alphas", a, low=0, high=1)
     return alphas
 
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from . import metrics, store, sweep
-from .config import (ConfigError, RunConfig, preset_seeds, preset_spec, preset_store,
+from .config import (ConfigError, RunConfig, check_list, preset_seeds, preset_spec, preset_store,
                      preset_tasks, weights_identity)
 
 
@@ -152,7 +152,8 @@ def remedies_plan(study_plan: Plan, alphas: Sequence[float] | None = None,
 
     spec = preset_remedies(study_plan.preset)
     alphas = interpolate.check_alphas(spec["alphas"] if alphas is None else alphas)
-    robust_tasks = spec["robust_tasks"] if robust_tasks is None else list(robust_tasks)
+    robust_tasks = check_list("robust_tasks", spec["robust_tasks"] if robust_tasks is None
+                              else robust_tasks)
     strategies = list(dict.fromkeys(c.strategy for c in study_plan.main))
     seeds = sorted({c.seed for c in study_plan.main})
     overrides = {k: v for k, v in overrides.items() if v is not None}

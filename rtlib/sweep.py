@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from . import preflight, store
-from .config import (EXECUTORS, ConfigError, RunConfig, check_choice, check_int,
+from .config import (EXECUTORS, ConfigError, RunConfig, check_choice, check_int, check_list,
                      preset_defaults)
 
 
@@ -32,10 +32,8 @@ def expand(tasks: Sequence[str], strategies: Sequence[str], seeds: Iterable[int]
     ``strategy_overrides`` (per strategy, e.g. its chosen learning rate) replace both.
     Every config passes :func:`rtlib.preflight.check` before anything runs.
     """
-    if isinstance(tasks, str) or isinstance(strategies, str):
-        raise ConfigError("tasks" if isinstance(tasks, str) else "strategies",
-                          tasks if isinstance(tasks, str) else strategies, "a list of names",
-                          "not a list:")
+    tasks, strategies, seeds = (check_list(name, value) for name, value in
+                                (("tasks", tasks), ("strategies", strategies), ("seeds", seeds)))
     configs = []
     for task, strategy, seed in itertools.product(tasks, strategies, seeds):
         grid = (hparams or {}).get(strategy, {})

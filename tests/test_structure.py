@@ -143,6 +143,11 @@ def test_book_parameters_are_checked_against_every_notebook_before_any_runs():
     book.check_parameters({"steps": 5, "preset": "smoke"})
     with pytest.raises(ConfigError, match=r"-p step: .*allowed: .*steps"):
         book.check_parameters({"step": 5})
+    # A list given as text (papermill's -p): named by its field, never read a character at
+    # a time (which reported a bad seed '[' or, for alphas, a bare ValueError).
+    for name in ("tasks", "strategies", "seeds", "alphas", "robust_tasks"):
+        with pytest.raises(ConfigError, match=rf"^{name}: not a list: '\[0, 1\]'"):
+            book.check_parameters({name: "[0, 1]"})
 
 
 def test_the_books_setting_is_written_once():
@@ -270,14 +275,33 @@ def test_no_chapter_reuses_a_parameters_name_for_something_else():
     assert not bad, bad
 
 
+def _command_parameters(words: list[str]) -> dict:
+    """The parameters a command gives the chapters, read by the program's own parser:
+    ``python -m rtlib book`` reads ``-p`` as YAML; papermill reads ``-p`` as text (numbers
+    and booleans aside) and ``-y`` as YAML."""
+    import yaml
+
+    if words[:3] == ["python", "-m", "rtlib"]:
+        from rtlib import cli
+
+        return cli.book_parameters(cli.build_parser().parse_args(words[3:]))
+    assert words[0] == "papermill", words
+    import papermill.cli
+
+    options = papermill.cli.papermill.make_context("papermill", words[1:]).params
+    params = {name: papermill.cli._resolve_type(value) for name, value in options["parameters"]}
+    for text in options["parameters_yaml"]:
+        params.update(yaml.safe_load(text))
+    return params
+
+
 def test_the_exercises_commands_pass_the_books_checks():
-    """Every ``-p NAME VALUE`` an exercise tells a reader to type (in a ``python -m rtlib
-    book`` or ``papermill`` command, or alone) names a declared parameter and a value the
-    chapters accept, checked as ``make book`` checks it, before anything runs."""
+    """Every command an exercise or the introduction tells a reader to type (``python -m
+    rtlib book`` or ``papermill``, or a fragment such as ``-p steps 2000`` that continues the
+    exercise's last command) names declared parameters and values the chapters accept, parsed as that program
+    parses them and checked as ``make book`` checks them, before anything runs."""
     import re
     import shlex
-
-    import yaml
 
     from rtlib.report import book
 
@@ -285,12 +309,27 @@ def test_the_exercises_commands_pass_the_books_checks():
     for path in book.notebooks():
         for cell in json.loads(path.read_text())["cells"]:
             text = "".join(cell["source"])
-            if cell["cell_type"] == "markdown" and "Exercises" in text:
-                commands += [(path.name, span) for span in re.findall(r"`([^`]*-p [^`]*)`", text)]
-    assert len(commands) >= 6, commands
-    for name, command in commands:
-        words = shlex.split(command)
-        params = {words[i + 1]: yaml.safe_load(words[i + 2])
-                  for i, w in enumerate(words) if w == "-p"}
-        assert params, (name, command)
+            if cell["cell_type"] != "markdown" or "Exercises" not in text:
+                continue
+            for line in text.splitlines():  # one exercise per line
+                program = None
+                for span in re.findall(r"`((?:[^`]* )?-[py] [^`]*)`", line):
+                    words = shlex.split(span)
+                    if words[0].startswith("-"):
+                        assert program, f"{path.name}: {span!r} continues no command"
+                        words = program + words
+                    else:
+                        # python -m rtlib book | papermill IN.ipynb OUT.ipynb
+                        program = words[:4] if words[0] == "python" else words[:3]
+                    commands.append((path.name, span, words))
+    assert len(commands) >= 10 and any(span.startswith("-") for _, span, _ in commands)
+    intro = (book.root() / "book" / "intro.md").read_text()  # its "How to rerun it"
+    for line in intro.splitlines():
+        if line.startswith(("python -m rtlib book", "papermill ")):
+            command = line.split("#")[0]
+            commands.append(("intro.md", command, shlex.split(command)))
+    assert sum(name == "intro.md" for name, _, _ in commands) >= 3
+    for name, span, words in commands:
+        params = _command_parameters(words)
+        assert params, (name, span)
         book.check_parameters(params)  # raises ConfigError naming the field

@@ -31,6 +31,9 @@ def test_expand_is_the_full_product_and_validates_first():
         sweep.expand(["synthetic"], ["bitfit", "lorra"], preset="smoke", **SMALL)
     with pytest.raises(ConfigError, match="^tasks: not a list"):
         sweep.expand("synthetic", ["bitfit"], preset="smoke", **SMALL)
+    # papermill's -p passes a list as text: named by its field, not read character by character
+    with pytest.raises(ConfigError, match=r"^seeds: not a list: '\[0, 1\]'.*-y \"seeds: "):
+        sweep.expand(["synthetic"], ["bitfit"], "[0, 1]", preset="smoke", **SMALL)
 
 
 def test_sweep_skips_done_runs_and_records_failures(tmp_path, monkeypatch):

@@ -102,11 +102,14 @@ class ChapterRuns:
 def chapter_runs(parameters: Mapping[str, Any]) -> ChapterRuns:
     """Resolve the chapters' run parameters as their first cells would (``None``: the
     preset's)."""
-    from ..config import (book_preset, preset_ood_task, preset_remedies, preset_seeds,
-                          preset_tasks)
+    from ..config import (LIST_EXAMPLES, book_preset, check_list, preset_ood_task,
+                          preset_remedies, preset_seeds, preset_tasks)
     from ..strategies import PAPER_STRATEGIES
 
     p = dict(parameters)
+    for name in LIST_EXAMPLES:  # before list() reads a text one character at a time
+        if p.get(name) is not None:
+            check_list(name, p[name])
     preset = book_preset(p.get("preset", declared_default("preset")))
     remedies = preset_remedies(preset)
     return ChapterRuns(
