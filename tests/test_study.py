@@ -65,6 +65,33 @@ def test_task_order_uses_the_linear_probe():
     assert sim["linear_probe_accuracy"].is_monotonic_decreasing
 
 
+def test_tables_read_in_the_charts_order():
+    """Tasks nearest to farthest (not alphabetically: far < mid < near), strategies in the
+    one order, then seeds; rows that tie keep their order."""
+    frame = make_frame(0.1, "bitfit", "compacter", 0.01)
+    last = study.final_points(pd.concat([frame, frame.assign(seed=1, run_id=frame.run_id + "/1")]))
+    shuffled = last.sample(frac=1, random_state=0)
+    shown = study.ordered_table(shuffled, frame, ["test_acc"])
+    assert shown.index.names == ["task", "strategy", "seed"]
+    assert list(dict.fromkeys(shown.index.get_level_values("task"))) == ["near", "mid", "far"]
+    assert list(shown.loc["far"].index) == [(s, seed) for s in STRATEGIES for seed in (0, 1)]
+    assert shown["test_acc"].equals(shown["test_acc"].round(3))
+    pooled = study.ordered_table(
+        shuffled.groupby(["task", "strategy"], as_index=False)["test_acc"].mean(), frame)
+    assert pooled.index.names == ["task", "strategy"]
+    assert list(pooled.index)[:2] == [("near", "full"), ("near", "linear_probe")]
+    ties = pd.DataFrame({"task": ["near"] * 2, "strategy": ["full"] * 2,
+                         "upstream": ["standard", "robust"], "v": [1.0, 2.0]})
+    assert list(study.ordered_table(ties, frame).index.get_level_values("upstream")) == [
+        "standard", "robust"]
+
+
+def test_ood_variance_names_the_task_where_there_are_several():
+    frame = make_frame(0.1, "bitfit", "compacter", 0.01)
+    assert set(study.ood_variance_shares(frame)) == {"domain", "strategy", "task"}
+    assert set(study.ood_variance_shares(frame[frame.task == "near"])) == {"domain", "strategy"}
+
+
 def test_compute_cost_adds_up_per_strategy():
     rows = []
     for strategy, attacked in (("full", [40, 30]), ("lora", [50, 45])):

@@ -159,6 +159,25 @@ def task_order(frame: pd.DataFrame) -> list[str]:
     return source.groupby("task")["test_acc"].mean().sort_values(ascending=False).index.tolist()
 
 
+#: The columns that identify a row of a chapter's table, outermost first.
+TABLE_KEYS = ("task", "strategy", "seed", "upstream")
+
+
+def ordered_table(table: pd.DataFrame, frame: pd.DataFrame,
+                  columns: Sequence[str] | None = None, digits: int = 3) -> pd.DataFrame:
+    """``table`` as a chapter shows it, in the order its charts read: tasks nearest to
+    farthest (:func:`task_order` of ``frame``), strategies in the one order
+    (:func:`rtlib.strategies.ordered`), then seeds; indexed by those of :data:`TABLE_KEYS` it
+    has (rows that tie keep their order), ``columns`` kept, numbers rounded to ``digits``."""
+    keys = [k for k in TABLE_KEYS if k in table.columns]
+    rank = {"task": {t: i for i, t in enumerate(task_order(frame))},
+            "strategy": {s: i for i, s in enumerate(strategies.ordered(table["strategy"]))}}
+    sort = pd.DataFrame({k: (table[k].map(rank[k]) if k in rank else table[k]).to_numpy()
+                         for k in keys if k != "upstream"})  # positions: labels may repeat
+    out = table.iloc[sort.sort_values(list(sort.columns), kind="stable").index].set_index(keys)
+    return (out if columns is None else out[list(columns)]).round(digits)
+
+
 def similarity(frame: pd.DataFrame) -> pd.DataFrame:
     """Per task: the linear probe's final clean accuracy (similarity to upstream) and the mean
     final clean and robust accuracy over strategies."""
@@ -317,14 +336,15 @@ def ood_correlation(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def ood_variance_shares(frame: pd.DataFrame) -> dict[str, float]:
-    """Share of the variance of final OOD accuracy explained by the domain and by the strategy
-    (between-group sum of squares over total)."""
+    """Share of the variance of final OOD accuracy explained by the domain, by the strategy
+    and, where ``frame`` holds several tasks, by the task (between-group sum of squares over
+    total, each factor on its own)."""
     last = final_points(frame)
-    long = last.melt(id_vars=["strategy"], value_vars=metrics.ood_columns(last),
+    long = last.melt(id_vars=["strategy", "task"], value_vars=metrics.ood_columns(last),
                      var_name="domain", value_name="ood")
     total = ((long["ood"] - long["ood"].mean()) ** 2).sum()
     share = {}
-    for factor in ("domain", "strategy"):
+    for factor in ("domain", "strategy") + (("task",) if long["task"].nunique() > 1 else ()):
         means = long.groupby(factor)["ood"].transform("mean")
         share[factor] = float(((means - long["ood"].mean()) ** 2).sum() / total) if total else 0.0
     return share
