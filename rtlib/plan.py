@@ -179,27 +179,53 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
             chosen = True
         except ConfigError:  # the sweep is incomplete: the preset's rates stand in
             pass
-    lines = []
+    from . import interpolate
+
+    lines, left, pace, per_point = [], 0.0, None, None
     for (name, role), configs in ((("learning-rate sweep", "lr selection"), selection),
                                   (("study", "study"), study_plan.main)):
         records = run_records(results_dir, configs, role)
         line = f"{name}: {len(records)} of {len(configs)} runs complete in {results_dir}"
         if records and len(records) < len(configs):
             pace = sum(r["seconds"] for r in records) / len(records)
+            left += pace * (len(configs) - len(records))
             line += (f"; at the pace of those ({pace:.0f} s of compute per run), about "
-                     f"{pace * (len(configs) - len(records)) / 3600:.1f} h of one core left")
+                     f"{duration(pace * (len(configs) - len(records)))} of one core left")
+        if role == "study" and records:  # the remedies' pace: a run's, and a point's
+            pace = sum(r["seconds"] for r in records) / len(records)
+            per_point = (sum(r["eval_seconds"] for r in records)
+                         / sum(r["points"] for r in records))
         lines.append(line)
     if selection and not chosen:
         lines.append("(the study's runs take the learning rates the sweep chooses; until it is "
                      "complete they are counted at the preset's rate)")
     try:
         work = remedies_plan(study_plan, **overrides).work()
-        done = sum(sweep.complete(job, results_dir) for job in work)
-        lines.append(f"remedies (interpolation paths, robust upstream runs): {done} of "
-                     f"{len(work)} complete")
+        todo = [job for job in work if not sweep.complete(job, results_dir)]
+        line = (f"remedies (interpolation paths, robust upstream runs): {len(work) - len(todo)} "
+                f"of {len(work)} complete")
+        if todo and pace is not None:
+            # A robust upstream run costs a study run; a path, its evaluated points (its ends
+            # are runs' own points, interpolate.run_ends).
+            extra = sum(per_point * len([a for a in job.alphas if a not in
+                                         interpolate.run_ends(job.strategy)])
+                        if isinstance(job, interpolate.PathJob) else pace for job in todo)
+            left += extra
+            line += f"; at the study's pace, about {duration(extra)} of one core left"
+        lines.append(line)
     except ConfigError as err:
         lines.append(f"remedies: {err}")
+    if left:
+        lines.append(f"in all: about {duration(left)} of one core left ({duration(left / 2)} "
+                     "with two workers)")
     return lines
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a reader reads a remaining time: hours, minutes or seconds."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 # -- computing a study, with its provenance ---------------------------------------------------
@@ -242,7 +268,8 @@ def _machine(device: str) -> dict[str, Any]:
 def run_records(results_dir: str | Path, configs: Sequence[RunConfig], role: str
                 ) -> list[dict[str, Any]]:
     """One record per complete run: what it is, where and how long it computed (its own
-    training and evaluation seconds, summed over sessions if it was resumed)."""
+    training and evaluation seconds, summed over sessions if it was resumed; and the
+    evaluation's alone)."""
     records = []
     for config in configs:
         path = store.complete_run(results_dir, config)
@@ -256,7 +283,8 @@ def run_records(results_dir: str | Path, configs: Sequence[RunConfig], role: str
             "points": len(rows), "device": meta.get("device"),
             "device_name": meta.get("device_name"), "precision": meta.get("precision"),
             "seconds": round(float(rows[metrics.TRAIN_SECONDS].iloc[-1]
-                                   + rows[metrics.EVAL_SECONDS].sum()), 1)})
+                                   + rows[metrics.EVAL_SECONDS].sum()), 1),
+            "eval_seconds": round(float(rows[metrics.EVAL_SECONDS].sum()), 1)})
     return records
 
 

@@ -72,6 +72,23 @@ def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path
     last = json.loads(manifest.read_text())["invocations"][-1]
     assert last["summary"] == {"skipped": 4}
 
+    # What is left, projected at the study's pace: with one run and one path gone, the run at
+    # the mean time of the others, the path at their evaluation time per point (it evaluates
+    # one point), and the whole.
+    jobs = plan.remedies_plan(again).work()
+    store.complete_run(tmp_path, again.main[0]).unlink()
+    store.interpolation_path(tmp_path, jobs[0].run_id()).unlink()
+    records = plan.run_records(tmp_path, again.main, "study")
+    pace = sum(r["seconds"] for r in records) / len(records)
+    per_point = sum(r["eval_seconds"] for r in records) / sum(r["points"] for r in records)
+    report = plan.progress_report(toy, strategies=["bitfit", "linear_probe"],
+                                  results_dir=tmp_path)
+    assert report[1].endswith(f"about {plan.duration(pace)} of one core left")
+    assert report[2].endswith(f"about {plan.duration(per_point)} of one core left")
+    assert report[3] == (f"in all: about {plan.duration(pace + per_point)} of one core left "
+                         f"({plan.duration((pace + per_point) / 2)} with two workers)")
+    assert plan.duration(5400) == "1.5 h" and plan.duration(150) == "2 min"
+
 
 def test_a_missing_sweep_is_an_error_where_nothing_may_be_computed(toy, tmp_path):
     with pytest.raises(ConfigError, match="learning-rate sweep"):
