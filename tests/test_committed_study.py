@@ -70,6 +70,14 @@ def test_committed_runs_are_todays_and_a_complete_study_has_every_run():
     assert not orphans, (f"{len(orphans)} committed runs are not runs of today's study (e.g. "
                          f"{orphans[0]}): a change of identity; remake the study (make study) "
                          "or restore the configuration")
+    # The same for the interpolation paths (keyed by their runs and coefficients)
+    committed_paths = {p.stem for p in (STUDY / "interpolation").glob("*.parquet")}
+    if committed_paths:
+        assert swept, "interpolation paths are committed, but the sweep's runs are missing"
+        orphans = sorted(committed_paths - {job.run_id() for job in
+                                            plan.remedies_plan(study_plan).paths})
+        assert not orphans, (f"{len(orphans)} committed interpolation paths are not paths of "
+                             f"today's study (e.g. {orphans[0]}): remake them (make study)")
     if manifest["runs_complete"] == manifest["runs_planned"]:
         assert swept, "the manifest says complete, but the sweep's runs are missing"
         missing = [c for c in study_plan.main if store.complete_run(STUDY, c) is None]
