@@ -67,6 +67,21 @@ def test_trajectories(frame):
     assert intervals and all(i.endswith("(512 images)") for i in intervals)
 
 
+def test_trajectories_give_robust_accuracy_its_own_scale(frame):
+    """On a far task robust accuracy lives near 0: its panel is zoomed to its values (bands
+    included), so a fall of a third is not a few pixels on [0, 1]; clean keeps [0, 1]."""
+    far = frame[frame.task == "fonts"].assign(**{ROBUST: lambda f: f[ROBUST] * 0.2})
+    spec = charts.trajectories(far, ROBUST).to_dict(validate=True)
+    clean, robust = spec["vconcat"]
+    domains = [layer["encoding"]["y"]["scale"]["domain"] for layer in robust["layer"]
+               if "scale" in layer["encoding"]["y"]]
+    assert clean["layer"][-1]["encoding"]["y"]["scale"]["domain"] == [0, 1]
+    assert domains and all(d == domains[0] for d in domains)
+    lo, hi = domains[0]
+    assert lo == 0 and far[ROBUST].max() <= hi <= 0.2
+    assert any("robust" in str(layer["encoding"]["y"].get("title")) for layer in robust["layer"])
+
+
 def test_step_axis_labels_read_as_steps(frame):
     """A 1,000-step run's axis reads 0, 1, 3, 10, ... 1,000 (Vega's SI format once labelled
     every tick with the largest one's prefix: "0k" for 10)."""
