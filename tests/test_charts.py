@@ -80,6 +80,10 @@ def test_trajectories_give_robust_accuracy_its_own_scale(frame):
     lo, hi = domains[0]
     assert lo == 0 and far[ROBUST].max() <= hi <= 0.2
     assert any("robust" in str(layer["encoding"]["y"].get("title")) for layer in robust["layer"])
+    # The robust upstream comparison reads robust accuracy alone: zoomed the same way
+    spec = charts.by_upstream(far.assign(upstream="standard"), ROBUST).to_dict(validate=True)
+    lines = [layer for layer in spec["layer"] if layer["mark"]["type"] == "line"][0]
+    assert lines["encoding"]["y"]["scale"]["domain"][1] <= 0.2
 
 
 def test_step_axis_labels_read_as_steps(frame):

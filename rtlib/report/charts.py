@@ -42,6 +42,12 @@ def _step_axis(last_step: int, title: str | None = "fine-tuning step (symlog)") 
                  axis=alt.Axis(values=ticks, format=",d"))
 
 
+def _accuracy_domain(values: Sequence[float]) -> list[float]:
+    """A y domain from 0 to just above the highest of ``values`` (rounded up to 0.05, at most
+    1): robust accuracy on a far task stays under 0.15, where [0, 1] would flatten it."""
+    return [0, min(1.0, float(np.ceil(np.nanmax(values) * 1.1 * 20) / 20))]
+
+
 def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
     """RQ1: clean (top) and robust (bottom) test accuracy against the step (symlog axis), per
     strategy, mean over seeds; with several seeds a band shows their range (lowest to
@@ -74,9 +80,9 @@ def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None)
         per_seed["metric"] = per_seed["metric"].map(names)
         band = per_seed.groupby(["strategy", "step", "metric"], as_index=False)["accuracy"].agg(
             low="min", high="max", seeds="count")
-    top = max(long.loc[long.metric == "robust", "accuracy"].max(),
-              band.loc[band.metric == "robust", "high"].max() if band is not None else 0)
-    domains = {"clean": [0, 1], "robust": [0, min(1.0, float(np.ceil(top * 1.1 * 20) / 20))]}
+    robust = [*long.loc[long.metric == "robust", "accuracy"],
+              *(band.loc[band.metric == "robust", "high"] if band is not None else [])]
+    domains = {"clean": [0, 1], "robust": _accuracy_domain(robust)}
     panels = []
     for metric, label in (("clean", "clean test accuracy"),
                           ("robust", f"robust test accuracy ({robust_col.split('@')[-1]})")):
@@ -367,7 +373,8 @@ def interpolation_paths(paths: pd.DataFrame, frame: pd.DataFrame, robust_col: st
 def by_upstream(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
     """Remedies: robust test accuracy during fine-tuning from each upstream model (``upstream``
     column: solid the standard one, dashed the robust one), per strategy; mean over seeds, with
-    the range over seeds as a band when there are several."""
+    the range over seeds as a band when there are several; the y axis from 0 to just above
+    the highest value."""
     runs = frame.groupby(["upstream", "strategy", "step"], as_index=False)[robust_col].agg(
         mean="mean", low="min", high="max", seeds="count")
     order = strategy_order(runs["strategy"])
@@ -376,7 +383,7 @@ def by_upstream(frame: pd.DataFrame, robust_col: str, title: str | None = None) 
     dash = alt.StrokeDash("upstream:N", sort=["standard", "robust"], title="upstream model")
     lines = alt.Chart(runs).mark_line(point=True).encode(
         x=x, y=alt.Y("mean:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
-                     scale=alt.Scale(domain=[0, 1])),
+                     scale=alt.Scale(domain=_accuracy_domain(runs["high"]))),
         color=color, strokeDash=dash, opacity=opacity, detail="upstream:N",
         tooltip=["strategy:N", "upstream:N", "step:Q", "seeds:Q",
                  alt.Tooltip("mean:Q", format=".3f", title="mean over seeds")])
