@@ -181,20 +181,20 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
             pass
     from . import interpolate
 
-    lines, left, pace, per_point = [], 0.0, None, None
+    lines, left, study_pace = [], 0.0, None
     for (name, role), configs in ((("learning-rate sweep", "lr selection"), selection),
                                   (("study", "study"), study_plan.main)):
         records = run_records(results_dir, configs, role)
         line = f"{name}: {len(records)} of {len(configs)} runs complete in {results_dir}"
-        if records and len(records) < len(configs):
+        if records:
             pace = sum(r["seconds"] for r in records) / len(records)
-            left += pace * (len(configs) - len(records))
-            line += (f"; at the pace of those ({pace:.0f} s of compute per run), about "
-                     f"{duration(pace * (len(configs) - len(records)))} of one core left")
-        if role == "study" and records:  # the remedies' pace: a run's, and a point's
-            pace = sum(r["seconds"] for r in records) / len(records)
-            per_point = (sum(r["eval_seconds"] for r in records)
-                         / sum(r["points"] for r in records))
+            if role == "study":  # the remedies' pace: a run's, and an evaluation point's
+                study_pace = pace, (sum(r["eval_seconds"] for r in records)
+                                    / sum(r["points"] for r in records))
+            if len(records) < len(configs):
+                left += pace * (len(configs) - len(records))
+                line += (f"; at the pace of those ({pace:.0f} s of compute per run), about "
+                         f"{duration(pace * (len(configs) - len(records)))} of one core left")
         lines.append(line)
     if selection and not chosen:
         lines.append("(the study's runs take the learning rates the sweep chooses; until it is "
@@ -204,12 +204,13 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
         todo = [job for job in work if not sweep.complete(job, results_dir)]
         line = (f"remedies (interpolation paths, robust upstream runs): {len(work) - len(todo)} "
                 f"of {len(work)} complete")
-        if todo and pace is not None:
+        if todo and study_pace is not None:
             # A robust upstream run costs a study run; a path, its evaluated points (its ends
             # are runs' own points, interpolate.run_ends).
+            per_run, per_point = study_pace
             extra = sum(per_point * len([a for a in job.alphas if a not in
                                          interpolate.run_ends(job.strategy)])
-                        if isinstance(job, interpolate.PathJob) else pace for job in todo)
+                        if isinstance(job, interpolate.PathJob) else per_run for job in todo)
             left += extra
             line += f"; at the study's pace, about {duration(extra)} of one core left"
         lines.append(line)
