@@ -8,7 +8,7 @@ pandas want.
 """
 from __future__ import annotations
 
-from .config import eps_label
+from .config import eps_label, parse_budget
 
 # Where the run is (the training loop writes these).
 STEP, EPOCH, IMAGES_SEEN, TRAIN_LOSS = "step", "epoch", "images_seen", "train_loss"
@@ -104,7 +104,9 @@ def describe(column: str) -> str:
 
 
 def robust_columns(frame) -> list[str]:
-    return [c for c in frame.columns if c.startswith(ROBUST_PREFIX)]
+    """The robust accuracy columns, smallest budget first."""
+    return sorted((c for c in frame.columns if c.startswith(ROBUST_PREFIX)),
+                  key=lambda c: parse_budget(qualifier(c)))
 
 
 def val_robust_columns(frame) -> list[str]:

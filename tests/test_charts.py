@@ -61,7 +61,7 @@ def _check(chart, fields):
 
 def test_trajectories(frame):
     spec = _check(charts.trajectories(frame[frame.task == "fonts"], ROBUST),
-                  {"step", "accuracy", "strategy", "metric", "peak_step", "peak", "ci95"})
+                  {"step", "accuracy", "strategy", "peak_step", "peak", "ci95"})
     # The tooltip states the evaluation subset's 95% interval (512 images: about +-4 points).
     intervals = [v["ci95"] for rows in spec["datasets"].values() for v in rows if "ci95" in v]
     assert intervals and all(i.endswith("(512 images)") for i in intervals)
@@ -73,6 +73,13 @@ def test_trajectories_give_robust_accuracy_its_own_scale(frame):
     far = frame[frame.task == "fonts"].assign(**{ROBUST: lambda f: f[ROBUST] * 0.2})
     spec = charts.trajectories(far, ROBUST).to_dict(validate=True)
     clean, robust = spec["vconcat"]
+    # A panel per budget, each on its own scale
+    both = far.assign(**{"robust_acc@4/255": far[ROBUST] * 0.3})
+    two = charts.trajectories(both, [ROBUST, "robust_acc@4/255"]).to_dict(validate=True)
+    assert len(two["vconcat"]) == 3
+    tops = [[layer["encoding"]["y"]["scale"]["domain"][1] for layer in panel["layer"]
+             if "scale" in layer["encoding"]["y"]][0] for panel in two["vconcat"]]
+    assert tops[0] == 1 and tops[2] < tops[1] <= 0.2
     domains = [layer["encoding"]["y"]["scale"]["domain"] for layer in robust["layer"]
                if "scale" in layer["encoding"]["y"]]
     assert clean["layer"][-1]["encoding"]["y"]["scale"]["domain"] == [0, 1]

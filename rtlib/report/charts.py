@@ -48,23 +48,24 @@ def _accuracy_domain(values: Sequence[float]) -> list[float]:
     return [0, min(1.0, float(np.ceil(np.nanmax(values) * 1.1 * 20) / 20))]
 
 
-def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
-    """RQ1: clean (top) and robust (bottom) test accuracy against the step (symlog axis), per
-    strategy, mean over seeds; with several seeds a band shows their range (lowest to
-    highest); a diamond marks each strategy's robust peak.
+def trajectories(frame: pd.DataFrame, robust_cols: str | Sequence[str],
+                 title: str | None = None) -> alt.Chart:
+    """RQ1: clean test accuracy (top) and robust test accuracy at each budget of
+    ``robust_cols`` (a panel each, below) against the step (symlog axis), per strategy, mean
+    over seeds; with several seeds a band shows their range (lowest to highest); a diamond
+    marks each strategy's robust peak.
 
-    Robust accuracy has its own panel and scale (from 0 to a little above its highest value):
-    on a far task it lives between 0.02 and 0.14, where a fall of a third would be a few
+    Each robust panel has its own scale (from 0 to a little above its highest value): on a far
+    task robust accuracy lives between 0.02 and 0.14, where a fall of a third would be a few
     pixels on the clean panel's [0, 1].
     """
+    robust_cols = [robust_cols] if isinstance(robust_cols, str) else list(robust_cols)
+    cols = ["test_acc", *robust_cols]
     has_n = "test_n" in frame
-    runs = _mean_over_seeds(frame, ["test_acc", robust_col] + (["test_n"] if has_n else []))
+    runs = _mean_over_seeds(frame, cols + (["test_n"] if has_n else []))
     long = runs.melt(id_vars=["task", "strategy", "step"] + (["test_n"] if has_n else []),
-                     value_vars=["test_acc", robust_col], var_name="metric",
-                     value_name="accuracy")
-    names = {"test_acc": "clean", robust_col: "robust"}
-    long["metric"] = long["metric"].map(names)
-    tooltip = ["strategy:N", "metric:N", "step:Q", alt.Tooltip("accuracy:Q", format=".3f")]
+                     value_vars=cols, var_name="metric", value_name="accuracy")
+    tooltip = ["strategy:N", "step:Q", alt.Tooltip("accuracy:Q", format=".3f")]
     if has_n:  # the evaluation subset's uncertainty, stated where the number is read
         lo, hi = pareto.wilson_interval(long["accuracy"], long["test_n"])
         long["ci95"] = [f"{a:.3f} to {b:.3f} ({n:.0f} images)"
@@ -74,34 +75,32 @@ def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None)
     sel, color, opacity = _legend_filter("strategy", order)
     band = None
     if "seed" in frame and frame["seed"].nunique() > 1:
-        per_seed = frame.melt(id_vars=["strategy", "step", "seed"],
-                              value_vars=["test_acc", robust_col], var_name="metric",
-                              value_name="accuracy")
-        per_seed["metric"] = per_seed["metric"].map(names)
+        per_seed = frame.melt(id_vars=["strategy", "step", "seed"], value_vars=cols,
+                              var_name="metric", value_name="accuracy")
         band = per_seed.groupby(["strategy", "step", "metric"], as_index=False)["accuracy"].agg(
             low="min", high="max", seeds="count")
-    robust = [*long.loc[long.metric == "robust", "accuracy"],
-              *(band.loc[band.metric == "robust", "high"] if band is not None else [])]
-    domains = {"clean": [0, 1], "robust": _accuracy_domain(robust)}
     panels = []
-    for metric, label in (("clean", "clean test accuracy"),
-                          ("robust", f"robust test accuracy ({robust_col.split('@')[-1]})")):
-        y = alt.Y("accuracy:Q", title=label, scale=alt.Scale(domain=domains[metric]))
-        x = _step_axis(long["step"].max(), title=None if metric == "clean" else
-                       "fine-tuning step (symlog)")  # one title, under the lower panel
-        layers = [alt.Chart(long[long.metric == metric]).mark_line(point=True).encode(
+    for col in cols:
+        values = [*long.loc[long.metric == col, "accuracy"],
+                  *(band.loc[band.metric == col, "high"] if band is not None else [])]
+        domain = [0, 1] if col == "test_acc" else _accuracy_domain(values)
+        label = ("clean test accuracy" if col == "test_acc" else
+                 f"robust test accuracy ({col.split('@')[-1]})")
+        y = alt.Y("accuracy:Q", title=label, scale=alt.Scale(domain=domain))
+        x = _step_axis(long["step"].max(), title="fine-tuning step (symlog)"
+                       if col == cols[-1] else None)  # one title, under the lowest panel
+        layers = [alt.Chart(long[long.metric == col]).mark_line(point=True).encode(
             x=x, y=y, color=color, opacity=opacity, tooltip=tooltip)]
         if band is not None:
-            layers.insert(0, alt.Chart(band[band.metric == metric]).mark_area(
+            layers.insert(0, alt.Chart(band[band.metric == col]).mark_area(
                 opacity=0.15).encode(
-                x=x, y=alt.Y("low:Q", scale=alt.Scale(domain=domains[metric])), y2="high:Q",
+                x=x, y=alt.Y("low:Q", scale=alt.Scale(domain=domain)), y2="high:Q",
                 color=color, opacity=alt.condition(sel, alt.value(0.18), alt.value(0.03)),
-                tooltip=["strategy:N", "metric:N", "step:Q", "seeds:Q",
+                tooltip=["strategy:N", "step:Q", "seeds:Q",
                          alt.Tooltip("low:Q", format=".3f", title="lowest seed"),
                          alt.Tooltip("high:Q", format=".3f", title="highest seed")]))
-        if metric == "robust":
-            peaks = pareto.peak(runs.assign(seed=0), robust_col,
-                                by=("task", "strategy", "seed"))
+        if col != "test_acc":
+            peaks = pareto.peak(runs.assign(seed=0), col, by=("task", "strategy", "seed"))
             layers.append(alt.Chart(peaks).mark_point(shape="diamond", size=160,
                                                       filled=True).encode(
                 x="peak_step:Q", y="peak:Q", color=color, opacity=opacity,
@@ -109,11 +108,11 @@ def trajectories(frame: pd.DataFrame, robust_col: str, title: str | None = None)
                          alt.Tooltip("peak:Q", format=".3f", title="peak robust accuracy"),
                          alt.Tooltip("final:Q", format=".3f", title="final robust accuracy"),
                          alt.Tooltip("drop:Q", format=".3f", title="peak - final")]))
-        panels.append(alt.layer(*layers).properties(width=WIDTH, height=HEIGHT * 0.55))
+        panels.append(alt.layer(*layers).properties(width=WIDTH, height=HEIGHT * 0.5))
     panels[0] = panels[0].add_params(sel)
+    budgets = ", ".join(c.split("@")[-1] for c in robust_cols)
     return alt.vconcat(*panels, spacing=8).properties(
-        title=title or f"Clean and robust accuracy during fine-tuning "
-                       f"({robust_col.split('@')[-1]})")
+        title=title or f"Clean and robust accuracy during fine-tuning ({budgets})")
 
 
 def _staircase(front: pd.DataFrame) -> pd.DataFrame:

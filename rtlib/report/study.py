@@ -159,8 +159,9 @@ def task_order(frame: pd.DataFrame) -> list[str]:
     return source.groupby("task")["test_acc"].mean().sort_values(ascending=False).index.tolist()
 
 
-#: The columns that identify a row of a chapter's table, outermost first.
-TABLE_KEYS = ("task", "strategy", "seed", "upstream")
+#: The columns that identify a row of a chapter's table, outermost first (the budget and the
+#: upstream model keep the order they come in).
+TABLE_KEYS = ("task", "strategy", "seed", "budget", "upstream")
 
 
 def ordered_table(table: pd.DataFrame, frame: pd.DataFrame,
@@ -173,7 +174,7 @@ def ordered_table(table: pd.DataFrame, frame: pd.DataFrame,
     rank = {"task": {t: i for i, t in enumerate(task_order(frame))},
             "strategy": {s: i for i, s in enumerate(strategies.ordered(table["strategy"]))}}
     sort = pd.DataFrame({k: (table[k].map(rank[k]) if k in rank else table[k]).to_numpy()
-                         for k in keys if k != "upstream"})  # positions: labels may repeat
+                         for k in keys if k not in ("budget", "upstream")})  # positions
     out = table.iloc[sort.sort_values(list(sort.columns), kind="stable").index].set_index(keys)
     return (out if columns is None else out[list(columns)]).round(digits)
 
@@ -276,28 +277,50 @@ def plateau(frame: pd.DataFrame, col: str = metrics.TEST_ACC, points: int = 3,
     return pd.DataFrame(rows)
 
 
-def rq1_findings(frame: pd.DataFrame, col: str = metrics.ROBUST) -> list[str]:
-    """RQ1's findings as Markdown bullets: the falls pooled over seeds per task, the runs that
-    fall on their own, how precise a run's fall is, and which runs have plateaued."""
-    pooled, rf, flat = pooled_fall(frame, col), rise_and_fall(frame, col), plateau(frame)
-    seeds = int(pooled["seeds"].max()) if len(pooled) else 0
-    bits = [f"- **{int(pooled.significant.sum())} of {len(pooled)} task x strategy pairs** fall "
-            f"significantly from their robust peak, pooled over {seeds} seed"
-            f"{'s' if seeds != 1 else ''} (rule: the seed-mean drop exceeds 2 standard errors "
-            "and every seed drops)."]
-    for task in task_order(frame):
-        sub, runs_ = pooled[pooled.task == task], rf[rf.task == task]
-        names = ", ".join(f"{r.strategy} ({signed(r.drop)} +- {r.drop_se:.3f})"
-                          for r in sub[sub.significant].itertuples()) or "none"
-        bits.append(f"- {task}: robust accuracy peaks at a median step of "
-                    f"{int(runs_.peak_step.median())} of {int(runs_.final_step.max())}; "
-                    f"significant falls: {names}.")
+def budgets(frame: pd.DataFrame) -> dict[str, str]:
+    """The robust accuracy column of each attack budget of ``frame`` by its label
+    (``{"2/255": "robust_acc@2/255", ...}``), smallest first; a frame with the run's first
+    budget only (``robust_acc``) has that one, labelled by its ``eps`` column."""
+    columns = metrics.robust_columns(frame)
+    if columns:
+        return {metrics.qualifier(c): c for c in columns}
+    label = str(frame["eps"].iloc[0]) if "eps" in frame and len(frame) else "the budget"
+    return {label: metrics.ROBUST}
+
+
+def at_each_budget(measure: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """``measure(frame, col)`` (e.g. :func:`pooled_fall`) at every attack budget of ``frame``
+    (:func:`budgets`), stacked with a ``budget`` column (``"2/255"``)."""
+    return pd.concat([measure(frame, col).assign(budget=label)
+                      for label, col in budgets(frame).items()], ignore_index=True)
+
+
+def rq1_findings(frame: pd.DataFrame) -> list[str]:
+    """RQ1's findings as Markdown bullets, at every attack budget: the falls pooled over seeds
+    per task, the runs that fall on their own and how precise a run's fall is; then which runs
+    have plateaued."""
+    flat = plateau(frame)
+    seeds = int(frame["seed"].nunique()) if len(frame) else 0
     n = int(frame[metrics.TEST_N].max())
-    kind = "paired over the" if rf["paired"].all() else "binomial, from the"
-    bits.append(f"- **Precision:** the standard error of a run's peak-to-final difference is "
-                f"at most {rf.fall_se.max():.1%} (median {rf.fall_se.median():.1%}; {kind} "
-                f"{n:,} test images); {int(rf.significant_fall.sum())} of {len(rf)} runs fall "
-                "significantly on their own.")
+    bits = [f"Pooled over {seeds} seed{'s' if seeds != 1 else ''}; a pair falls significantly "
+            "when the seed-mean drop exceeds 2 standard errors and every seed drops.", ""]
+    for label, col in budgets(frame).items():
+        pooled, rf = pooled_fall(frame, col), rise_and_fall(frame, col)
+        kind = "paired over the" if rf["paired"].all() else "binomial, from the"
+        bits.append(f"- **At {label}: {int(pooled.significant.sum())} of "
+                    f"{len(pooled)} task x strategy pairs** fall significantly from their "
+                    "robust peak.")
+        for task in task_order(frame):
+            sub, runs_ = pooled[pooled.task == task], rf[rf.task == task]
+            names = ", ".join(f"{r.strategy} ({signed(r.drop)} +- {r.drop_se:.3f})"
+                              for r in sub[sub.significant].itertuples()) or "none"
+            bits.append(f"  - {task}: robust accuracy peaks at a median step of "
+                        f"{int(runs_.peak_step.median())} of {int(runs_.final_step.max())}; "
+                        f"significant falls: {names}.")
+        bits.append(f"  - precision: the standard error of a run's peak-to-final difference "
+                    f"is at most {rf.fall_se.max():.1%} (median {rf.fall_se.median():.1%}; "
+                    f"{kind} {n:,} test images); {int(rf.significant_fall.sum())} of {len(rf)} "
+                    "runs fall significantly on their own.")
     late = flat[~flat.plateaued]
     bits.append(f"- **Plateau:** {int(flat.plateaued.sum())} of {len(flat)} runs end with clean "
                 "test accuracy on a plateau (the last three points within 1 point)"
@@ -385,24 +408,28 @@ def scorecard(frame: pd.DataFrame, table: pd.DataFrame, ood_frame: pd.DataFrame 
     order = task_order(frame)
     rel = table.set_index(["task", "strategy"])["relative"]
 
-    rf = rise_and_fall(frame)
-    pooled = pooled_fall(frame)
-    intermediate = pooled[pooled["strategy"].isin(strategies.adapting("intermediate",
-                                                                      "excessive"))]
+    columns = budgets(frame)  # judged at the smallest; the others reported beside it
+    labels = list(columns)
+    rf = rise_and_fall(frame, columns[labels[0]])
+    falls = at_each_budget(pooled_fall, frame)
+    falls = falls[falls["strategy"].isin(strategies.adapting("intermediate", "excessive"))]
+    intermediate = falls[falls["budget"] == labels[0]]
     hits = int(intermediate["significant"].sum())
-    seeds = int(pooled["seeds"].max()) if len(pooled) else 0
+    seeds = int(intermediate["seeds"].max()) if len(intermediate) else 0
+    others = "".join(f"; at {b}: {int(falls[falls.budget == b].significant.sum())} of "
+                     f"{int((falls.budget == b).sum())}" for b in labels[1:])
     cards.append(Verdict(
         "RQ1: robust accuracy first rises (inherited), peaks early, then falls as fine-tuning "
         "exploits non-robust features",
         "rise-then-fall in most settings",
         f"{hits} of {len(intermediate)} task x strategy pairs of full fine-tuning and "
         f"intermediate strategies fall from their robust peak by more than 2 standard errors "
-        f"({seeds} seed{'s' if seeds != 1 else ''} pooled); median peak at step "
-        f"{int(rf['peak_step'].median())} of {int(rf['final_step'].max())}",
+        f"({seeds} seed{'s' if seeds != 1 else ''} pooled, at {labels[0]}{others}); median "
+        f"peak at step {int(rf['peak_step'].median())} of {int(rf['final_step'].max())}",
         majority_verdict(hits, len(intermediate)),
         "a pair falls if its seed-mean robust accuracy drops from its peak to the end by more "
         "than 2 standard errors (paired over the test images) and every seed drops; holds if "
-        "at least half of the pairs fall, partly if some do"))
+        "at least half of the pairs fall, partly if some do; judged at the smallest budget"))
 
     simple = order[0] if order else None
     if simple is not None and (simple, "bitfit") in rel.index:
