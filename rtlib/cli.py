@@ -436,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: one per core; on a GPU use 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--dry-run", action="store_true",
-                   help="count the runs and how many are complete; compute nothing")
+                   help="count the runs and how many are complete, and project the time "
+                        "left at the pace of the complete ones; compute nothing")
     p.add_argument("--no-remedies", action="store_true",
                    help="stop after the study's runs (no interpolation paths, no runs from the "
                         "robust upstream model)")
