@@ -86,6 +86,23 @@ def test_tables_read_in_the_charts_order():
         "standard", "robust"]
 
 
+def test_budget_findings_compare_the_rankings_at_each_budget():
+    frame = make_frame(0.1, "bitfit", "compacter", 0.01)
+    one = study.budget_findings(study.budget_ranking(frame), ["near", "far"])
+    assert len(one) == 1 and "one budget" in one[0]
+    # A second budget at which the near task's ranking is reversed
+    rank = {s: i for i, s in enumerate(STRATEGIES)}
+    two = frame.assign(**{"robust_acc@2/255": frame["robust_acc"],
+                          "robust_acc@4/255": frame["robust_acc"] * np.where(
+                              frame["task"] == "near", 0.1 + 0.1 * frame["strategy"].map(rank),
+                              0.5)})
+    ranking = study.budget_ranking(two)
+    assert set(ranking["budget"]) == {"2/255", "4/255"}
+    lines = study.budget_findings(ranking, ["near", "far"])
+    assert "best bitfit at 2/255, compacter at 4/255 (**different**)" in lines[0]
+    assert "(the same)" in lines[1] and lines[1].endswith("+1.00")
+
+
 def test_ood_variance_names_the_task_where_there_are_several():
     frame = make_frame(0.1, "bitfit", "compacter", 0.01)
     assert set(study.ood_variance_shares(frame)) == {"domain", "strategy", "task"}

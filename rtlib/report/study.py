@@ -330,6 +330,36 @@ def rq1_findings(frame: pd.DataFrame) -> list[str]:
     return bits
 
 
+def budget_ranking(frame: pd.DataFrame) -> pd.DataFrame:
+    """AUPF per task, strategy and attack budget (point estimates, :func:`budgets`), with its
+    rank among the strategies of its task and budget (1 = best)."""
+    table = at_each_budget(lambda f, col: pareto.aupf_table(f, col, n_boot=1), frame)
+    table["rank"] = table.groupby(["task", "budget"])["aupf"].rank(ascending=False,
+                                                                    method="min")
+    return table
+
+
+def budget_findings(ranking: pd.DataFrame, tasks: Sequence[str]) -> list[str]:
+    """One line per task of :func:`budget_ranking`: the best strategy at each budget, and how
+    alike the rankings at the smallest and the largest budget are (Spearman)."""
+    labels = list(dict.fromkeys(ranking["budget"]))
+    if len(labels) < 2:
+        return [f"This setting attacks at one budget ({', '.join(labels)}): exercise 1 below "
+                "adds another."]
+    lines = []
+    for task in tasks:
+        sub = ranking[ranking.task == task]
+        best = {b: sub[sub.budget == b].sort_values("aupf")["strategy"].iloc[-1]
+                for b in labels}
+        wide = sub.pivot(index="strategy", columns="budget", values="aupf")
+        rho = wide[labels[0]].corr(wide[labels[-1]], method="spearman")
+        same = "the same" if len(set(best.values())) == 1 else "**different**"
+        lines.append(f"- **{task}**: best " + ", ".join(f"{best[b]} at {b}" for b in labels)
+                     + f" ({same}); rank correlation between {labels[0]} and {labels[-1]} "
+                     f"{signed(rho, 2)}")
+    return lines
+
+
 def sensitivity_findings(sensitivity: pd.DataFrame, tasks: Sequence[str]) -> list[str]:
     """One line per task of :func:`rtlib.pareto.ranking_sensitivity`: do the two readings of
     AUPF pick the same best strategy, and how alike are their rankings?"""
