@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import ConfigError, RunConfig, check_choice
+from .config import ConfigError, RunConfig, check_choice, weights_identity
 
 _PASSED: set[str] = set()  # configs that passed in this process (their content, as JSON)
 
@@ -28,7 +28,10 @@ def check(config: RunConfig) -> RunConfig:
 def check_all(configs: Sequence[RunConfig]) -> list[RunConfig]:
     """:func:`check` for many configs: every config's fields and names first (no torch, so a
     misspelled name anywhere in a grid is answered at once), then each architecture."""
-    todo = [(json.dumps(c.to_dict(), sort_keys=True, default=str), c) for c in configs]
+    # Keyed by content and by what the weights name now: whether a file exists is checked
+    # too, and a file may appear or go away within a process.
+    todo = [(json.dumps([c.to_dict(), weights_identity(c.weights)], sort_keys=True, default=str),
+             c) for c in configs]
     todo = [(key, c) for key, c in todo if key not in _PASSED]
     for _, config in todo:
         config.check()
@@ -50,8 +53,6 @@ def _architecture_key(config: RunConfig) -> str:
     """What :func:`_check_architecture` depends on: model, its arguments, strategy and
     hyper-parameters, weights (by version) and precision (not the head's size: every strategy
     trains the head whatever its size)."""
-    from .config import weights_identity
-
     return json.dumps([config.model, config.model_kwargs, config.strategy, config.hparams,
                        weights_identity(config.weights), config.precision], sort_keys=True,
                       default=str)

@@ -162,9 +162,13 @@ def test_the_chapter_computes_paths_and_robust_upstream_runs_once(tmp_path, monk
 
 def test_a_robust_upstream_model_not_made_yet_is_named_before_anything_runs(tmp_path,
                                                                             monkeypatch):
-    from rtlib import config
+    from rtlib import config, preflight, sweep
     from rtlib.config import ConfigError
 
+    # The same configs checked first while the model exists (as another test in this process
+    # may have): the check must not be remembered past the file.
+    preflight.check_all(sweep.expand(["digits"], ["full", "linear_probe"], [0], preset="smoke",
+                                     weights="embedded_robust"))
     monkeypatch.setattr(config, "ROBUST_WEIGHTS", tmp_path / "missing.safetensors")
     with pytest.raises(ConfigError, match="^weights: not made yet: .embedded_robust"):
         remedies.compute(preset="smoke", tasks=["digits"], strategies=["full"],
