@@ -192,18 +192,28 @@ def ranking_sensitivity(frame: pd.DataFrame, robust_col: str,
         merged = t if merged is None else merged.merge(t, on=keys)
     group = [k for k in keys if k != "strategy"]
     first, second = list(AUPF_METHODS)[:2]
-
-    def compare(g: pd.DataFrame) -> pd.Series:
-        best = [set(g.loc[g[f"aupf_{m}"] == g[f"aupf_{m}"].max(), "strategy"])
-                for m in (first, second)]
-        ranked = all(g[f"rank_{m}"].nunique() > 1 for m in (first, second))
-        return pd.Series({
-            "same_best": best[0] == best[1] if all(len(b) == 1 for b in best) else None,
-            "spearman": (g[f"rank_{first}"].corr(g[f"rank_{second}"], method="spearman")
-                         if ranked else np.nan)})
-
-    stats = merged.groupby(group).apply(compare, include_groups=False).reset_index()
+    stats = merged.groupby(group).apply(
+        lambda g: pd.Series(compare_rankings(g.set_index("strategy")[f"aupf_{first}"],
+                                             g.set_index("strategy")[f"aupf_{second}"])),
+        include_groups=False).reset_index()
     return merged.merge(stats, on=group)
+
+
+def best_strategies(scores: pd.Series) -> list[str]:
+    """The strategies (the index of ``scores``) with the highest score: several on a tie."""
+    return list(scores.index[scores == scores.max()])
+
+
+def compare_rankings(first: pd.Series, second: pd.Series) -> dict:
+    """Two scores of the same strategies (indexed by strategy; higher is better): is the best
+    strategy the same (None where either score ties for the best: there is no one best to
+    compare), and the Spearman correlation of the two rankings (NaN where either ranks no
+    strategy above another)."""
+    best = [best_strategies(s) for s in (first, second)]
+    ranked = first.nunique() > 1 and second.nunique() > 1
+    return {"same_best": best[0] == best[1] if all(len(b) == 1 for b in best) else None,
+            "spearman": (first.corr(second.reindex(first.index), method="spearman")
+                         if ranked else np.nan)}
 
 
 def peak(frame: pd.DataFrame, col: str, by: Sequence[str] = ("task", "strategy", "seed")

@@ -101,6 +101,15 @@ def test_budget_findings_compare_the_rankings_at_each_budget():
     lines = study.budget_findings(ranking, ["near", "far"])
     assert "best bitfit at 2/255, compacter at 4/255 (**different**)" in lines[0]
     assert "(the same)" in lines[1] and lines[1].endswith("+1.00")
+    # A budget at which two strategies tie for the best names both and compares no best
+    top = two["strategy"].isin(["compacter", "bitfit"]) & (two["task"] == "far")
+    tie = two.assign(**{"robust_acc@4/255": two["test_acc"] * np.where(top, 0.4, 0.3)})
+    tied = study.budget_findings(study.budget_ranking(tie), ["near", "far"])[1]
+    assert "bitfit and compacter at 4/255 (a tie)" in tied  # in the book's strategy order
+    same = tie.assign(**{"robust_acc@2/255": tie["robust_acc@4/255"]})
+    alike = same["strategy"].isin(["full", "lora", "ia3"])  # the same curves in make_frame
+    flat = study.budget_findings(study.budget_ranking(same[alike]), ["near", "far"])[1]
+    assert flat.endswith("one budget ranks no strategy above another")
 
 
 def test_ood_variance_names_the_task_where_there_are_several():

@@ -349,14 +349,16 @@ def budget_findings(ranking: pd.DataFrame, tasks: Sequence[str]) -> list[str]:
     lines = []
     for task in tasks:
         sub = ranking[ranking.task == task]
-        best = {b: sub[sub.budget == b].sort_values("aupf")["strategy"].iloc[-1]
-                for b in labels}
-        wide = sub.pivot(index="strategy", columns="budget", values="aupf")
-        rho = wide[labels[0]].corr(wide[labels[-1]], method="spearman")
-        same = "the same" if len(set(best.values())) == 1 else "**different**"
+        wide = sub.pivot(index="strategy", columns="budget", values="aupf").reindex(
+            strategies.ordered(sub["strategy"]))  # the book's strategy order, not a-z
+        best = {b: " and ".join(pareto.best_strategies(wide[b])) for b in labels}
+        compared = pareto.compare_rankings(wide[labels[0]], wide[labels[-1]])
+        same = {True: "the same", False: "**different**", None: "a tie"}[compared["same_best"]]
+        rho = (f"rank correlation between {labels[0]} and {labels[-1]} "
+               f"{signed(compared['spearman'], 2)}" if pd.notna(compared["spearman"]) else
+               "one budget ranks no strategy above another")
         lines.append(f"- **{task}**: best " + ", ".join(f"{best[b]} at {b}" for b in labels)
-                     + f" ({same}); rank correlation between {labels[0]} and {labels[-1]} "
-                     f"{signed(rho, 2)}")
+                     + f" ({same}); {rho}")
     return lines
 
 
