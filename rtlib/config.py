@@ -643,10 +643,35 @@ def preset_seeds(name: str) -> list[int]:
     return list(_preset(name).get("seeds", [0]))
 
 
+def checkout_root(start: Path | None = None) -> Path | None:
+    """The source checkout of the project that holds ``start`` (default: the working
+    directory): the first folder from there up with ``_toc.yml`` and ``notebooks/``; None
+    outside one."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "_toc.yml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return None
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as a reader should see it: relative to the checkout it lies in (no machine's
+    folders in a built page), else as given."""
+    root = checkout_root()
+    try:
+        return str(Path(path).resolve().relative_to(root)) if root else str(path)
+    except ValueError:  # outside the checkout
+        return str(path)
+
+
 def preset_store(name: str) -> str:
     """The results folder a preset's runs are read from and written to (the committed study's
-    is in the repository)."""
-    return _preset(name).get("store", "results")
+    is in the repository). Inside a checkout it is the checkout's, wherever in it the work
+    starts (a notebook run with ``--cwd notebooks`` reads the committed study, and does not
+    start a new one beside it); elsewhere it is relative to the working directory."""
+    folder = _preset(name).get("store", "results")
+    root = checkout_root()
+    return str(root / folder) if root else folder
 
 
 def preset_description(name: str) -> str:

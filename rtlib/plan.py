@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import metrics, store, sweep
 from .config import (ConfigError, RunConfig, check_list, preset_seeds, preset_spec, preset_store,
-                     preset_tasks, weights_identity)
+                     preset_tasks, shown_path, weights_identity)
 
 
 def lr_grid(preset: str) -> dict[str, list[float]]:
@@ -185,7 +185,8 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
     for (name, role), configs in ((("learning-rate sweep", "lr selection"), selection),
                                   (("study", "study"), study_plan.main)):
         records = run_records(results_dir, configs, role)
-        line = f"{name}: {len(records)} of {len(configs)} runs complete in {results_dir}"
+        line = (f"{name}: {len(records)} of {len(configs)} runs complete in "
+                f"{shown_path(results_dir)}")
         if records:
             pace = sum(r["seconds"] for r in records) / len(records)
             if role == "study":  # the remedies' pace: a run's, and an evaluation point's

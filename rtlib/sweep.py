@@ -87,6 +87,22 @@ def run_one(config: RunConfig | Any, results_dir: str | Path, device: str | None
     return Outcome(**key, status="done", seconds=time.perf_counter() - t0)
 
 
+def _exit_with(parent: int, poll_seconds: float = 1.0) -> None:
+    """A pool worker's initializer: end this worker when the process that started it is gone
+    (killed, or a notebook's kernel shut down), instead of training its run to the end for
+    nobody. Ending mid-run is what a kill does: the run resumes from its last evaluation
+    point."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _run_one_in_worker(config: RunConfig, results_dir: str, device: str | None,
                        threads: int) -> Outcome:
     import torch
@@ -147,6 +163,7 @@ def run(configs: Sequence[RunConfig | Any], results_dir: str | Path, executor: s
 def _run_pool(configs, results_dir, device, workers, threads, progress, desc="runs"
               ) -> list[Outcome]:
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm.auto import tqdm
@@ -154,7 +171,8 @@ def _run_pool(configs, results_dir, device, workers, threads, progress, desc="ru
     results_dir = str(Path(results_dir).resolve())
     outcomes: dict[int, Outcome] = {}
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_run_one_in_worker, c, results_dir, device, threads): i
                    for i, c in enumerate(configs)}
         for k, future in enumerate(tqdm(as_completed(futures), total=len(futures), desc=desc,

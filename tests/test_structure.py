@@ -166,6 +166,26 @@ def test_the_books_setting_is_written_once():
     assert book_preset("smoke") == "smoke"
 
 
+def test_a_presets_store_is_the_checkouts_wherever_in_it_the_work_starts(tmp_path,
+                                                                        monkeypatch):
+    """A notebook run from notebooks/ (papermill --cwd notebooks) reads the committed study
+    instead of computing a new one in notebooks/study/; outside a checkout the store is
+    relative to the working directory, and a page shows the store relative to the checkout."""
+    from rtlib.config import checkout_root, preset_store, shown_path
+
+    checkout = tmp_path / "checkout"
+    (checkout / "notebooks" / "deep").mkdir(parents=True)
+    (checkout / "_toc.yml").write_text("root: intro\n")
+    monkeypatch.chdir(checkout / "notebooks" / "deep")
+    assert checkout_root() == checkout.resolve()
+    assert preset_store("study") == str(checkout.resolve() / "study")
+    assert preset_store("embedded") == str(checkout.resolve() / "results")
+    assert shown_path(preset_store("study")) == "study"
+    monkeypatch.chdir(tmp_path)
+    assert checkout_root() is None
+    assert preset_store("study") == "study" and shown_path("/elsewhere/x") == "/elsewhere/x"
+
+
 def test_cli_options_are_generated_from_the_fields():
     from rtlib import cli
 

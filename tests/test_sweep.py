@@ -301,3 +301,60 @@ def test_parallel_local_workers_match_one_process(tmp_path):
     a, b = store.load(tmp_path / "one")[cols], store.load(tmp_path / "two")[cols]
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True),
                                   atol=1e-6)
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is ``pid`` (from /proc: no extra package)."""
+    found = set()
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(stat))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_pool_workers_end_with_the_process_that_started_them(tmp_path):
+    """A notebook kernel shut down, or a sweep killed, must not leave its workers training
+    their runs to the end for nobody."""
+    code = (f"from rtlib import sweep\n"
+            f"configs = sweep.expand(['synthetic'], ['bitfit', 'lora'], preset='smoke', "
+            f"**{dict(SMALL, steps=100_000, schedule='every:50000')!r})\n"
+            f"sweep.run(configs, {str(tmp_path)!r}, progress=False, workers=2)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ,
+                                                                "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    workers: set[int] = set()
+    while time.time() < deadline and len(workers) < 2:  # the two workers (and a tracker)
+        workers = {p for p in _children(proc.pid)
+                   if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()}
+        time.sleep(0.5)
+    assert len(workers) == 2 and proc.poll() is None
+    time.sleep(3)  # in the middle of their runs
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _running(workers):
+        time.sleep(0.5)
+    alive = _running(workers)
+    for p in alive:  # (leave nothing behind if the check fails)
+        os.kill(p, signal.SIGKILL)
+    assert not alive, "workers outlived the process that started them"
+
+
+def _running(pids: set[int]) -> list[int]:
+    """Those of ``pids`` still running (not exited; an exited one may linger as a zombie
+    until its new parent reaps it)."""
+    out = []
+    for p in pids:
+        try:
+            state = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            out.append(p)
+    return out

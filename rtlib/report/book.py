@@ -27,13 +27,11 @@ class NotebookFailed(RuntimeError):
 def root() -> Path:
     """The source checkout the book is built from: the first folder holding ``_toc.yml`` and
     ``notebooks/``, from the working directory up, then from this package up."""
-    here = Path(__file__).resolve()
-    for start in (Path.cwd().resolve(), here):
-        for folder in (start, *start.parents):
-            if (folder / "_toc.yml").is_file() and (folder / "notebooks").is_dir():
-                return folder
-    from ..config import ConfigError
+    from ..config import ConfigError, checkout_root
 
+    found = checkout_root() or checkout_root(Path(__file__))
+    if found:
+        return found
     raise ConfigError("book", str(Path.cwd()), "a source checkout of the project (with "
                       "_toc.yml and notebooks/)", "the book is built from a checkout; none at")
 

@@ -69,7 +69,7 @@ def chapter(preset: str | None = None, tasks: Sequence[str] | None = None,
     preset's, ``strategies`` to the paper's seven, ``seeds`` and
     ``results_dir`` to the preset's; ``overrides`` (e.g. ``eps``, ``steps``; ``None`` values are
     ignored) replace the preset's values; ``study_plan``: see :func:`runs`."""
-    from ..config import book_preset, preset_description, preset_store
+    from ..config import book_preset, preset_description, preset_store, shown_path
 
     preset = book_preset(preset)
     results_dir = results_dir or preset_store(preset)
@@ -82,7 +82,7 @@ def chapter(preset: str | None = None, tasks: Sequence[str] | None = None,
     status = (f"**Setting: `{preset}`**, {preset_description(preset)}. "
               f"{frame['run_id'].nunique()} runs ({len(seeds_used)} seed"
               f"{'s' if len(seeds_used) != 1 else ''}), {len(frame)} evaluation points: "
-              f"{read} read from the store `{results_dir}`, {done} trained now.")
+              f"{read} read from the store `{shown_path(results_dir)}`, {done} trained now.")
     if study_plan.lrs:
         status += (" Learning rates chosen on the validation split: " + ", ".join(
             f"{s} {lr:g}" for s, lr in study_plan.lrs.items()) + ".")
