@@ -22,7 +22,9 @@ def _legend_filter(field: str, values: Sequence[str] | None = None):
     """A selection bound to the legend of ``field`` and the matching colour encoding."""
     sel = alt.selection_point(fields=[field], bind="legend")
     scale = alt.Scale(domain=list(values)) if values is not None else alt.Undefined
-    color = alt.Color(f"{field}:N", scale=scale, title=field)
+    # Solid swatches: the legend would otherwise take the faint opacity of a band layer.
+    color = alt.Color(f"{field}:N", scale=scale, title=field,
+                      legend=alt.Legend(symbolOpacity=1))
     opacity = alt.condition(sel, alt.value(1.0), alt.value(0.12))
     return sel, color, opacity
 
