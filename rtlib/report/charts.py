@@ -6,7 +6,7 @@ and :func:`rtlib.pareto.aupf_table`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import altair as alt
 import numpy as np
@@ -169,6 +169,17 @@ def _zoomed_scales(stairs: pd.DataFrame, clean: pd.Series, robust: pd.Series
             alt.Scale(domain=_zoom(pd.concat([robust, vertices["robust"]]))))
 
 
+def _plane(robust_col: str, x_scale: alt.Scale, y_scale: alt.Scale, tooltip: list
+           ) -> dict[str, Any]:
+    """The encodings of the robustness-accuracy plane (clean accuracy across, robust accuracy
+    at ``robust_col``'s budget up), with ``tooltip`` followed by both accuracies."""
+    return {"x": alt.X("test_acc:Q", title="clean accuracy", scale=x_scale),
+            "y": alt.Y(f"{robust_col}:Q", scale=y_scale,
+                       title=f"robust accuracy ({robust_col.split('@')[-1]})"),
+            "tooltip": [*tooltip, alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
+                        alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")]}
+
+
 def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None) -> alt.Chart:
     """The path of each run in the (clean, robust) plane, with its Pareto frontier (staircase),
     zoomed to the frontiers' checkpoints and the runs' last points (where the strategies
@@ -180,12 +191,8 @@ def frontier_path(frame: pd.DataFrame, robust_col: str, title: str | None = None
     last = runs.sort_values("step").groupby("strategy").tail(1)
     x_scale, y_scale = _zoomed_scales(stairs, last["test_acc"], last[robust_col])
     path = alt.Chart(runs).mark_line(point=True, strokeWidth=1, clip=True).encode(
-        x=alt.X("test_acc:Q", title="clean accuracy", scale=x_scale),
-        y=alt.Y(f"{robust_col}:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
-                scale=y_scale),
-        order="step:Q", color=color, opacity=opacity,
-        tooltip=["strategy:N", "step:Q", alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
-                 alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")])
+        **_plane(robust_col, x_scale, y_scale, ["strategy:N", "step:Q"]), order="step:Q",
+        color=color, opacity=opacity)
     front = _frontiers(stairs, x_scale, y_scale, color, opacity, stroke_width=3,
                        aupf_title="AUPF")
     return (path + front).add_params(sel).properties(
@@ -357,13 +364,9 @@ def interpolation_paths(paths: pd.DataFrame, frame: pd.DataFrame, robust_col: st
     x_scale, y_scale = _zoomed_scales(stairs, mixed["test_acc"], mixed[robust_col])
     line = alt.Chart(mixed).mark_line(point=alt.OverlayMarkDef(size=50), strokeWidth=2.5,
                                       clip=True).encode(
-        x=alt.X("test_acc:Q", title="clean accuracy", scale=x_scale),
-        y=alt.Y(f"{robust_col}:Q", title=f"robust accuracy ({robust_col.split('@')[-1]})",
-                scale=y_scale),
-        order=f"{ALPHA}:Q", color=color, opacity=opacity,
-        tooltip=["strategy:N", alt.Tooltip(f"{ALPHA}:Q", title="mixing coefficient"),
-                 alt.Tooltip("test_acc:Q", format=".3f", title="clean"),
-                 alt.Tooltip(f"{robust_col}:Q", format=".3f", title="robust")])
+        **_plane(robust_col, x_scale, y_scale,
+                 ["strategy:N", alt.Tooltip(f"{ALPHA}:Q", title="mixing coefficient")]),
+        order=f"{ALPHA}:Q", color=color, opacity=opacity)
     front = _frontiers(stairs, x_scale, y_scale, color, opacity, stroke_width=1.5,
                        aupf_title="AUPF of checkpoints")
     return (front + line).add_params(sel).properties(
