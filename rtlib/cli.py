@@ -290,7 +290,7 @@ def add_field_options(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options that set RunConfig fields and where runs go (``run`` and ``sweep``)."""
-    from .config import RunConfig
+    from .config import RunConfig, checkout_folder
 
     # argparse reads "-1/255" as an unknown option; let it reach _budget, which names the problem.
     if hasattr(p, "_negative_number_matcher"):
@@ -298,7 +298,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     add_field_options(p, RunConfig, skip=("task", "strategy"))
     p.add_argument("--no-weights", dest="weights", action="store_const", const=None,
                    default=argparse.SUPPRESS, help="random initialization (as --weights none)")
-    p.add_argument("--results-dir", default="results", help="results store (default: results)")
+    p.add_argument("--results-dir", default=checkout_folder("results"),
+                   help="results store (default: results/ of the checkout you are in, wherever "
+                        "in it; outside a checkout, of the working directory)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

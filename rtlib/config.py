@@ -669,7 +669,12 @@ def preset_store(name: str) -> str:
     is in the repository). Inside a checkout it is the checkout's, wherever in it the work
     starts (a notebook run with ``--cwd notebooks`` reads the committed study, and does not
     start a new one beside it); elsewhere it is relative to the working directory."""
-    folder = _preset(name).get("store", "results")
+    return checkout_folder(_preset(name).get("store", "results"))
+
+
+def checkout_folder(folder: str) -> str:
+    """``folder`` of the checkout the work starts in (see :func:`checkout_root`), else
+    ``folder`` relative to the working directory."""
     root = checkout_root()
     return str(root / folder) if root else folder
 

@@ -181,6 +181,10 @@ def test_a_presets_store_is_the_checkouts_wherever_in_it_the_work_starts(tmp_pat
     assert preset_store("study") == str(checkout.resolve() / "study")
     assert preset_store("embedded") == str(checkout.resolve() / "results")
     assert shown_path(preset_store("study")) == "study"
+    from rtlib import cli  # the CLI's store of single runs and sweeps too
+
+    assert cli.build_parser().parse_args(["run", "--task", "digits", "--strategy", "lora"]
+                                         ).results_dir == str(checkout.resolve() / "results")
     monkeypatch.chdir(tmp_path)
     assert checkout_root() is None
     assert preset_store("study") == "study" and shown_path("/elsewhere/x") == "/elsewhere/x"
