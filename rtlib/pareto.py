@@ -183,19 +183,20 @@ def ranking_sensitivity(frame: pd.DataFrame, robust_col: str,
     """
     tables = {m: aupf_table(frame, robust_col, by=by, n_boot=1, method=m) for m in AUPF_METHODS}
     keys = list(by)
+    group = [k for k in keys if k != "strategy"]
     merged = None
     for m, t in tables.items():
         t = t[keys + ["aupf"]].rename(columns={"aupf": f"aupf_{m}"})
-        group = [k for k in keys if k != "strategy"]
         t[f"rank_{m}"] = (t.groupby(group)[f"aupf_{m}"].rank(ascending=False, method="min")
                           if group else t[f"aupf_{m}"].rank(ascending=False, method="min"))
         merged = t if merged is None else merged.merge(t, on=keys)
-    group = [k for k in keys if k != "strategy"]
     first, second = list(AUPF_METHODS)[:2]
-    stats = merged.groupby(group).apply(
-        lambda g: pd.Series(compare_rankings(g.set_index("strategy")[f"aupf_{first}"],
-                                             g.set_index("strategy")[f"aupf_{second}"])),
-        include_groups=False).reset_index()
+
+    def compare(g: pd.DataFrame) -> pd.Series:
+        scores = g.set_index("strategy")
+        return pd.Series(compare_rankings(scores[f"aupf_{first}"], scores[f"aupf_{second}"]))
+
+    stats = merged.groupby(group).apply(compare, include_groups=False).reset_index()
     return merged.merge(stats, on=group)
 
 

@@ -303,18 +303,19 @@ def test_parallel_local_workers_match_one_process(tmp_path):
                                   atol=1e-6)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first, then the
+    parent's pid), or None for a process that is gone."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _children(pid: int) -> set[int]:
-    """The live processes whose parent is ``pid`` (from /proc: no extra package)."""
-    found = set()
-    for stat in os.listdir("/proc"):
-        if stat.isdigit():
-            try:
-                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(stat))
-    return found
+    """The processes whose parent is ``pid`` (from /proc: no extra package)."""
+    return {int(p) for p in os.listdir("/proc")
+            if p.isdigit() and (fields := _stat(int(p))) and int(fields[1]) == pid}
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
@@ -330,8 +331,7 @@ def test_pool_workers_end_with_the_process_that_started_them(tmp_path):
     deadline = time.time() + 120
     workers: set[int] = set()
     while time.time() < deadline and len(workers) < 2:  # the two workers (and a tracker)
-        workers = {p for p in _children(proc.pid)
-                   if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()}
+        workers = {p for p in _children(proc.pid) if _is_pool_worker(p)}
         time.sleep(0.5)
     assert len(workers) == 2 and proc.poll() is None
     time.sleep(3)  # in the middle of their runs
@@ -346,15 +346,14 @@ def test_pool_workers_end_with_the_process_that_started_them(tmp_path):
     assert not alive, "workers outlived the process that started them"
 
 
+def _is_pool_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:  # (gone meanwhile, e.g. a short-lived helper)
+        return False
+
+
 def _running(pids: set[int]) -> list[int]:
     """Those of ``pids`` still running (not exited; an exited one may linger as a zombie
     until its new parent reaps it)."""
-    out = []
-    for p in pids:
-        try:
-            state = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            out.append(p)
-    return out
+    return [p for p in pids if (fields := _stat(p)) and fields[0] not in ("Z", "X")]
