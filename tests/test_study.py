@@ -261,3 +261,19 @@ def test_differences_print_with_their_sign_and_no_negative_zero():
 
     assert [signed(0.0131), signed(-0.0131), signed(-0.0004), signed(0.2149, 2)] == \
         ["+0.013", "-0.013", "+0.000", "+0.21"]
+
+
+def test_precision_summary_reads_the_runs():
+    frame = make_frame(fall=0.3, best_near="bitfit", best_far="compacter", ood_noise=0.01)
+    one = study.precision_summary(frame)
+    assert "2,000 test images" in one and "standard error of 1.1 points" in one
+    assert "One seed" in one
+    # the fall's error: binomial from the two points here (no masks), largest where p is near 0.5
+    falls = study.rise_and_fall(frame)
+    assert f"at most {100 * falls[falls.early_peak].fall_se.max():.1f} points" in one
+    three = pd.concat([frame.assign(seed=s, run_id=frame.run_id + f"-{s}", test_n=500)
+                       for s in range(3)])
+    text = study.precision_summary(three)
+    assert "500 test images" in text and "standard error of 2.2 points" in text
+    assert "3 seeds per task and strategy: the verdicts pool them" in text
+    assert "One seed" not in text

@@ -578,6 +578,29 @@ def takeaways(frame: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     return bits
 
 
+def precision_summary(frame: pd.DataFrame) -> str:
+    """One Markdown bullet: how precisely these runs measure (test images per evaluation point,
+    seeds per task and strategy, the standard error of one accuracy and of a run's
+    peak-to-final robust difference) and what that means for the verdicts."""
+    n = int(frame[metrics.TEST_N].median())
+    seeds = frame.groupby(["task", "strategy"])["seed"].nunique()
+    falls = at_each_budget(rise_and_fall, frame)
+    falls = falls[falls.early_peak]  # a run that peaks at its end has no fall to measure
+    fall = (f" The standard error of a run's fall from its robust peak to its end: median "
+            f"{100 * falls.fall_se.median():.1f}, at most {100 * falls.fall_se.max():.1f} points"
+            f" ({len(falls)} runs and budgets with a peak before the end)." if len(falls) else "")
+    if seeds.max() == 1:
+        pooling = ("One seed: the spread from training noise is not measured, so claims that "
+                   "hinge on differences between strategies are marked *partly* at best.")
+    else:
+        pooling = (f"{seeds.min()}" + (f" to {seeds.max()}" if seeds.max() > seeds.min() else "")
+                   + " seeds per task and strategy: the verdicts pool them, and a fall counts "
+                   "only when every seed falls.")
+    return (f"- **Evaluation size and seeds.** {n:,} test images at every evaluation point: "
+            f"one accuracy near 0.5 has a standard error of {100 * standard_error(0.5, n):.1f} "
+            f"points.{fall} {pooling}")
+
+
 def cost_summary(frame: pd.DataFrame, cost: pd.DataFrame) -> str:
     """One paragraph: the run time, evaluation's share of it, and what attacking only the
     clean-correct images saved (``cost``: :func:`compute_cost`)."""
