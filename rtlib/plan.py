@@ -138,7 +138,13 @@ class RemediesPlan:
     robust: list[RunConfig]
 
     def work(self) -> list:
-        return list(self.paths) + list(self.robust)
+        """The paths and the robust runs, seed by seed (paths first within a seed): a study
+        stopped part-way holds every remedy of its first seeds, so the chapter can read all
+        three questions before the last seed is in."""
+        def seed(job) -> int:
+            return getattr(job, "config", job).seed
+
+        return sorted(list(self.paths) + list(self.robust), key=seed)  # stable: paths first
 
 
 def remedies_plan(study_plan: Plan, alphas: Sequence[float] | None = None,

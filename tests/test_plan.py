@@ -145,3 +145,16 @@ def test_a_rate_chosen_at_the_top_of_its_grid_is_flagged():
     choice = plan.choose_lr(frame)
     assert choice.loc[choice.chosen, "lr"].tolist() == [1e-2, 1e-3]
     assert plan.Plan("toy", [], [], {}, choice).at_top() == ["a"]
+
+
+def test_remedies_come_seed_by_seed_paths_first():
+    """A remedies computation stopped part-way holds every remedy of its first seeds (each of
+    the chapter's three questions readable), not all paths and no robust run."""
+    from rtlib import interpolate, sweep
+
+    main = sweep.expand(["digits"], ["bitfit", "linear_probe"], [0, 1, 2], preset="smoke")
+    robust = sweep.expand(["digits"], ["bitfit", "linear_probe"], [0, 1, 2], preset="smoke")
+    work = plan.RemediesPlan(interpolate.jobs(main), robust).work()
+    kinds = [(getattr(j, "config", j).seed, "path" if hasattr(j, "probe") else "run")
+             for j in work]
+    assert kinds == [(s, k) for s in (0, 1, 2) for k in ("path", "run", "run")]
