@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute the runs of a preset's study that its store lacks: first the "
                     "learning-rate sweep (each strategy at each rate of its grid, chosen on the "
                     "validation split), then every task x strategy x seed at the chosen rates, "
-                    "then the remedies chapter's work (an interpolation path from each "
+                    "then the remedies chapter's work, seed by seed (an interpolation path from each "
                     "fine-tuned run to its linear probe; the runs from the robust upstream "
                     "model on the preset's robust tasks). "
                     "Shows a bar per run and the study's elapsed and remaining time; an "
