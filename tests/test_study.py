@@ -234,15 +234,27 @@ def test_rise_and_fall_and_pooled_fall_follow_the_masks():
     assert not study.pooled_fall(mixed).iloc[0]["significant"]
 
 
-def test_plateau_reads_the_last_three_points():
+def test_plateau_reads_the_last_three_points_and_tells_a_trend_from_noise():
     rows = []
     for run_id, curve in (("flat", [0.5, 0.8, 0.895, 0.9, 0.899]),
-                          ("rising", [0.5, 0.7, 0.8, 0.85, 0.9])):
-        rows += [{"run_id": run_id, "task": "t", "strategy": "full", "seed": 0, "step": s,
-                  "test_acc": v} for s, v in zip((0, 10, 100, 500, 1000), curve)]
-    p = study.plateau(pd.DataFrame(rows)).set_index("run_id")
+                          ("rising", [0.5, 0.7, 0.8, 0.85, 0.9]),
+                          ("falling", [0.5, 0.9, 0.9, 0.85, 0.8]),
+                          ("noisy", [0.5, 0.8, 0.9, 0.88, 0.895])):
+        rows += [{"run_id": run_id, "task": "t", "strategy": run_id, "seed": 0, "step": s,
+                  "test_acc": v, "test_n": 768} for s, v in zip((0, 10, 100, 500, 1000), curve)]
+    frame = pd.DataFrame(rows)
+    p = study.plateau(frame).set_index("run_id")
     assert p.loc["flat", "plateaued"] and not p.loc["rising", "plateaued"]
     assert p.loc["rising", "last_steps"] == "100, 500, 1000"
+    # 768 images: two binomial errors near 0.85 combine to about 1.8 points; 10 points is a
+    # trend, a 2-point wobble ending 0.5 points down is not.
+    assert p["trend"].to_dict() == {"flat": "plateau", "rising": "rising", "falling": "falling",
+                                    "noisy": "noise"}
+    assert abs(p.loc["rising", "change"] - 0.1) < 1e-9 and 0.015 < p.loc["rising", "change_se"] < 0.02
+    plateau_bullet = study.rq1_findings(frame.assign(**{"robust_acc": 0.1, "eps": "2/255"}))[-1]
+    assert plateau_bullet.startswith("- **Plateau:** 1 of 4 runs")
+    assert "1 still rising" in plateau_bullet and "t/rising (seed 0; +0.100)" in plateau_bullet
+    assert "1 moving by no more than evaluation noise" in plateau_bullet
 
 
 def test_verdicts_render_as_the_scorecard_with_their_colours():

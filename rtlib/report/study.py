@@ -265,15 +265,26 @@ def pooled_fall(frame: pd.DataFrame, col: str = metrics.ROBUST) -> pd.DataFrame:
 def plateau(frame: pd.DataFrame, col: str = metrics.TEST_ACC, points: int = 3,
             tolerance: float = 0.01) -> pd.DataFrame:
     """Per run: whether ``col`` (clean test accuracy) has plateaued, i.e. its last ``points``
-    evaluation points lie within ``tolerance`` of each other (max - min)."""
+    evaluation points lie within ``tolerance`` of each other (max - min).
+
+    A run that has not plateaued is told apart by its ``trend`` over those points: ``rising``
+    or ``falling`` when the change from the first to the last of them exceeds two standard
+    errors (paired over the test images, :func:`_difference_se`), else ``noise`` (it moves,
+    but no more than evaluation noise explains); a plateaued run's trend is ``plateau``."""
     rows = []
     for run_id, g in frame.sort_values(metrics.STEP).groupby("run_id", sort=False):
-        tail = g[col].iloc[-points:]
+        tail, last = g[col].iloc[-points:], len(g) - 1
+        first = max(last - points + 1, 0)
+        change = float(g[col].iloc[last] - g[col].iloc[first])
+        se = _difference_se(g, col, last, first)[0]
+        flat = bool(len(g) >= points and tail.max() - tail.min() <= tolerance)
+        trend = ("plateau" if flat else "rising" if change > 2 * se
+                 else "falling" if change < -2 * se else "noise")
         rows.append({"task": g["task"].iloc[0], "strategy": g["strategy"].iloc[0],
                      "seed": int(g["seed"].iloc[0]), "run_id": run_id,
                      "last_steps": ", ".join(map(str, g[metrics.STEP].iloc[-points:])),
-                     "spread": float(tail.max() - tail.min()),
-                     "plateaued": bool(len(g) >= points and tail.max() - tail.min() <= tolerance)})
+                     "spread": float(tail.max() - tail.min()), "change": change,
+                     "change_se": se, "plateaued": flat, "trend": trend})
     return pd.DataFrame(rows)
 
 
@@ -321,13 +332,27 @@ def rq1_findings(frame: pd.DataFrame) -> list[str]:
                     f"is at most {rf.fall_se.max():.1%} (median {rf.fall_se.median():.1%}; "
                     f"{kind} {n:,} test images); {int(rf.significant_fall.sum())} of {len(rf)} "
                     "runs fall significantly on their own.")
-    late = flat[~flat.plateaued]
     bits.append(f"- **Plateau:** {int(flat.plateaued.sum())} of {len(flat)} runs end with clean "
                 "test accuracy on a plateau (the last three points within 1 point)"
-                + ("." if not len(late) else "; still moving: " + ", ".join(
-                    f"{r.task}/{r.strategy}/seed {r.seed} ({r.spread:.3f})"
-                    for r in late.itertuples()) + "."))
+                + ("." if flat.plateaued.all() else "; of the others, " + "; ".join(
+                    _moving(flat, trend) for trend in ("rising", "falling", "noise")
+                    if (flat.trend == trend).any()) + "."))
     return bits
+
+
+_TRENDS = {"rising": "still rising by more than 2 standard errors over those points",
+           "falling": "falling by more than 2 standard errors over those points",
+           "noise": "moving by no more than evaluation noise (within 2 standard errors)"}
+
+
+def _moving(flat: pd.DataFrame, trend: str) -> str:
+    """The runs of :func:`plateau` with ``trend``, by task and strategy with their seeds."""
+    runs_ = flat[flat.trend == trend]
+    groups = ", ".join(
+        f"{task}/{strategy} (seed{'s' if len(g) > 1 else ''} "
+        f"{', '.join(map(str, sorted(g.seed)))}; {signed(g.change.mean())})"
+        for (task, strategy), g in runs_.groupby(["task", "strategy"], sort=False))
+    return f"{len(runs_)} {_TRENDS[trend]}: {groups}"
 
 
 def budget_ranking(frame: pd.DataFrame) -> pd.DataFrame:
