@@ -157,6 +157,9 @@ def test_selection_gains(frame):
     svg = vlc.vegalite_to_svg(json.dumps(spec))
     assert svg.startswith("<svg") and "robust gained" in svg and "clean given up" in svg
     assert spec["resolve"]["scale"]["y"] == "independent"  # gains and costs differ in size
+    tasks = sorted(selection["task"].unique(), reverse=True)  # e.g. nearest to farthest
+    ordered = charts.selection_gains(selection, tasks=tasks).to_dict(validate=True)
+    assert ordered["facet"]["column"]["sort"] == tasks and len(tasks) > 1
 
 
 def test_interpolation_paths(frame):

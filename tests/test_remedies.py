@@ -93,6 +93,7 @@ def test_what_helps_states_its_verdicts_by_their_rules():
     assert "on 2 of 2" in mixed.ours  # lora costs too much; both widen the frontier
     # the column the choice was made on, in words
     assert "by validation robust accuracy at 2/255" in chosen.ours
+    assert "over all 2, robust accuracy changes by +0.018 and clean accuracy by -0.003" in chosen.ours
     assert "by validation robust accuracy at 2/255" in mixed.rule
     assert remedies.what_helps(None, None) == []
 
@@ -115,6 +116,8 @@ def test_the_robust_upstream_is_compared_run_for_run():
     (card,) = remedies.what_helps(None, None, table.reset_index())
     # full: +0.15 robust at 0.01 clean; lora: -0.10 robust (and 0.10 clean): 1 of 2 counts
     assert card.verdict == "holds" and card.ours.startswith("1 of 2")
+    # the means are over every pair, counted or not, and say which way clean accuracy moves
+    assert "over all 2, robust accuracy changes by +0.025 and clean accuracy by -0.055" in card.ours
 
 
 def test_the_chapter_computes_paths_and_robust_upstream_runs_once(tmp_path, monkeypatch):

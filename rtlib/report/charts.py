@@ -317,13 +317,16 @@ def upstream_curve(curve: pd.DataFrame, final_accuracy: float | None = None,
         width=WIDTH, height=HEIGHT, title=title or "Pre-training the upstream model")
 
 
-def selection_gains(selection: pd.DataFrame, title: str | None = None) -> alt.Chart:
+def selection_gains(selection: pd.DataFrame, title: str | None = None,
+                    tasks: Sequence[str] | None = None) -> alt.Chart:
     """Remedies: what choosing the checkpoint on validation gains in test robust accuracy and
     costs in test clean accuracy, per strategy (points: the mean over seeds; bars: the lowest
-    to the highest seed), one column per task."""
+    to the highest seed), one column per task (in the order of ``tasks``, e.g. nearest to
+    farthest; None: alphabetical)."""
     long = selection.melt(id_vars=["task", "strategy", "seed"], value_vars=["gain", "cost"],
                           var_name="measure", value_name="value")
-    names = {"gain": "robust gained (picked - last)", "cost": "clean given up (last - picked)"}
+    names = {"gain": "test robust gained (picked - last)",
+             "cost": "test clean given up (last - picked)"}
     long["measure"] = long["measure"].map(names)
     summary = long.groupby(["task", "strategy", "measure"], as_index=False)["value"].agg(
         mean="mean", low="min", high="max", seeds="count")
@@ -334,7 +337,7 @@ def selection_gains(selection: pd.DataFrame, title: str | None = None) -> alt.Ch
     bars = base.mark_rule(strokeWidth=2).encode(x=x, y="low:Q", y2="high:Q", color=color,
                                                 opacity=opacity)
     points = base.mark_point(filled=True, size=70).encode(
-        x=x, y=alt.Y("mean:Q", title="test accuracy difference", axis=alt.Axis(format="+.2~%")),
+        x=x, y=alt.Y("mean:Q", title=None, axis=alt.Axis(format="+.2~%")),  # the row says
         color=color, opacity=opacity,
         tooltip=["task:N", "strategy:N", "measure:N", "seeds:Q",
                  alt.Tooltip("mean:Q", format="+.3f", title="mean over seeds"),
@@ -342,9 +345,12 @@ def selection_gains(selection: pd.DataFrame, title: str | None = None) -> alt.Ch
                  alt.Tooltip("high:Q", format="+.3f", title="highest seed")])
     zero = base.mark_rule(color="grey", strokeDash=[3, 3]).encode(y=alt.datum(0))
     return alt.layer(zero, bars, points).add_params(sel).properties(
-        width=max(120, WIDTH // max(1, summary["task"].nunique())), height=160).facet(
+        # every column carries its own y axis (about 50 px): together they fit the page
+        width=max(90, WIDTH // max(1, summary["task"].nunique()) - 50),
+        height=160).facet(
         row=alt.Row("measure:N", title=None, sort=list(names.values())),
-        column=alt.Column("task:N", title=None)).resolve_scale(y="independent").properties(
+        column=alt.Column("task:N", title=None, sort=list(tasks) if tasks else "ascending")
+    ).resolve_scale(y="independent").properties(
         title=title or f"Choosing the checkpoint by {metrics.describe(selection['by'].iloc[0])}")
 
 

@@ -169,8 +169,8 @@ def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | Non
             "Choosing the checkpoint on the validation split recovers robust accuracy cheaply",
             "not studied by the paper",
             f"chosen by {by}: on {hits} of {len(pairs)} task x strategy pairs the seed-mean test "
-            f"robust accuracy rises (mean {signed(pairs['gain'].mean())}) at a clean cost of at "
-            f"most {small_cost:.0%} (mean {signed(pairs['cost'].mean())})",
+            f"robust accuracy rises at a clean cost of at most {small_cost:.0%}; "
+            + _on_average(len(pairs), pairs["gain"], pairs["cost"]),
             majority_verdict(hits, len(pairs)),
             f"a pair counts if its seed-mean gain is above 0 and its clean cost at most "
             f"{small_cost:.0%}; holds if at least half of the pairs count, partly if some do"))
@@ -203,15 +203,21 @@ def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | Non
         cards.append(Verdict(
             "A robust upstream model passes more robustness on, at a small clean cost",
             "not studied by the paper (its story: fine-tuning inherits, then exploits)",
-            f"{hits} of {len(table)} task x strategy pairs end more robust (mean "
-            f"{signed(gain.mean())}) at a clean cost of at most {small_cost:.0%} (mean "
-            f"{signed(cost.mean())}); significant falls from the robust peak: {falls['standard']} "
-            f"from the standard model, {falls['robust']} from the robust one",
+            f"{hits} of {len(table)} task x strategy pairs end more robust at a clean cost of at "
+            f"most {small_cost:.0%}; {_on_average(len(table), gain, cost)}; significant falls "
+            f"from the robust peak: {falls['standard']} from the standard model, "
+            f"{falls['robust']} from the robust one",
             majority_verdict(hits, len(table)),
             f"seed means of the last point; a pair counts if its robust accuracy from the robust "
             f"model is higher and its clean accuracy at most {small_cost:.0%} lower; holds if "
             f"at least half of the pairs count, partly if some do"))
     return cards
+
+
+def _on_average(pairs: int, gain: pd.Series, cost: pd.Series) -> str:
+    """A remedy's mean effect over all its pairs, counted or not: robust gain, clean change."""
+    return (f"over all {pairs}, robust accuracy changes by {signed(gain.mean())} and clean "
+            f"accuracy by {signed(-cost.mean())} on average")
 
 
 @dataclass
