@@ -68,6 +68,21 @@ def test_interpolation_summary_finds_an_interior_coefficient_and_a_wider_frontie
     assert row["by"] == metrics.ROBUST  # no validation column: the optimistic reading, named
 
 
+def test_interpolation_paths_pool_over_seeds_per_task_and_strategy():
+    run = pd.concat([_run("r0", 0, [0.0] * 4, [0.1, 0.40, 0.35, 0.30], [0.2, 0.6, 0.8, 0.9]),
+                     _run("r1", 1, [0.0] * 4, [0.1, 0.40, 0.35, 0.30], [0.2, 0.6, 0.8, 0.9])])
+    paths = pd.concat([_path("fonts", "full", 0, [0.20, 0.45, 0.30], [0.5, 0.88, 0.9]),
+                       _path("fonts", "full", 1, [0.20, 0.10, 0.30], [0.5, 0.7, 0.9]),
+                       _path("fonts", "linear_probe", 0, [0.20, 0.20, 0.20], [0.5, 0.5, 0.5])])
+    summary = remedies.interpolation_summary(paths, run)
+    pooled = remedies.interpolation_pooled(summary)
+    assert pooled["strategy"].tolist() == ["full", "linear_probe"]  # the book's order
+    full = pooled.iloc[0]
+    assert full["seeds"] == 2 and full["beats_both"] == 1  # seed 0 beats both ends, seed 1 not
+    assert full["gain"] == pytest.approx((0.15 - 0.20) / 2) and full["gain_min"] == pytest.approx(-0.20)
+    assert full["clean_cost"] == pytest.approx((0.02 + 0.2) / 2)
+
+
 def test_the_interpolation_coefficient_is_chosen_on_validation_when_the_paths_have_it():
     run = _run("r", 0, [0.0] * 4, [0.1, 0.40, 0.35, 0.30], [0.2, 0.6, 0.8, 0.9])
     path = _path("fonts", "full", 0, [0.20, 0.45, 0.25, 0.30], [0.5, 0.8, 0.88, 0.9],

@@ -58,18 +58,33 @@ def checkpoint_selection(frame: pd.DataFrame, by: str | None = None,
 def selection_summary(selection: pd.DataFrame) -> pd.DataFrame:
     """:func:`checkpoint_selection` per task and strategy over seeds: the mean gain and cost
     and their range over seeds, and how often the choice was the last point anyway."""
-    from ..strategies import ordered
-
-    order = {s: k for k, s in enumerate(ordered(selection["strategy"]))}
-    selection = selection.sort_values(["task", "strategy"],
-                                      key=lambda c: c.map(order) if c.name == "strategy" else c)
-    grouped = selection.groupby(["task", "strategy"], sort=False)
+    grouped = _by_pair(selection)
     return grouped.agg(
         seeds=("seed", "nunique"), gain=("gain", "mean"), gain_min=("gain", "min"),
         gain_max=("gain", "max"), cost=("cost", "mean"), cost_min=("cost", "min"),
         cost_max=("cost", "max"), oracle_gain=("oracle_gain", "mean"),
         kept_last=("picked_step", lambda s: int((s == selection.loc[s.index, "final_step"])
                                                  .sum()))).reset_index()
+
+
+def _by_pair(rows: pd.DataFrame):
+    """``rows`` grouped by task and strategy, the strategies in the book's order."""
+    from ..strategies import ordered
+
+    order = {s: k for k, s in enumerate(ordered(rows["strategy"]))}
+    rows = rows.sort_values(["task", "strategy"],
+                            key=lambda c: c.map(order) if c.name == "strategy" else c)
+    return rows.groupby(["task", "strategy"], sort=False)
+
+
+def interpolation_pooled(interpolation: pd.DataFrame) -> pd.DataFrame:
+    """:func:`interpolation_summary` per task and strategy over seeds: the coefficient chosen
+    (mean), the robust gain over the better end (mean and lowest seed), in how many seeds an
+    interior coefficient beats both ends, the clean cost and the AUPF gain (means)."""
+    return _by_pair(interpolation).agg(
+        by=("by", "first"), seeds=("seed", "nunique"), best_alpha=("best_alpha", "mean"),
+        gain=("gain", "mean"), gain_min=("gain", "min"), beats_both=("beats_both", "sum"),
+        clean_cost=("clean_cost", "mean"), aupf_gain=("aupf_gain", "mean")).reset_index()
 
 
 def interpolation_summary(paths: pd.DataFrame, frame: pd.DataFrame, by: str | None = None,
