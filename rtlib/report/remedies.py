@@ -138,6 +138,44 @@ def interpolation_summary(paths: pd.DataFrame, frame: pd.DataFrame, by: str | No
     return pd.DataFrame(rows)
 
 
+def _points(values: pd.Series) -> str:
+    """The range of accuracy differences as points: ``+0.6 to +6.3 points``."""
+    low, high = (round(100 * float(v), 1) + 0.0 for v in (values.min(), values.max()))
+    return f"{low:+.1f} points" if low == high else f"{low:+.1f} to {high:+.1f} points"
+
+
+def findings(selection: pd.DataFrame | None, interpolation: pd.DataFrame | None,
+             tasks: Sequence[str]) -> list[str]:
+    """Per task (in the order of ``tasks``), what the first two remedies did, as Markdown
+    bullets: the range over strategies of the seed-mean test robust gain and clean cost of the
+    checkpoint chosen on validation (:func:`selection_summary`), and of the chosen
+    interpolation coefficient's gain over the better end, with the strategies whose
+    coefficient beat both ends in every seed (:func:`interpolation_pooled`)."""
+    bits = []
+    chosen = selection_summary(selection) if selection is not None and len(selection) else None
+    pooled = (interpolation_pooled(interpolation)
+              if interpolation is not None and len(interpolation) else None)
+    for task in tasks:
+        parts = []
+        if chosen is not None and (chosen.task == task).any():
+            c = chosen[chosen.task == task]
+            parts.append(f"choosing the checkpoint gains {_points(c.gain)} of robust accuracy "
+                         f"and gives up {_points(c.cost)} of clean accuracy")
+        if pooled is not None and (pooled.task == task).any():
+            i = pooled[pooled.task == task]
+            every = i[i.beats_both == i.seeds].strategy.tolist()
+            parts.append(f"the chosen interpolation coefficient's robust accuracy is "
+                         f"{_points(i.gain)} above the better end's, beating both in every "
+                         f"seed for "
+                         f"{', '.join(every) if every else 'no strategy'}")
+        if parts:
+            bits.append(f"- **{task}**: " + "; ".join(parts) + ".")
+    if bits:
+        bits.insert(0, "Ranges over the strategies of their seed means (test set; each choice "
+                       "made on the validation split):\n")
+    return bits
+
+
 def by_upstream(frame: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:
     """The runs fine-tuned from the standard upstream model (``frame``, on the tasks of
     ``robust``) and from the robust one (``robust``), with an ``upstream`` column."""
