@@ -68,6 +68,46 @@ def test_interpolation_summary_finds_an_interior_coefficient_and_a_wider_frontie
     assert row["by"] == metrics.ROBUST  # no validation column: the optimistic reading, named
 
 
+def test_interpolation_paths_pool_over_seeds_per_task_and_strategy():
+    run = pd.concat([_run("r0", 0, [0.0] * 4, [0.1, 0.40, 0.35, 0.30], [0.2, 0.6, 0.8, 0.9]),
+                     _run("r1", 1, [0.0] * 4, [0.1, 0.40, 0.35, 0.30], [0.2, 0.6, 0.8, 0.9])])
+    paths = pd.concat([_path("fonts", "full", 0, [0.20, 0.45, 0.30], [0.5, 0.88, 0.9]),
+                       _path("fonts", "full", 1, [0.20, 0.10, 0.30], [0.5, 0.7, 0.9]),
+                       _path("fonts", "linear_probe", 0, [0.20, 0.20, 0.20], [0.5, 0.5, 0.5])])
+    summary = remedies.interpolation_summary(paths, run)
+    pooled = remedies.interpolation_pooled(summary)
+    assert pooled["strategy"].tolist() == ["full", "linear_probe"]  # the book's order
+    full = pooled.iloc[0]
+    assert full["seeds"] == 2 and full["beats_both"] == 1  # seed 0 beats both ends, seed 1 not
+    assert full["gain"] == pytest.approx((0.15 - 0.20) / 2)
+    assert full["gain_min"] == pytest.approx(-0.20)
+    assert full["clean_cost"] == pytest.approx((0.02 + 0.2) / 2)
+
+
+def test_findings_read_each_task_from_its_strategies_seed_means():
+    selection = pd.DataFrame({"task": ["fonts"] * 4 + ["digits"] * 2,
+                              "strategy": ["full", "full", "lora", "lora", "full", "full"],
+                              "seed": [0, 1, 0, 1, 0, 1],
+                              "gain": [0.05, 0.03, 0.01, 0.01, 0.0, 0.0],
+                              "cost": [0.10, 0.12, 0.02, 0.04, 0.0, 0.0],
+                              "oracle_gain": 0.0, "picked_step": 1, "final_step": 2})
+    interpolation = pd.DataFrame({"task": "fonts", "strategy": ["full", "full", "lora", "lora"],
+                                  "seed": [0, 1, 0, 1], "by": VAL_ROBUST,
+                                  "best_alpha": 0.5, "gain": [0.02, 0.01, -0.03, 0.01],
+                                  "beats_both": [True, True, False, True],
+                                  "clean_cost": 0.0, "aupf_gain": 0.0})
+    bits = remedies.findings(selection, interpolation, ["digits", "fonts"])
+    assert bits[1].startswith("- **digits**: choosing the checkpoint gains +0.0 points")
+    fonts = bits[2]  # full: gain 0.04, cost 0.11; lora: 0.01, 0.03 (seed means)
+    assert "gains +1.0 to +4.0 points of robust accuracy and gives up +3.0 to +11.0 points" in fonts
+    assert "robust accuracy is -1.0 to +1.5 points above the better end's" in fonts
+    assert "beating both in every seed for full." in fonts  # lora fails seed 0
+    assert remedies.findings(None, None, ["fonts"]) == []
+    # a difference that rounds to zero prints without a minus sign
+    assert remedies.findings(selection.assign(cost=-0.0004), None, ["digits"])[1].count(
+        "gives up +0.0 points") == 1
+
+
 def test_the_interpolation_coefficient_is_chosen_on_validation_when_the_paths_have_it():
     run = _run("r", 0, [0.0] * 4, [0.1, 0.40, 0.35, 0.30], [0.2, 0.6, 0.8, 0.9])
     path = _path("fonts", "full", 0, [0.20, 0.45, 0.25, 0.30], [0.5, 0.8, 0.88, 0.9],
@@ -93,7 +133,8 @@ def test_what_helps_states_its_verdicts_by_their_rules():
     assert "on 2 of 2" in mixed.ours  # lora costs too much; both widen the frontier
     # the column the choice was made on, in words
     assert "by validation robust accuracy at 2/255" in chosen.ours
-    assert "over all 2, robust accuracy changes by +0.018 and clean accuracy by -0.003" in chosen.ours
+    assert ("over all 2, robust accuracy changes by +0.018 and clean accuracy by -0.003"
+            in chosen.ours)
     assert "by validation robust accuracy at 2/255" in mixed.rule
     assert remedies.what_helps(None, None) == []
 

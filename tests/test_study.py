@@ -250,7 +250,8 @@ def test_plateau_reads_the_last_three_points_and_tells_a_trend_from_noise():
     # trend, a 2-point wobble ending 0.5 points down is not.
     assert p["trend"].to_dict() == {"flat": "plateau", "rising": "rising", "falling": "falling",
                                     "noisy": "noise"}
-    assert abs(p.loc["rising", "change"] - 0.1) < 1e-9 and 0.015 < p.loc["rising", "change_se"] < 0.02
+    assert abs(p.loc["rising", "change"] - 0.1) < 1e-9
+    assert 0.015 < p.loc["rising", "change_se"] < 0.02
     plateau_bullet = study.rq1_findings(frame.assign(**{"robust_acc": 0.1, "eps": "2/255"}))[-1]
     assert plateau_bullet.startswith("- **Plateau:** 1 of 4 runs")
     assert "1 still rising" in plateau_bullet and "t/rising (seed 0; +0.100)" in plateau_bullet

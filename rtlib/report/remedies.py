@@ -58,18 +58,33 @@ def checkpoint_selection(frame: pd.DataFrame, by: str | None = None,
 def selection_summary(selection: pd.DataFrame) -> pd.DataFrame:
     """:func:`checkpoint_selection` per task and strategy over seeds: the mean gain and cost
     and their range over seeds, and how often the choice was the last point anyway."""
-    from ..strategies import ordered
-
-    order = {s: k for k, s in enumerate(ordered(selection["strategy"]))}
-    selection = selection.sort_values(["task", "strategy"],
-                                      key=lambda c: c.map(order) if c.name == "strategy" else c)
-    grouped = selection.groupby(["task", "strategy"], sort=False)
+    grouped = _by_pair(selection)
     return grouped.agg(
         seeds=("seed", "nunique"), gain=("gain", "mean"), gain_min=("gain", "min"),
         gain_max=("gain", "max"), cost=("cost", "mean"), cost_min=("cost", "min"),
         cost_max=("cost", "max"), oracle_gain=("oracle_gain", "mean"),
         kept_last=("picked_step", lambda s: int((s == selection.loc[s.index, "final_step"])
                                                  .sum()))).reset_index()
+
+
+def _by_pair(rows: pd.DataFrame):
+    """``rows`` grouped by task and strategy, the strategies in the book's order."""
+    from ..strategies import ordered
+
+    order = {s: k for k, s in enumerate(ordered(rows["strategy"]))}
+    rows = rows.sort_values(["task", "strategy"],
+                            key=lambda c: c.map(order) if c.name == "strategy" else c)
+    return rows.groupby(["task", "strategy"], sort=False)
+
+
+def interpolation_pooled(interpolation: pd.DataFrame) -> pd.DataFrame:
+    """:func:`interpolation_summary` per task and strategy over seeds: the coefficient chosen
+    (mean), the robust gain over the better end (mean and lowest seed), in how many seeds an
+    interior coefficient beats both ends, the clean cost and the AUPF gain (means)."""
+    return _by_pair(interpolation).agg(
+        by=("by", "first"), seeds=("seed", "nunique"), best_alpha=("best_alpha", "mean"),
+        gain=("gain", "mean"), gain_min=("gain", "min"), beats_both=("beats_both", "sum"),
+        clean_cost=("clean_cost", "mean"), aupf_gain=("aupf_gain", "mean")).reset_index()
 
 
 def interpolation_summary(paths: pd.DataFrame, frame: pd.DataFrame, by: str | None = None,
@@ -121,6 +136,44 @@ def interpolation_summary(paths: pd.DataFrame, frame: pd.DataFrame, by: str | No
             # a superset of points has at least the area: what is left is rounding
             "aupf_gain": round(aupf_both - aupf_run, 12)})
     return pd.DataFrame(rows)
+
+
+def _points(values: pd.Series) -> str:
+    """The range of accuracy differences as points: ``+0.6 to +6.3 points``."""
+    low, high = (round(100 * float(v), 1) + 0.0 for v in (values.min(), values.max()))
+    return f"{low:+.1f} points" if low == high else f"{low:+.1f} to {high:+.1f} points"
+
+
+def findings(selection: pd.DataFrame | None, interpolation: pd.DataFrame | None,
+             tasks: Sequence[str]) -> list[str]:
+    """Per task (in the order of ``tasks``), what the first two remedies did, as Markdown
+    bullets: the range over strategies of the seed-mean test robust gain and clean cost of the
+    checkpoint chosen on validation (:func:`selection_summary`), and of the chosen
+    interpolation coefficient's gain over the better end, with the strategies whose
+    coefficient beat both ends in every seed (:func:`interpolation_pooled`)."""
+    bits = []
+    chosen = selection_summary(selection) if selection is not None and len(selection) else None
+    pooled = (interpolation_pooled(interpolation)
+              if interpolation is not None and len(interpolation) else None)
+    for task in tasks:
+        parts = []
+        if chosen is not None and (chosen.task == task).any():
+            c = chosen[chosen.task == task]
+            parts.append(f"choosing the checkpoint gains {_points(c.gain)} of robust accuracy "
+                         f"and gives up {_points(c.cost)} of clean accuracy")
+        if pooled is not None and (pooled.task == task).any():
+            i = pooled[pooled.task == task]
+            every = i[i.beats_both == i.seeds].strategy.tolist()
+            parts.append(f"the chosen interpolation coefficient's robust accuracy is "
+                         f"{_points(i.gain)} above the better end's, beating both in every "
+                         f"seed for "
+                         f"{', '.join(every) if every else 'no strategy'}")
+        if parts:
+            bits.append(f"- **{task}**: " + "; ".join(parts) + ".")
+    if bits:
+        bits.insert(0, "Ranges over the strategies of their seed means (test set; each choice "
+                       "made on the validation split):\n")
+    return bits
 
 
 def by_upstream(frame: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:
