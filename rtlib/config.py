@@ -579,8 +579,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: The setting the book shows when a chapter's ``preset`` parameter is None (its default).
-BOOK_PRESET = "embedded"
+#: The setting the book shows when a chapter's ``preset`` parameter is None (its default): the
+#: committed study, read from ``study/`` (tests/test_committed_study.py checks that the book's
+#: default needs no run the store lacks). ``-p preset embedded`` is the quick one for a class.
+BOOK_PRESET = "study"
 
 
 def book_preset(name: str | None) -> str:

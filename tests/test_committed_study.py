@@ -87,6 +87,17 @@ def test_committed_runs_are_todays_and_a_complete_study_has_every_run():
             f"{missing[0].seed}): remake the study (make study) or restore the configuration")
 
 
+@committed
+def test_the_book_default_reads_the_committed_study_and_computes_nothing():
+    """`make book` renders the committed study in minutes only if the store holds every run,
+    path and robust upstream run the chapters read at their default parameters."""
+    from rtlib.config import BOOK_PRESET
+    from rtlib.report import book
+
+    assert BOOK_PRESET == "study"
+    assert book.missing_runs({}) == 0, "the book's default would compute: finish `make study`"
+
+
 #: The test images the runs after the first are replayed on: their masks' prefix (the first
 #: run is replayed whole, its OOD accuracies included).
 PREFIX_IMAGES = 256
