@@ -187,8 +187,8 @@ def ranking_sensitivity(frame: pd.DataFrame, robust_col: str,
     merged = None
     for m, t in tables.items():
         t = t[keys + ["aupf"]].rename(columns={"aupf": f"aupf_{m}"})
-        t[f"rank_{m}"] = (t.groupby(group)[f"aupf_{m}"].rank(ascending=False, method="min")
-                          if group else t[f"aupf_{m}"].rank(ascending=False, method="min"))
+        ranked = t.groupby(group)[f"aupf_{m}"] if group else t[f"aupf_{m}"]
+        t[f"rank_{m}"] = ranked.rank(ascending=False, method="min").astype("Int64")
         merged = t if merged is None else merged.merge(t, on=keys)
     first, second = list(AUPF_METHODS)[:2]
 
