@@ -514,8 +514,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The committed study (issue 15): a study large enough to decide the paper's claims on the
     # glyph world, computed once with `python -m rtlib study` and read by `make book`.
     "study": {
-        "description": "the committed study: runs long enough to reach the exploit phase, three "
-                       "seeds, 768 evaluation images and two budgets, learning rates chosen "
+        "description": "the committed study: runs five times as long as the quick setting's "
+                       "(1,000 steps, evaluated at 10 log-spaced points, dense early), "
+                       "three seeds, 768 evaluation images and two budgets, learning rates chosen "
                        "on the validation split; computed once (python -m rtlib study) and "
                        "read from the repository by make book",
         "run": dict(model="vit_glyph_p4_24", weights="embedded", train_size=2000,
