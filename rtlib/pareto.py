@@ -171,6 +171,13 @@ def aupf_table(frame: pd.DataFrame, robust_col: str, clean_col: str = "test_acc"
     return table
 
 
+def places(table: pd.DataFrame, column: str, group: Sequence[str] = ()) -> pd.Series:
+    """Each row's place by ``column`` within its ``group`` (all rows if empty): 1 = the
+    highest, ties share the better place, as integers (a place reads 3, not 3.0)."""
+    scores = table.groupby(list(group))[column] if group else table[column]
+    return scores.rank(ascending=False, method="min").astype("Int64")
+
+
 def ranking_sensitivity(frame: pd.DataFrame, robust_col: str,
                         by: Sequence[str] = ("task", "strategy")) -> pd.DataFrame:
     """Do the strategies' AUPF rankings depend on the reading of AUPF?
@@ -187,8 +194,7 @@ def ranking_sensitivity(frame: pd.DataFrame, robust_col: str,
     merged = None
     for m, t in tables.items():
         t = t[keys + ["aupf"]].rename(columns={"aupf": f"aupf_{m}"})
-        ranked = t.groupby(group)[f"aupf_{m}"] if group else t[f"aupf_{m}"]
-        t[f"rank_{m}"] = ranked.rank(ascending=False, method="min").astype("Int64")
+        t[f"rank_{m}"] = places(t, f"aupf_{m}", group)
         merged = t if merged is None else merged.merge(t, on=keys)
     first, second = list(AUPF_METHODS)[:2]
 

@@ -359,8 +359,7 @@ def budget_ranking(frame: pd.DataFrame) -> pd.DataFrame:
     """AUPF per task, strategy and attack budget (point estimates, :func:`budgets`), with its
     rank among the strategies of its task and budget (1 = best)."""
     table = at_each_budget(lambda f, col: pareto.aupf_table(f, col, n_boot=1), frame)
-    table["rank"] = table.groupby(["task", "budget"])["aupf"].rank(
-        ascending=False, method="min").astype("Int64")  # a place, shown as 3 and not 3.0
+    table["rank"] = pareto.places(table, "aupf", ["task", "budget"])
     return table
 
 
