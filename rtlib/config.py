@@ -121,6 +121,9 @@ OOD_TRAIN_DOMAINS = ("source", "all")
 EXECUTORS = ("local", "ray")
 #: The attacks rtlib.attacks runs (torchattacks' PGD, APGD and AutoAttack).
 ATTACKS = ("pgd", "apgd", "autoattack")
+#: The glyph world's pre-training tasks (rtlib.data.glyphs): the weak model's ("upstream": print,
+#: texture and clutter) and the converged model's ("upstream2": print and clutter).
+UPSTREAM_TASKS = ("upstream", "upstream2")
 #: The embedded upstream model and its committed checkpoint (``python -m rtlib pretrain``).
 EMBEDDED_MODEL = "vit_glyph_p4_24"
 EMBEDDED_WEIGHTS = Path(__file__).resolve().parent / "weights" / f"{EMBEDDED_MODEL}.safetensors"
@@ -392,6 +395,8 @@ class PretrainConfig:
     """Pre-training the embedded upstream model on the glyph world (``python -m rtlib
     pretrain``)."""
 
+    task: str = _field("upstream", "the glyph world's pre-training task: " + ", ".join(
+        UPSTREAM_TASKS) + " (python -m rtlib tasks describes them)")
     steps: int = _field(10_000, "optimizer steps", minimum=1)
     batch_size: int = _field(256, "images per step", minimum=1)
     lr: float = _field(2e-3, "peak learning rate (AdamW)")
@@ -416,6 +421,7 @@ class PretrainConfig:
                                "2.5 x budget / steps)", minimum=1)
 
     def check(self) -> "PretrainConfig":
+        check_choice("task", self.task, UPSTREAM_TASKS)
         for f in fields(self):
             if "minimum" in f.metadata:
                 check_int(f.name, getattr(self, f.name), minimum=f.metadata["minimum"])

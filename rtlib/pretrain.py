@@ -70,13 +70,13 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     t0 = time.perf_counter()
-    train = Split(*map(torch.from_numpy, glyphs.generate("upstream", "train", config.train_images,
+    train = Split(*map(torch.from_numpy, glyphs.generate(config.task, "train", config.train_images,
                                                          seed=config.seed)))
-    test = Split(*map(torch.from_numpy, glyphs.generate("upstream", "test", config.test_images,
+    test = Split(*map(torch.from_numpy, glyphs.generate(config.task, "test", config.test_images,
                                                         seed=config.seed)))
     render_s = time.perf_counter() - t0
 
-    spec = glyphs.specs()["upstream"]
+    spec = glyphs.specs()[config.task]
     model = models.build(models.EMBEDDED_MODEL, len(spec.classes))
     init_meta = {}
     if config.init:  # a second stage: continue from an earlier checkpoint (same task and head)
@@ -126,7 +126,7 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
             step_size=0.25 * config.adv_eps, steps=10),
             "robust_eval": "PGD-10, step 0.25 x budget, 512 test images"}
     meta = {
-        "model": models.EMBEDDED_MODEL, "task": "glyphs/upstream", "classes": len(spec.classes),
+        "model": models.EMBEDDED_MODEL, "task": f"glyphs/{config.task}", "classes": len(spec.classes),
         "config": asdict(config), "upstream_test_accuracy": test_acc, **robust,
         "test_images": config.test_images,
         "images_seen": state.images_seen + init_meta.get("images_seen", 0),
