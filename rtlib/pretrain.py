@@ -259,3 +259,18 @@ def accuracy_by_domain(weights: str | Path, images: int = 1024, seed: int = 0) -
                                                              seed=seed, domain=domain)))
         out[domain], _ = accuracy(model, split)
     return out
+
+
+def upstream_domains(weights: str | Path | None) -> tuple[str, ...] | None:
+    """The glyph domains the upstream checkpoint ``weights`` (a path, or a name such as
+    ``"embedded"``) was pre-trained on, from its metadata; None when unknown (no checkpoint,
+    hub weights, a task outside the glyph world)."""
+    from .config import resolve_weights
+    from .data import glyphs
+
+    path = resolve_weights(str(weights)) if weights is not None else None
+    if not path or not Path(path).is_file():
+        return None
+    task = checkpoint_metadata(Path(path)).get("task", "").split("/", 1)[-1]
+    spec = glyphs.specs().get(task)
+    return tuple(dict.fromkeys(spec.domains)) if spec is not None else None

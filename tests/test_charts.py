@@ -49,10 +49,11 @@ def _fields(spec):
     return found
 
 
-def _check(chart, fields):
+def _check(chart, fields, legend=True):
     spec = chart.to_dict(validate=True)
     assert fields <= _fields(spec), fields - _fields(spec)
-    assert any(p.get("bind") == "legend" for p in spec.get("params", [])), "legend filter"
+    if legend:
+        assert any(p.get("bind") == "legend" for p in spec.get("params", [])), "legend filter"
     assert "tooltip" in json.dumps(spec)
     svg = vlc.vegalite_to_svg(json.dumps(spec))
     assert svg.startswith("<svg") and "<path" in svg
@@ -121,8 +122,17 @@ def test_frontier_path(frame):
 
 
 def test_aupf_heatmap(frame):
-    table = pareto.aupf_table(frame, ROBUST, n_boot=50)
-    _check(charts.aupf_heatmap(table), {"task", "strategy", "aupf", "label", "relative"})
+    """Relative AUPF on a diverging scale centred on 0 (the rows are the strategies: no
+    legend to filter them), the intervals on hover."""
+    from rtlib.report import estimands
+
+    table = estimands.aupf(frame, ROBUST, rs=estimands.Resampler(n_boot=50)).table
+    spec = _check(charts.aupf_heatmap(table), {"task", "strategy", "aupf", "label", "relative",
+                                               "relative_low", "aupf_high"}, legend=False)
+    colour = spec["layer"][0]["encoding"]["color"]
+    assert colour["field"] == "relative" and colour["scale"]["scheme"] == "redblue"
+    low, high = colour["scale"]["domain"]
+    assert low == -high and high > 0
 
 
 def test_ood_scatter(frame):
@@ -131,7 +141,9 @@ def test_ood_scatter(frame):
 
 
 def test_paper_vs_ours(frame):
-    table = pareto.aupf_table(frame, ROBUST, n_boot=50)
+    from rtlib.report import estimands
+
+    table = estimands.aupf(frame, ROBUST, rs=estimands.Resampler(n_boot=50)).table
     spec = _check(charts.paper_vs_ours(table, paper.aupf_frame()),
                   {"setting", "strategy", "relative", "source"})
     text = json.dumps(spec)

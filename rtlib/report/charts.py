@@ -2,7 +2,7 @@
 
 Every chart has tooltips, and a legend that filters: click a strategy (or domain) in the legend
 to highlight it, shift-click for several. Inputs are the tidy frames of :func:`rtlib.store.load`
-and :func:`rtlib.pareto.aupf_table`.
+and :func:`rtlib.report.estimands.aupf`.
 """
 from __future__ import annotations
 
@@ -209,31 +209,35 @@ def _invisible_legend(base: alt.Chart, field: str, order: list[str]) -> alt.Char
 
 def aupf_heatmap(table: pd.DataFrame, title: str | None = None,
                  task_order: Sequence[str] | None = None) -> alt.Chart:
-    """AUPF per strategy (rows) and task (columns, in ``task_order``), labelled with the
-    relative AUPF."""
+    """Relative AUPF per strategy (rows) and task (columns, in ``task_order``) on a diverging
+    scale (blue above the task's mean, red below: which strategy balances best on a task, not
+    which task is hard), labelled with AUPF and the relative AUPF; the 95% intervals on hover
+    (``table``: :func:`rtlib.report.estimands.aupf`'s table)."""
     t = table.copy()
     tasks = list(task_order) if task_order is not None else sorted(t["task"].unique())
     t["label"] = [f"{a:.3f} ({r:+.0%})" for a, r in zip(t["aupf"], t["relative"])]
     order = strategy_order(t["strategy"])
-    sel = alt.selection_point(fields=["strategy"], bind="legend")
     base = alt.Chart(t).encode(
         x=alt.X("task:N", title="task", sort=tasks),
         y=alt.Y("strategy:N", sort=order, title="strategy"))
+    reach = float(max(t["relative"].abs().max(), 0.01))
     cells = base.mark_rect().encode(
-        color=alt.Color("aupf:Q", title="AUPF", scale=alt.Scale(scheme="viridis")),
-        opacity=alt.condition(sel, alt.value(1.0), alt.value(0.3)),
+        color=alt.Color("relative:Q", title="vs task mean",
+                        scale=alt.Scale(scheme="redblue", domain=[-reach, reach]),
+                        legend=alt.Legend(format="+.0%")),
         tooltip=["task:N", "strategy:N", alt.Tooltip("aupf:Q", format=".3f"),
+                 alt.Tooltip("aupf_low:Q", format=".3f", title="AUPF 95% from"),
+                 alt.Tooltip("aupf_high:Q", format=".3f", title="AUPF 95% to"),
                  alt.Tooltip("relative:Q", format="+.1%", title="vs mean of strategies"),
-                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"),
-                 "ci_method:N"])
-    middle = (t["aupf"].min() + t["aupf"].max()) / 2
+                 alt.Tooltip("relative_low:Q", format="+.1%", title="vs mean, 95% from"),
+                 alt.Tooltip("relative_high:Q", format="+.1%", title="vs mean, 95% to")])
     text = base.mark_text(fontSize=11).encode(
-        text="label:N",  # dark text on the bright (high) end of viridis, light on the dark end
-        color=alt.condition(f"datum.aupf > {middle}", alt.value("black"), alt.value("white")))
-    legend = _invisible_legend(base, "strategy", order)
-    return (cells + text + legend).add_params(sel).properties(
+        text="label:N",  # dark text on the pale middle of the scale, light on its strong ends
+        color=alt.condition(f"abs(datum.relative) > {0.6 * reach}", alt.value("white"),
+                            alt.value("black")))
+    return (cells + text).properties(
         width=max(120, 110 * t["task"].nunique()), height=30 * len(order),
-        title=title or "Area under the Pareto frontier (relative to the task's mean)")
+        title=title or "Relative AUPF: how far each strategy is above its task's mean")
 
 
 def ood_scatter(frame: pd.DataFrame, title: str | None = None) -> alt.Chart:
@@ -268,7 +272,7 @@ def paper_vs_ours(ours: pd.DataFrame, paper: pd.DataFrame, title: str | None = N
                   ) -> alt.Chart:
     """Relative AUPF per strategy: the paper's datasets beside our tasks.
 
-    ``ours``: :func:`rtlib.pareto.aupf_table` output; ``paper``: :func:`rtlib.paper.aupf_frame`.
+    ``ours``: the table of :func:`rtlib.report.estimands.aupf`; ``paper``: :func:`rtlib.paper.aupf_frame`.
     """
     # With several readings of the paper's table (rtlib.paper.READINGS), each is its own column.
     label = (paper["reading"] + ": " if "reading" in paper and paper["reading"].nunique() > 1

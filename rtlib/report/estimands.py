@@ -59,6 +59,17 @@ def last_points(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(metrics.STEP).groupby("run_id").tail(1)
 
 
+def budgets(frame: pd.DataFrame) -> dict[str, str]:
+    """The robust accuracy column of each attack budget of ``frame`` by its label
+    (``{"2/255": "robust_acc@2/255", ...}``), smallest first; a frame with the run's first
+    budget only (``robust_acc``) has that one, labelled by its ``eps`` column."""
+    columns = metrics.robust_columns(frame)
+    if columns:
+        return {metrics.qualifier(c): c for c in columns}
+    label = str(frame["eps"].iloc[0]) if "eps" in frame and len(frame) else "the budget"
+    return {label: metrics.ROBUST}
+
+
 # -- resampling ------------------------------------------------------------------------------
 @dataclass
 class Resampler:
@@ -114,8 +125,9 @@ def curve(run: pd.DataFrame, col: str, rs: Resampler) -> np.ndarray:
 
 def _runs(group: pd.DataFrame) -> list[pd.DataFrame]:
     """The runs of a group, each sorted by step, in seed order."""
+    key = "run_id" if "run_id" in group else "seed"
     return [g.sort_values(metrics.STEP) for _, g in
-            group.sort_values(["seed", metrics.STEP]).groupby("run_id", sort=False)]
+            group.sort_values(["seed", metrics.STEP]).groupby(key, sort=False)]
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -282,6 +294,24 @@ def aupf(frame: pd.DataFrame, robust_col: str = metrics.ROBUST, reading: str = "
     return Aupf(table, reps, reading)
 
 
+def end_difference(a: pd.DataFrame, b: pd.DataFrame, col: str, rs: Resampler | None = None
+                   ) -> pd.DataFrame:
+    """Per (task, strategy) in both: the seed mean of ``col`` at the runs' end in ``a`` minus
+    in ``b`` (e.g. runs from two upstream models), with its interval: both are scored on the
+    task's test images, so one image draw serves both. Columns: task, strategy, estimate,
+    low, high."""
+    rs = rs or Resampler()
+    rows = []
+    for (task, strategy), ga in a.groupby(["task", "strategy"], sort=False):
+        gb = b[(b.task == task) & (b.strategy == strategy)]
+        if not len(gb):
+            continue
+        ends = [rs.seed_mean(np.stack([curve(r, col, rs)[-1] for r in _runs(g)]))
+                for g in (ga, gb)]
+        rows.append({"task": task, "strategy": strategy, **_summary(ends[0] - ends[1])})
+    return pd.DataFrame(rows, columns=["task", "strategy", "estimate", "low", "high"])
+
+
 # -- distance from upstream ------------------------------------------------------------------
 def distance(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFrame:
     """The tasks from nearest to farthest from upstream, read on the validation split: the
@@ -294,7 +324,8 @@ def distance(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFrame:
     last = last_points(frame)
     probe = last[last["strategy"] == "linear_probe"]
     source, on = (probe, "linear probe") if len(probe) else (last, "all strategies")
-    col = metrics.VAL_ACC if source[metrics.VAL_ACC].notna().all() else metrics.TEST_ACC
+    col = (metrics.VAL_ACC if metrics.VAL_ACC in source and source[metrics.VAL_ACC].notna().all()
+           else metrics.TEST_ACC)
     rows = []
     for task, g in source.groupby("task", sort=False):
         n = _val_images(g) if col == metrics.VAL_ACC else int(g[metrics.TEST_N].iloc[0])
@@ -328,11 +359,14 @@ def ends(frame: pd.DataFrame, which: str) -> list[str]:
 
 
 # -- OOD ---------------------------------------------------------------------------------------
-def above_chance(run: pd.DataFrame, classes: int) -> int:
+def above_chance(run: pd.DataFrame, classes: int | None) -> int:
     """The first point of a run whose clean test accuracy is clearly above chance (the 95%
-    Wilson interval's lower end above 1 / classes); the run's length if none is."""
+    Wilson interval's lower end above 1 / classes); the run's length if none is. Without a
+    number of classes (a task outside the registry), the first point after the start."""
     from ..pareto import wilson_interval
 
+    if not classes:
+        return min(1, len(run))
     low, _ = wilson_interval(run[metrics.TEST_ACC].to_numpy(), run[metrics.TEST_N].to_numpy())
     hits = np.flatnonzero(low > 1 / classes)
     return int(hits[0]) if len(hits) else len(run)
@@ -346,12 +380,10 @@ def ood_tracking(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFra
     strategy); ``gap``: OOD minus in-domain accuracy at the runs' end, with its interval;
     ``pairs``: changes counted. ``outcome``: ``tracks`` when r's interval lies above
     :data:`TRACKING_R`, ``does not track`` when below, else ``undecided``."""
-    from ..data import info
-
     rs = rs or Resampler()
     rows = []
     for task, tg in frame.groupby("task", sort=False):
-        classes = info(task).classes
+        classes = _classes(task)
         for col in metrics.ood_columns(tg):
             per_strategy = []
             for _, sg in tg.groupby("strategy", sort=False):
@@ -385,11 +417,22 @@ def ood_tracking(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def _classes(task: str) -> int | None:
+    from ..config import ConfigError
+    from ..data import info
+
+    try:
+        return info(task).classes
+    except ConfigError:
+        return None
+
+
 def ood_variance(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFrame:
     """Per task: the shares of the variance of final OOD accuracy that the domain, the
-    strategy and their interaction explain (a two-way decomposition of the sums of squares;
-    the rest is seeds), each with its interval (runs resampled by seed within each strategy),
-    and ``method_minus_domain``: strategy plus interaction minus domain, with its interval."""
+    strategy and their interaction explain (``by_domain``, ``by_strategy``,
+    ``by_interaction``: a two-way decomposition of the sums of squares; the rest is seeds),
+    each with its interval (runs resampled by seed within each strategy), and
+    ``method_minus_domain``: strategy plus interaction minus domain, with its interval."""
     rs = rs or Resampler()
     rows = []
     for task, tg in frame.groupby("task", sort=False):
@@ -403,8 +446,9 @@ def ood_variance(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFra
             draw = {s: v if b == 0 else v[rs.rng.integers(0, len(v), len(v))]
                     for s, v in cells.items()}
             reps.append(_shares(draw))
-        reps = pd.DataFrame(reps)
-        reps["method_minus_domain"] = reps["strategy"] + reps["interaction"] - reps["domain"]
+        reps = pd.DataFrame(reps).add_prefix("by_")
+        reps["method_minus_domain"] = (reps["by_strategy"] + reps["by_interaction"]
+                                       - reps["by_domain"])
         row = {"task": task}
         for name in reps.columns:
             s = _summary(reps[name].to_numpy())

@@ -14,7 +14,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .. import metrics, pareto, store
-from .study import Chapter, Verdict, chapter, failures, majority_verdict, signed
+from . import estimands as E
+from .study import Chapter, chapter, failures, signed
+from .verdicts import Verdict, majority
 
 
 def checkpoint_selection(frame: pd.DataFrame, by: str | None = None,
@@ -184,21 +186,22 @@ def by_upstream(frame: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:
                      ignore_index=True)
 
 
-def upstream_comparison(runs: pd.DataFrame, col: str = metrics.ROBUST) -> pd.DataFrame:
+def upstream_comparison(runs: pd.DataFrame, col: str = metrics.ROBUST,
+                        rs: E.Resampler | None = None) -> pd.DataFrame:
     """Per upstream model, task and strategy (``runs``: :func:`by_upstream`): robust accuracy
     at the first point after the start (what fine-tuning inherits first), the fall pooled over
-    seeds (:func:`rtlib.report.study.pooled_fall`) and the final clean accuracy (seed means)."""
-    from .study import final_points, pooled_fall
-
+    seeds (:func:`rtlib.report.estimands.falls`, with its interval and outcome) and the final
+    clean accuracy (seed means)."""
+    rs = rs or E.Resampler()
     parts = []
     for upstream, g in runs.groupby("upstream", sort=False):
-        fall = pooled_fall(g, col)
+        fall = E.falls(g, col, rs=rs).drop(columns=["_drop", "_gain"])
         steps = sorted(g[metrics.STEP].unique())
         first = g[g[metrics.STEP] == (steps[1] if len(steps) > 1 else steps[0])]
         fall["first"] = fall.set_index(["task", "strategy"]).index.map(
             first.groupby(["task", "strategy"])[col].mean())
         fall["final_clean"] = fall.set_index(["task", "strategy"]).index.map(
-            final_points(g).groupby(["task", "strategy"])[metrics.TEST_ACC].mean())
+            E.last_points(g).groupby(["task", "strategy"])[metrics.TEST_ACC].mean())
         parts.append(fall.assign(upstream=upstream))
     return pd.concat(parts, ignore_index=True)
 
@@ -208,62 +211,72 @@ def upstream_comparison(runs: pd.DataFrame, col: str = metrics.ROBUST) -> pd.Dat
 SMALL_COST = 0.02
 
 
-def what_helps(selection: pd.DataFrame | None, interpolation: pd.DataFrame | None,
-               upstream: pd.DataFrame | None = None, small_cost: float = SMALL_COST
-               ) -> list[Verdict]:
-    """The scorecard's section "What helps": one verdict per remedy measured, by stated rules,
-    over (task, strategy) pairs with the per-seed values pooled (seed means)."""
+def what_helps(frame: pd.DataFrame | None, interpolation: pd.DataFrame | None,
+               runs: pd.DataFrame | None = None, small_cost: float = SMALL_COST,
+               rs: E.Resampler | None = None) -> list[Verdict]:
+    """The scorecard's section "What helps": one verdict per remedy measured, over (task,
+    strategy) pairs, each pair decided by intervals (three outcomes, :mod:`verdicts`).
+
+    ``frame``: the study's runs (the checkpoint chosen on validation: its gain over the last
+    point is the fall of :func:`rtlib.report.estimands.falls`, its cost the clean accuracy
+    gained after it); ``interpolation``: :func:`interpolation_summary`; ``runs``: the runs from
+    both upstream models (:func:`by_upstream`)."""
+    rs = rs or E.Resampler()
     cards = []
-    if selection is not None and len(selection):
-        pairs = selection.groupby(["task", "strategy"])[["gain", "cost"]].mean()
-        hits = int(((pairs["gain"] > 0) & (pairs["cost"] <= small_cost)).sum())
-        by = metrics.describe(selection["by"].iloc[0])
+    if frame is not None and len(frame):
+        pairs = E.falls(frame, metrics.ROBUST, rs=rs)
+        helps = (pairs.drop_low > 0) & (pairs.clean_gain_high <= small_cost)
+        fails = (pairs.drop_high < E.MIN_FALL) | (pairs.clean_gain_low > small_cost)
         cards.append(Verdict(
             "Choosing the checkpoint on the validation split recovers robust accuracy cheaply",
             "not studied by the paper",
-            f"chosen by {by}: on {hits} of {len(pairs)} task x strategy pairs the seed-mean test "
-            f"robust accuracy rises at a clean cost of at most {small_cost:.0%}; "
-            + _on_average(len(pairs), pairs["gain"], pairs["cost"]),
-            majority_verdict(hits, len(pairs)),
-            f"a pair counts if its seed-mean gain is above 0 and its clean cost at most "
-            f"{small_cost:.0%}; holds if at least half of the pairs count, partly if some do"))
+            f"on {int(helps.sum())} of {len(pairs)} task x strategy pairs it recovers robust "
+            f"accuracy at a clean cost of at most {small_cost:.0%}; on {int(fails.sum())} it "
+            f"cannot; " + _on_average(len(pairs), pairs["drop"], pairs["clean_gain"]),
+            majority(int(helps.sum()), int(fails.sum()), len(pairs)),
+            f"per pair, the checkpoint with the best validation robust accuracy against the "
+            f"last: it helps if the 95% interval of its test robust gain lies above 0 and that "
+            f"of its clean cost below {small_cost:.0%}, it does not if the gain's interval lies "
+            f"below {E.MIN_FALL:.0%} or the cost's above {small_cost:.0%}; holds if more than "
+            f"half of the pairs are helped"))
     if interpolation is not None and len(interpolation):
         pairs = interpolation.groupby(["task", "strategy"]).agg(
-            every_seed=("beats_both", "all"), clean_cost=("clean_cost", "mean"),
-            aupf_gain=("aupf_gain", "mean"))
-        hits = int((pairs["every_seed"] & (pairs["clean_cost"] <= small_cost)).sum())
+            every_seed=("beats_both", "all"), no_seed=("beats_both", lambda b: not b.any()),
+            clean_cost=("clean_cost", "mean"), aupf_gain=("aupf_gain", "mean"))
+        hits = pairs["every_seed"] & (pairs["clean_cost"] <= small_cost)
         wider = int((pairs["aupf_gain"] > 0).sum())
         cards.append(Verdict(
             "Interpolating the weights (probe to fine-tuned) beats both ends on robust accuracy "
             "at a small clean cost",
             "not studied by the paper (WiSE-FT reports it for distribution shift)",
-            f"{hits} of {len(pairs)} task x strategy pairs; the path widens the run's frontier "
-            f"(a larger AUPF than its checkpoints) on {wider} of {len(pairs)}",
-            majority_verdict(hits, len(pairs)),
+            f"beats both ends in every seed on {int(hits.sum())} of {len(pairs)} task x "
+            f"strategy pairs, in no seed on {int(pairs['no_seed'].sum())}; the path widens the "
+            f"run's frontier (a larger AUPF than its checkpoints) on {wider} of {len(pairs)}",
+            majority(int(hits.sum()), int(pairs["no_seed"].sum()), len(pairs)),
             f"the coefficient is chosen by {metrics.describe(interpolation['by'].iloc[0])}; a "
             f"pair counts if it beats both ends on test robust accuracy in every seed at a "
-            f"seed-mean clean cost of at most {small_cost:.0%}; holds if at least half of the "
-            f"pairs count, partly if some do"))
-    if upstream is not None and len(upstream) and set(upstream["upstream"]) >= {"standard",
-                                                                                "robust"}:
-        table = upstream.pivot_table(index=["task", "strategy"], columns="upstream",
-                                     values=["final", "final_clean", "significant"])
-        gain = table[("final", "robust")] - table[("final", "standard")]
-        cost = table[("final_clean", "standard")] - table[("final_clean", "robust")]
-        hits = int(((gain > 0) & (cost <= small_cost)).sum())
-        falls = {u: int(upstream.loc[upstream["upstream"] == u, "significant"].sum())
-                 for u in ("standard", "robust")}
+            f"seed-mean clean cost of at most {small_cost:.0%}, against if it beats them in no "
+            f"seed; holds if more than half of the pairs count (an interval over seeds only: "
+            f"the paths keep no per-image masks of their ends' better choice)"))
+    if runs is not None and len(runs) and set(runs["upstream"]) >= {"standard", "robust"}:
+        gain = E.end_difference(runs[runs.upstream == "robust"], runs[runs.upstream == "standard"],
+                                metrics.ROBUST, rs)
+        cost = E.end_difference(runs[runs.upstream == "standard"], runs[runs.upstream == "robust"],
+                                metrics.TEST_ACC, rs)
+        both = gain.merge(cost, on=["task", "strategy"], suffixes=("", "_cost"))
+        helps = (both.low > 0) & (both.high_cost <= small_cost)
+        fails = (both.high < 0) | (both.low_cost > small_cost)
         cards.append(Verdict(
             "A robust upstream model passes more robustness on, at a small clean cost",
             "not studied by the paper (its story: fine-tuning inherits, then exploits)",
-            f"{hits} of {len(table)} task x strategy pairs end more robust at a clean cost of at "
-            f"most {small_cost:.0%}; {_on_average(len(table), gain, cost)}; significant falls "
-            f"from the robust peak: {falls['standard']} from the standard model, "
-            f"{falls['robust']} from the robust one",
-            majority_verdict(hits, len(table)),
-            f"seed means of the last point; a pair counts if its robust accuracy from the robust "
-            f"model is higher and its clean accuracy at most {small_cost:.0%} lower; holds if "
-            f"at least half of the pairs count, partly if some do"))
+            f"{int(helps.sum())} of {len(both)} task x strategy pairs end more robust at a clean "
+            f"cost of at most {small_cost:.0%}, {int(fails.sum())} do not; "
+            + _on_average(len(both), both["estimate"], both["estimate_cost"]),
+            majority(int(helps.sum()), int(fails.sum()), len(both)),
+            f"seed means of the last point, runs from both models scored on the same test "
+            f"images: a pair counts if the 95% interval of its robust gain lies above 0 and "
+            f"that of its clean cost below {small_cost:.0%}, against if the gain's lies below 0 "
+            f"or the cost's above {small_cost:.0%}; holds if more than half of the pairs count"))
     return cards
 
 
@@ -300,7 +313,8 @@ class Remedies:
 
     def verdicts(self) -> list[Verdict]:
         """The scorecard's "What helps" (:func:`what_helps`) for these remedies."""
-        return what_helps(self.selection, self.interpolation, self.upstream())
+        runs = self.upstream_runs() if len(self.robust) else None
+        return what_helps(self.chapter.frame, self.interpolation, runs)
 
 
 def _serves(base: Chapter, tasks: Sequence[str], strategies: Sequence[str],
