@@ -272,7 +272,8 @@ def paper_vs_ours(ours: pd.DataFrame, paper: pd.DataFrame, title: str | None = N
                   ) -> alt.Chart:
     """Relative AUPF per strategy: the paper's datasets beside our tasks.
 
-    ``ours``: the table of :func:`rtlib.report.estimands.aupf`; ``paper``: :func:`rtlib.paper.aupf_frame`.
+    ``ours``: the table of :func:`rtlib.report.estimands.aupf`; ``paper``:
+    :func:`rtlib.paper.aupf_frame`.
     """
     # With several readings of the paper's table (rtlib.paper.READINGS), each is its own column.
     label = (paper["reading"] + ": " if "reading" in paper and paper["reading"].nunique() > 1

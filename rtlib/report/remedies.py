@@ -237,8 +237,8 @@ def what_helps(frame: pd.DataFrame | None, interpolation: pd.DataFrame | None,
             f"per pair, the checkpoint with the best validation robust accuracy against the "
             f"last: it helps if the 95% interval of its test robust gain lies above 0 and that "
             f"of its clean cost below {small_cost:.0%}, it does not if the gain's interval lies "
-            f"below {E.MIN_FALL:.0%} or the cost's above {small_cost:.0%}; holds if more than "
-            f"half of the pairs are helped"))
+            f"below {100 * E.MIN_FALL:.0f} points or the cost's above {small_cost:.0%}; holds "
+            f"if more than half of the pairs are helped"))
     if interpolation is not None and len(interpolation):
         pairs = interpolation.groupby(["task", "strategy"]).agg(
             every_seed=("beats_both", "all"), no_seed=("beats_both", lambda b: not b.any()),

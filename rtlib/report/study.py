@@ -236,9 +236,9 @@ def rq1_findings(frame: pd.DataFrame, falls: pd.DataFrame | None = None) -> list
     seeds = int(frame["seed"].nunique()) if len(frame) else 0
     bits = [f"Pooled over {seeds} seed{'s' if seeds != 1 else ''}. A pair **falls** when the "
             f"seed-mean drop from each run's robust peak (chosen on the validation split) to "
-            f"its end is at least {E.MIN_FALL:.0%} with its 95% interval above 0; it **does "
-            f"not fall** when the interval lies below {E.MIN_FALL:.0%}; else it is "
-            "**undecided**.", ""]
+            f"its end is at least {100 * E.MIN_FALL:.0f} points with its 95% interval above 0; "
+            f"it **does not fall** when the interval lies below {100 * E.MIN_FALL:.0f} points; "
+            "else it is **undecided**.", ""]
     for label, g in falls.groupby("budget", sort=False):
         counts = g["outcome"].value_counts()
         bits.append(f"- **At {label}:** {int(counts.get('falls', 0))} of {len(g)} task x "

@@ -104,9 +104,10 @@ def rise_then_fall(frame: pd.DataFrame, rs: E.Resampler) -> Verdict:
         f"({per_task}){others}",
         majority(falls_, flat, n),
         f"a pair falls if the seed-mean drop from each run's robust peak (chosen on the "
-        f"validation split) to its end is at least {E.MIN_FALL:.0%} with its 95% interval "
+        f"validation split) to its end is at least {100 * E.MIN_FALL:.0f} points with its 95% "
+        f"interval "
         f"(seeds and test images resampled) above 0, does not fall if the interval lies below "
-        f"{E.MIN_FALL:.0%}; the claim holds if more than half of the pairs fall",
+        f"{100 * E.MIN_FALL:.0f} points; the claim holds if more than half of the pairs fall",
         {label: majority(int((f.outcome == "falls").sum()),
                          int((f.outcome == "does not fall").sum()), len(f))
          for label, f in counts.items()})
