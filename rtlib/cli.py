@@ -182,6 +182,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import preflight
+    from .config import RunConfig, checkout_folder, preset_defaults
+    from .report import demo
+
+    _check_device_syntax(args.device)
+    config = RunConfig(task=args.task, strategy=args.strategy, **{
+        **preset_defaults(args.preset, args.strategy), "steps": args.steps,
+        "test_size": args.test_size, "schedule": args.schedule})
+    preflight.check(config)
+    results_dir = args.results_dir or checkout_folder("results/demo")
+    png = args.png or str(Path(results_dir) / f"{config.task}-{config.strategy}.png")
+    print(f"fine-tuning {config.task} with {config.strategy}: {args.steps} steps, evaluated at "
+          f"{len(config.eval_steps())} points on {config.test_size} test images", flush=True)
+    demo.live(config, results_dir, png, echo=lambda line: print(line, flush=True),
+              device=args.device)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from . import metrics, store
+    from .config import ConfigError, checkout_folder
+    from .report import demo
+
+    results_dir = args.results_dir or checkout_folder("study")
+    paths = [p for p in store.run_files(results_dir) if p.stem.startswith(args.run)]
+    if len(paths) != 1:
+        raise ConfigError("run", args.run, "the id (or a prefix of one) of a run in "
+                          f"{results_dir}", f"{len(paths)} runs match")
+    run = store.load(results_dir).query("run_id == @paths[0].stem")
+    col = metrics.robust(args.budget) if args.budget is not None else metrics.ROBUST
+    if col not in run:
+        raise ConfigError("budget", args.budget, [metrics.qualifier(c) for c in
+                                                  metrics.robust_columns(run)], "not attacked:")
+    for _, row in run.sort_values(metrics.STEP).iterrows():
+        print(demo.point_line(row, col))
+    print(demo.describe(run, col).replace("**", ""))
+    if args.png:
+        print(f"wrote {demo.draw(run, col, args.png)}")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from . import data
 
@@ -197,6 +241,15 @@ def cmd_tasks(args: argparse.Namespace) -> int:
               f"{', '.join(r['domains']) or '-'}")
         print(f"{'':<37}{r['description']}")
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rtlib")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _names(text: str) -> list[str]:
@@ -310,7 +363,46 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m rtlib",
         description="Fine-tune vision transformers with seven strategies and measure the "
                     "robustness-accuracy trade-off (Li et al., ICCV 2025).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo", help="the trade-off live: one far-task run drawn as it trains (a class demo)",
+        description="Fine-tune one run and print each evaluation point as it is measured "
+                    "(clean and robust accuracy as bars), then where robust accuracy peaked "
+                    "(chosen on the validation split), where it ended and the fall between them "
+                    "with its 95%% interval, and draw the run as a PNG. A run the store holds "
+                    "already is shown at once.")
+    from .config import DEMO, PRESETS
+
+    p.add_argument("--task", default=DEMO["task"], help="task (default: %(default)s)")
+    p.add_argument("--strategy", default=DEMO["strategy"], help="strategy (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=DEMO["steps"],
+                   help="fine-tuning steps (default: %(default)s)")
+    p.add_argument("--test-size", type=_positive_int, default=DEMO["test_size"],
+                   help="test images at each point (default: %(default)s)")
+    p.add_argument("--schedule", default=DEMO["schedule"],
+                   help="evaluation points (default: %(default)s)")
+    p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
+                   help="sizes and sources of the rest (default: %(default)s)")
+    p.add_argument("--results-dir", default=None,
+                   help="where the run is kept (default: results/demo of the checkout)")
+    p.add_argument("--png", default=None, help="the drawing (default: beside the run)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "show", help="draw a stored run: its points, peak, end and fall, to the terminal and a PNG",
+        description="Print a stored run's evaluation points as bars, where robust accuracy "
+                    "peaked (chosen on the validation split where the run has it) and ended, "
+                    "and the fall with its 95%% interval; with --png, draw it.")
+    p.add_argument("run", help="the run's id, or a prefix of it (python -m rtlib show 3fa2)")
+    p.add_argument("--results-dir", default=None,
+                   help="the store (default: the committed study, study/)")
+    p.add_argument("--budget", type=_budget, default=None,
+                   help="the attack budget to show, e.g. 4/255 (default: the run's first)")
+    p.add_argument("--png", default=None, help="write the drawing here")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
         "strategies", help="table of the fine-tuning strategies and their trainable share",

@@ -120,7 +120,13 @@ OOD_TRAIN_DOMAINS = ("source", "all")
 #: Where a sweep's runs execute (rtlib.sweep): in this machine's processes, or on Ray.
 EXECUTORS = ("local", "ray")
 #: The attacks rtlib.attacks runs (torchattacks' PGD, APGD and AutoAttack).
-ATTACKS = ("pgd", "apgd", "autoattack")
+#: ``pgd_early``: PGD that stops attacking an image at the first iterate that fools it (counted
+#: as broken there, AutoAttack's convention): the same answers as ``pgd`` for a fraction of the
+#: work (rtlib.attacks.early_exit_pgd).
+ATTACKS = ("pgd", "pgd_early", "apgd", "autoattack")
+#: The class demo's run (python -m rtlib demo): the far task, full fine-tuning, short and
+#: evaluated on few images so that it finishes in minutes on two CPU cores (it prints its time).
+DEMO = dict(task="fonts", strategy="full", steps=400, test_size=384, schedule="log:8")
 #: The glyph world's pre-training tasks (rtlib.data.glyphs): the weak model's ("upstream": print,
 #: texture and clutter) and the converged model's ("upstream2": print and clutter).
 UPSTREAM_TASKS = ("upstream", "upstream2")
@@ -205,7 +211,9 @@ class RunConfig:
     attack_steps: int = _field(15, "PGD iterations", minimum=1)
     step_size_ratio: float = _field(0.25, "PGD step size as a fraction of eps (0.25: 0.25/255 "
                                           "at 1/255)")
-    attack: str = _field("pgd", "the attack: pgd, apgd or autoattack", choices=ATTACKS)
+    attack: str = _field("pgd", "the attack: pgd (torchattacks), pgd_early (the same PGD, an image "
+                                "counted broken at the first iterate that fools it and no longer "
+                                "attacked), apgd or autoattack", choices=ATTACKS)
     val_robust: bool = _field(
         False, "also attack the validation split at the first budget at every point (so a "
                "checkpoint can be chosen by robust accuracy without looking at the test set)",

@@ -127,6 +127,26 @@ def plan(preset: str, tasks: Sequence[str] | None = None,
     return Plan(preset, selection, main, lrs, choice)
 
 
+#: The parts of a study's store, each a role a loader can ask for alone (:func:`load`).
+ROLES = ("runs", "sweep", "robust")
+
+
+def load(preset: str = "study", role: str = "runs", results_dir: str | Path | None = None
+         ) -> pd.DataFrame:
+    """One role of a study's store (``store.load`` of the folder returns every run in it, the
+    learning-rate sweep's and the robust upstream model's among the study's): ``"runs"``, the
+    study's own runs; ``"sweep"``, the learning-rate sweep's; ``"robust"``, the runs from the
+    robust upstream model. Nothing is computed: a run the store lacks is absent."""
+    from .config import check_choice
+
+    check_choice("role", role, ROLES)
+    results_dir = Path(results_dir or preset_store(preset))
+    study_plan = plan(preset, results_dir=results_dir, compute_selection=False)
+    configs = {"runs": lambda: study_plan.main, "sweep": lambda: study_plan.selection,
+               "robust": lambda: remedies_plan(study_plan).robust}[role]()
+    return store.load(results_dir, configs)
+
+
 @dataclass
 class RemediesPlan:
     """What the remedies chapter adds to a study (issue 17): an interpolation path from each

@@ -252,11 +252,12 @@ def loop(state: TrainState, total_steps: int, batch: Callable[[], tuple[torch.Te
 
 
 def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
-        progress: bool = True) -> Path:
+        progress: bool = True, on_point: Callable[[dict], None] | None = None) -> Path:
     """Fine-tune and continuously evaluate one config; returns the run's Parquet file.
 
     Another process computing the same run is waited for (the store's lock), and a complete
-    run is returned as it is."""
+    run is returned as it is. ``on_point(row)`` is called with each evaluation point's row as
+    it is measured (e.g. to draw the run live)."""
     preflight.check(config)
     with store.claim(results_dir, config) as done:
         if done is not None:
@@ -264,7 +265,7 @@ def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
         device = resolve_device(device)
         try:
             with models.exact_convolutions():  # fp32 first layer means fp32, not TF32
-                return _run(config, results_dir, device, progress)
+                return _run(config, results_dir, device, progress, on_point)
         except (TrainingDiverged, ConfigError):
             # The run itself cannot succeed: its state would only fail again. (An interruption
             # or a full disk keeps it, so that the rerun resumes.)
@@ -370,7 +371,8 @@ def retrain(config: RunConfig, device: str | torch.device | None = "cpu",
     return session.model
 
 
-def _run(config: RunConfig, results_dir, device: torch.device, progress: bool) -> Path:
+def _run(config: RunConfig, results_dir, device: torch.device, progress: bool,
+         on_point: Callable[[dict], None] | None = None) -> Path:
     session = _Session.start(config, device)
     state = session.state
     partial = store.partial_path(results_dir, config)
@@ -379,6 +381,8 @@ def _run(config: RunConfig, results_dir, device: torch.device, progress: bool) -
     def evaluate(state: TrainState) -> str:
         note = session.evaluate(state)
         state.save(partial, config.run_id())
+        if on_point is not None:
+            on_point(state.rows[-1])
         return note
 
     session.train(config.total_steps(len(session.task.train)), evaluate, progress)

@@ -104,3 +104,41 @@ def test_bad_attack_parameters(fixed, kwargs, field):
     with pytest.raises(ConfigError) as err:
         attacks.robust_accuracy(model, images[:4], labels[:4], **kwargs)
     assert err.value.field == field
+
+
+def test_early_exit_pgd_is_torchattacks_pgd_that_stops_at_the_first_fooling_iterate(fixed):
+    """Same random start and steps as torchattacks' PGD: never more robust than its final
+    iterate, the same within 1 point on a fixed model, the images it spares are the ones
+    torchattacks spares, and it does less work."""
+    model, images, labels = fixed
+    for eps in (EPS, 2 * EPS):
+        final = attacks.robust_mask(model, images, labels, eps=eps, steps=10, attack="pgd")
+        early = attacks.robust_mask(model, images, labels, eps=eps, steps=10,
+                                    attack="pgd_early")
+        assert early.sum() <= final.sum()
+        assert (final.float().mean() - early.float().mean()).abs() <= 0.01
+        assert (early & ~final).sum() <= 1  # an image it spares, torchattacks spares too
+    attack = attacks.EarlyExitPGD(model, EPS, EPS / 4, 10)
+    torch.manual_seed(0)
+    adv = attack(images, labels)
+    assert (adv - images).abs().max() <= EPS + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    assert attack.work < 10 * len(images)  # fooled images were dropped
+    fooled = attacks.predict(model, adv) != labels
+    assert 0.1 < fooled.float().mean() < 0.9
+
+
+def test_early_exit_pgd_follows_torchattacks_step_for_step_on_a_robust_image(fixed):
+    """With an attack too weak to fool anything, every image runs all steps: the iterates are
+    torchattacks' PGD's, from the same random start."""
+    import torchattacks
+
+    model, images, labels = fixed
+    x, y = images[:32], labels[:32]
+    eps = 1e-4
+    torch.manual_seed(7)
+    theirs = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=5, random_start=True)(x, y)
+    torch.manual_seed(7)
+    attack = attacks.EarlyExitPGD(model, eps, eps / 4, 5)
+    ours = attack(x, y)
+    assert attack.work == 5 * len(x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-7)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from rtlib import metrics, plan, store, train
-from rtlib.config import RunConfig, preset_defaults
+from rtlib.config import ConfigError, RunConfig, preset_defaults
 
 STUDY = Path(__file__).resolve().parents[1] / "study"
 MANIFEST = STUDY / plan.MANIFEST
@@ -163,3 +163,22 @@ def test_replay_gives_the_first_rows_of_a_run(tmp_path):
     assert [r[metrics.TEST_N] for r in prefix] == [12, 12]
     _assert_replays(config, stored, prefix)  # on 12 images, 1% of them is none: exact
     assert not (tmp_path / "partial").exists() or not any((tmp_path / "partial").iterdir())
+
+
+@committed
+def test_a_role_of_the_committed_store_loads_alone():
+    """The study's runs, its learning-rate sweep and its robust upstream runs never mix."""
+    from rtlib import plan
+
+    parts = {role: plan.load("study", role) for role in plan.ROLES}
+    ids = {role: set(frame["run_id"]) for role, frame in parts.items()}
+    assert all(ids.values())
+    assert not (ids["runs"] & ids["sweep"]) and not (ids["runs"] & ids["robust"])
+    assert not (ids["sweep"] & ids["robust"])
+    runs = parts["runs"]
+    assert runs.groupby(["task", "strategy"])["run_id"].nunique().max() == 3  # three seeds
+    assert set(parts["robust"]["weights"]) == {"embedded_robust"}
+    import pytest
+
+    with pytest.raises(ConfigError, match="role"):
+        plan.load("study", "everything")

@@ -10,7 +10,7 @@ TINY = dict(steps=4, batch_size=16, train_images=64, test_images=32, warmup_step
 def test_two_stages_make_one_learning_curve(tmp_path):
     first = tmp_path / "stage1.safetensors"
     meta1 = pretrain.pretrain(PretrainConfig(**TINY), first, progress=False)
-    assert meta1["command"].startswith("python -m rtlib pretrain --steps 4")
+    assert meta1["command"].startswith("python -m rtlib pretrain --task upstream --steps 4")
     assert [h["step"] for h in meta1["history"]] == [2, 4]
     second = tmp_path / "stage2.safetensors"
     meta2 = pretrain.pretrain(PretrainConfig(**{**TINY, "steps": 2, "init": str(first)}), second,

@@ -404,3 +404,20 @@ def test_precision_summary_reads_the_runs():
     assert "500 test images" in text and "standard error of 2.2 points" in text
     assert "3 seeds per task and strategy: the intervals resample seeds and test images" in text
     assert "One seed" not in text
+
+
+def test_runs_of_different_configurations_are_not_pooled_as_seeds():
+    import pytest
+
+    from rtlib.config import ConfigError
+
+    frame = make_frame(0.1, "bitfit", "compacter", 0.01).assign(hparams="{}")
+    ranks = pd.concat([frame.assign(hparams=f'{{"rank": {r}}}', run_id=frame.run_id + str(r))
+                       for r in (1, 4, 16)])
+    with pytest.raises(ConfigError, match="hparams"):
+        estimands.aupf(ranks)
+    with pytest.raises(ConfigError, match="hparams"):
+        estimands.falls(ranks)
+    by_rank = estimands.aupf(ranks, by=("task", "strategy", "hparams"),
+                             rs=estimands.Resampler(n_boot=20)).table
+    assert len(by_rank) == 3 * len(STRATEGIES) * 3 and (by_rank.seeds == 1).all()

@@ -7,10 +7,14 @@ Computer Modern), with random colours, size, rotation, shift and noise, in one o
 - ``print``: a solid glyph on a flat background;
 - ``outline``: only the glyph's contour, like a sketch;
 - ``texture``: the glyph filled with a stripe, check or noise pattern, like a painting;
-- ``clutter``: a solid glyph over a busy background of lines and blobs, like a photo.
+- ``clutter``: a solid glyph over a busy background of lines and blobs, like a photo;
+- ``dots``: the glyph as a halftone of round dots on a coarse grid, like a printed screen or a
+  dot-matrix display (new in issue 33: no upstream model has seen it).
 
 The upstream task (the ImageNet of this world) is 74 Latin letters, digits and signs in 16
-fonts and the domains print, texture and clutter; ``outline`` is never seen upstream. Downstream
+fonts and the domains print, texture and clutter; ``outline`` and ``dots`` are never seen
+upstream. ``upstream2`` (the converged model's) has print and clutter only: texture is new to
+it too. Downstream
 tasks range from near (digits in six held-out fonts) to far (Greek letters, mathematical
 symbols) and fine-grained (which of eight fonts drew a letter). Every image is a pure function
 of (seed, task, split, index), so any subset can be regenerated identically.
@@ -27,7 +31,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-DOMAINS = ("print", "outline", "texture", "clutter")
+DOMAINS = ("print", "outline", "texture", "clutter", "dots")
 SUPERSAMPLE = 3  # render at 3x and downsample: smooth edges at 24 px
 
 
@@ -57,6 +61,16 @@ FONT_ID_FONTS = (
     "STIXGeneral.ttf", "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf",
 )
 
+#: Type families (the ``family`` task's classes) and the fonts that make each.
+FAMILIES = {
+    "sans": ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf",
+             "DejaVuSans-BoldOblique.ttf", "cmss10.ttf"),
+    "serif": ("DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
+              "STIXGeneral.ttf", "STIXGeneralBol.ttf", "cmr10.ttf", "cmb10.ttf"),
+    "mono": ("DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+             "DejaVuSansMono-BoldOblique.ttf", "cmtt10.ttf"),
+}
+
 UPPER = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I, O: they are l/1 and 0 in too many fonts
 LOWER = "abdefghijkmnpqrtuy"  # no c, o, s, v, w, x, z (case twins) and no l
 DIGITS = "0123456789"
@@ -73,10 +87,13 @@ class GlyphSpec:
     name: str
     classes: tuple[str, ...]
     fonts: tuple[str, ...]
-    kind: str = "char"  # "char": the class is the character; "font": the class is the font
-    chars: str = ""  # for kind="font": the characters drawn
+    kind: str = "char"  # "char": the class is the character; "font": the class is the font;
+    # "group": the class is a group of fonts (``groups``), e.g. a type family
+    chars: str = ""  # for kind="font" and "group": the characters drawn
     domains: tuple[str, ...] = ("print",)  # domains sampled for the training split
     description: str = ""
+    rotation: float = 0.0  # degrees every glyph is turned by, beyond the +-15 of jitter
+    groups: tuple[tuple[str, ...], ...] = ()  # for kind="group": the fonts of each class
 
 
 def _covering(fonts: Sequence[str], chars: str) -> tuple[str, ...]:
@@ -115,6 +132,27 @@ def specs() -> dict[str, GlyphSpec]:
                   description="23 Greek lower-case letters (unseen upstream): farther"),
         GlyphSpec("symbols", tuple(SYMBOLS), _covering(ALL_FONTS, SYMBOLS),
                   description=f"{len(SYMBOLS)} mathematical and card symbols (unseen upstream): far"),
+        # A graded ladder of distance (issue 33): the seen capitals turned further and further
+        # from the orientations upstream saw (+-15 degrees).
+        *(GlyphSpec(f"letters_r{angle}", tuple(UPPER), HELD_OUT_FONTS, rotation=float(angle),
+                    description=f"24 capital letters (seen upstream) in 6 held-out fonts, "
+                                f"turned by {angle} degrees: an orientation upstream never saw")
+          for angle in (45, 90, 180)),
+        # A seen script in a domain no upstream model saw (its in-domain images are dots).
+        GlyphSpec("digits_dots", tuple(DIGITS), HELD_OUT_FONTS, domains=("dots",),
+                  description="10 digits (seen upstream) in 6 held-out fonts, drawn as halftone "
+                              "dots: a rendering upstream never saw"),
+        GlyphSpec("letters_dots", tuple(UPPER), HELD_OUT_FONTS, domains=("dots",),
+                  description="24 capital letters (seen upstream) in 6 held-out fonts, drawn "
+                              "as halftone dots: a rendering upstream never saw"),
+        # Unseen script and unseen orientation together: farther than either alone.
+        GlyphSpec("greek_r90", tuple(GREEK), _covering(ALL_FONTS, GREEK), rotation=90.0,
+                  description="23 Greek lower-case letters (unseen upstream) turned by 90 "
+                              "degrees: unseen script and orientation"),
+        GlyphSpec("family", tuple(FAMILIES), tuple(f for g in FAMILIES.values() for f in g),
+                  kind="group", chars=FONT_ID_TEXT, groups=tuple(FAMILIES.values()),
+                  description="which type family (sans-serif, serif, monospace) drew a letter: "
+                              "style, coarser than font identity"),
         GlyphSpec("fonts", tuple(f.rsplit(".", 1)[0] for f in FONT_ID_FONTS), FONT_ID_FONTS,
                   kind="font", chars=FONT_ID_TEXT,
                   description="which of 8 fonts drew a letter: fine-grained, needs the style "
@@ -174,8 +212,9 @@ def _clutter(rng: np.random.Generator, size: int, bg: np.ndarray, fg: np.ndarray
 
 
 def render(text: str, font: str, domain: str, rng: np.random.Generator,
-           size: int = 24) -> np.ndarray:
-    """One image (size x size x 3, uint8) of ``text`` in ``font`` and ``domain``."""
+           size: int = 24, rotation: float = 0.0) -> np.ndarray:
+    """One image (size x size x 3, uint8) of ``text`` in ``font`` and ``domain``, turned by
+    ``rotation`` degrees beyond the random jitter."""
     big = size * SUPERSAMPLE
     glyph_px = int(big * rng.uniform(0.55, 0.8))
     mask = Image.new("L", (big, big), 0)
@@ -191,10 +230,24 @@ def render(text: str, font: str, domain: str, rng: np.random.Generator,
     shift = rng.uniform(-0.08, 0.08, 2) * big
     draw.text(((big - w) / 2 - left + shift[0], (big - h) / 2 - top + shift[1]), text,
               font=f, fill=255)
-    mask = mask.rotate(float(rng.uniform(-15, 15)), resample=Image.BICUBIC)
+    mask = mask.rotate(float(rng.uniform(-15, 15)) + rotation, resample=Image.BICUBIC)
+    if domain == "dots":
+        # Ink only at the points of a coarse grid that fall inside the strokes, as round dots.
+        pitch = float(rng.uniform(2.0, 2.6)) * SUPERSAMPLE
+        offset = rng.uniform(0, pitch, 2)
+        # thickened first, so that thin strokes still meet the grid
+        inside = np.asarray(mask.filter(ImageFilter.MaxFilter(SUPERSAMPLE)), np.uint8)
+        dots = Image.new("L", (big, big), 0)
+        pen = ImageDraw.Draw(dots)
+        radius = 0.36 * pitch
+        for cy in np.arange(offset[1], big, pitch):
+            for cx in np.arange(offset[0], big, pitch):
+                if inside[int(cy), int(cx)] > 127:
+                    pen.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=255)
+        mask = dots
     if domain == "outline":
         # A ring just outside the strokes: the glyph's contour, hollow inside.
-        grown = np.asarray(mask.filter(ImageFilter.MaxFilter(2 * SUPERSAMPLE + 1)), np.int16)
+        grown = np.asarray(mask.filter(ImageFilter.MaxFilter(SUPERSAMPLE)), np.int16)
         mask = Image.fromarray((grown - np.asarray(mask, np.int16)).clip(0, 255).astype(np.uint8))
     alpha = np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32)[..., None] / 255
     fg, bg = _colours(rng)
@@ -229,8 +282,12 @@ def generate(task: str, split: str, count: int, seed: int = 0, domain: str | Non
         dom = domain or spec.domains[rng.integers(len(spec.domains))]
         if spec.kind == "font":
             font, text = spec.fonts[label], spec.chars[rng.integers(len(spec.chars))]
+        elif spec.kind == "group":
+            group = spec.groups[label]
+            font = group[rng.integers(len(group))]
+            text = spec.chars[rng.integers(len(spec.chars))]
         else:
             font, text = spec.fonts[rng.integers(len(spec.fonts))], spec.classes[label]
-        images[j] = render(text, font, dom, rng, size).transpose(2, 0, 1)
+        images[j] = render(text, font, dom, rng, size, spec.rotation).transpose(2, 0, 1)
         labels[j] = label
     return images, labels

@@ -30,7 +30,7 @@ def _glyph_task(name: str, train_size: int, test_size: int, seed: int, domain: s
     from . import glyphs
 
     spec = glyphs.specs()[name]
-    domain = domain or "print"
+    domain = domain or spec.domains[0]  # the task's own domain: print, except where it says
 
     def split(kind: str, count: int, dom: str) -> Split:
         x, y = glyphs.generate(name, kind, count, seed=seed, domain=dom, size=image_size)

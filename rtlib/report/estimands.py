@@ -123,6 +123,25 @@ def curve(run: pd.DataFrame, col: str, rs: Resampler) -> np.ndarray:
     return rs.binomial(run[col].to_numpy(), n)
 
 
+#: What makes two runs of one task and strategy different configurations (not seeds of one).
+CONFIGURATION = ("hparams", "weights", "lr", "steps", "attack", "domain")
+
+
+def _one_configuration(frame: pd.DataFrame, by: Sequence[str]) -> None:
+    """Refuse to pool runs of different configurations as if they were seeds of one (e.g. three
+    LoRA ranks would become one strategy "with 3 seeds"): name the column to group by."""
+    from ..config import ConfigError
+
+    keys = [k for k in by if k in frame]
+    for col in CONFIGURATION:
+        if col in frame and col not in by and keys:
+            varies = frame.groupby(keys, dropna=False)[col].nunique(dropna=False)
+            if (varies > 1).any():
+                where = varies[varies > 1].index[0]
+                raise ConfigError("by", list(by), f"keys that include {col!r}",
+                                  f"runs of {where} differ in {col}, so grouping")
+
+
 def _runs(group: pd.DataFrame) -> list[pd.DataFrame]:
     """The runs of a group, each sorted by step, in seed order."""
     key = "run_id" if "run_id" in group else "seed"
@@ -160,6 +179,7 @@ def falls(frame: pd.DataFrame, col: str = metrics.ROBUST,
     ``steepness`` (drop / clean gain, robust accuracy given up per point of clean accuracy
     gained) with its interval and ``steepness_testable`` (the clean gain's interval lies above
     0: otherwise the ratio divides by noise), and ``outcome`` (:func:`fall_outcome`)."""
+    _one_configuration(frame, by)
     rs = rs or Resampler()
     rows = []
     for key, group in frame.groupby(list(by), sort=False):
@@ -271,6 +291,7 @@ def aupf(frame: pd.DataFrame, robust_col: str = metrics.ROBUST, reading: str = "
     from ..config import check_choice
 
     area = AREAS[check_choice("reading", reading, AREAS)]
+    _one_configuration(frame, by)
     rs = rs or Resampler()
     reps, rows = {}, []
     for key, group in frame.groupby(list(by), sort=False):

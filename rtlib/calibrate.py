@@ -1,0 +1,69 @@
+"""Calibrating the benchmark's ladder of tasks on the validation split (issue 33).
+
+How far a task is from an upstream model is read as the accuracy of a linear read-out of that
+model's frozen features, on the task's *validation* split: the same split a study's runs hold
+out (the last ``val_fraction`` of the training images), never the test set. Here the read-out
+is fitted on cached features (full batch, a few seconds per task), so that every candidate
+task can be placed on the ladder before any study run is computed; the study's own
+linear-probe runs measure the same thing by fine-tuning, and the book reads theirs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import data, models
+from .config import resolve_weights
+from .pareto import wilson_interval
+
+
+@torch.no_grad()
+def features(model: models.NormalizedModel, images: torch.Tensor, batch_size: int = 512
+             ) -> torch.Tensor:
+    """The backbone's pre-logit features of ``images`` (uint8 or [0, 1])."""
+    model.eval()
+    backbone = model.timm_model
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = (models.to_unit(images[i:i + batch_size]).float() - model.mean) / model.std
+        out.append(backbone.forward_head(backbone.forward_features(x), pre_logits=True))
+    return torch.cat(out)
+
+
+def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, classes: int, epochs: int = 300,
+               lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0) -> torch.nn.Linear:
+    """A linear classifier on fixed features (standardized), full batch, AdamW."""
+    torch.manual_seed(seed)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    head = torch.nn.Linear(train_x.shape[1], classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    x = (train_x - mean) / std
+    for _ in range(epochs):
+        opt.zero_grad()
+        F.cross_entropy(head(x), train_y).backward()
+        opt.step()
+    with torch.no_grad():  # fold the standardization into the layer
+        head.weight.div_(std)
+        head.bias.sub_(head.weight @ mean)
+    return head
+
+
+def probe_accuracy(task: str, weights: str | Path | None, train_size: int = 2000,
+                   val_fraction: float = 0.1, data_seed: int = 0, seed: int = 0) -> dict:
+    """The linear read-out's accuracy on the task's validation split, with its 95% Wilson
+    interval: ``{"task", "val_acc", "low", "high", "val_images"}``."""
+    info = data.info(task)
+    loaded = data.load_task(task, train_size, 1, data_seed, image_size=info.image_size)
+    loaded = data.hold_out(loaded, int(round(len(loaded.train) * val_fraction)))
+    model = models.build(models.EMBEDDED_MODEL, info.classes,
+                         weights=resolve_weights(str(weights)) if weights else None)
+    head = fit_linear(features(model, loaded.train.images), loaded.train.labels, info.classes,
+                      seed=seed)
+    val = loaded.val
+    with torch.no_grad():
+        acc = (head(features(model, val.images)).argmax(1) == val.labels).float().mean().item()
+    low, high = wilson_interval(acc, len(val))
+    return {"task": task, "val_acc": acc, "low": float(low), "high": float(high),
+            "val_images": len(val)}

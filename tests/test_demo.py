@@ -1,0 +1,34 @@
+"""The class demo and the look at a stored run: whole processes, as a teacher runs them."""
+import subprocess
+import sys
+
+from rtlib import store
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rtlib", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def test_the_demo_draws_a_run_as_it_trains_and_show_draws_it_again(tmp_path):
+    png = tmp_path / "demo.png"
+    out = _cli("demo", "--preset", "smoke", "--task", "digits", "--steps", "8",
+               "--test-size", "32", "--schedule", "every:4", "--results-dir", str(tmp_path),
+               "--png", str(png), "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    points = [line for line in lines if line.startswith("step ")]
+    assert [int(line.split()[1]) for line in points] == [0, 4, 8]  # each point as measured
+    assert "█" in points[-1] or "·" in points[-1]
+    assert any("95% interval" in line and ("falls" in line or "does not fall" in line
+                                           or "undecided" in line) for line in lines)
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    (run_file,) = store.run_files(tmp_path)
+    again = _cli("show", run_file.stem[:8], "--results-dir", str(tmp_path),
+                 "--png", str(tmp_path / "again.png"))
+    assert again.returncode == 0, again.stderr
+    assert [line for line in again.stdout.splitlines() if line.startswith("step ")] == points
+    assert (tmp_path / "again.png").is_file()
+    missing = _cli("show", "zzzz", "--results-dir", str(tmp_path))
+    assert missing.returncode == 2 and "0 runs match" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
