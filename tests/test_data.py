@@ -46,7 +46,7 @@ def test_classes_are_balanced(task):
 def test_task_data_labels_its_domains():
     task = data.load_task("letters", train_size=48, test_size=24, domain="texture")
     assert task.domain == "texture"
-    assert set(task.ood) == {"print", "outline", "clutter"}
+    assert set(task.ood) == {"print", "outline", "clutter", "dots"}
     assert task.num_classes == 24 and task.image_size == 24
     for split in (task.train, task.test, *task.ood.values()):
         assert split.images.dtype == torch.uint8
@@ -174,3 +174,30 @@ def test_cli_tasks_json(capsys):
     assert rows["fonts"] == {**rows["fonts"], "classes": 8, "source": "embedded",
                              "image_size": 24, "domains": list(glyphs.DOMAINS)}
     assert rows["caltech256"]["classes"] == 257 and rows["domainnet"]["source"] == "hub"
+
+
+def test_the_ladder_tasks_render_deterministically_as_the_catalog_says():
+    """Issue 33's tasks: the same images from the same seed, their classes and domains as the
+    catalog says, and the old tasks' images unchanged by the new domain (a dots task's own
+    domain is dots; the outline images are the committed study's)."""
+    from rtlib.data import glyphs
+
+    for name in ("letters_r90", "greek_r90", "digits_dots", "family"):
+        a, la = glyphs.generate(name, "test", 30, seed=3)
+        b, lb = glyphs.generate(name, "test", 30, seed=3)
+        assert np.array_equal(a, b) and np.array_equal(la, lb)
+        assert not np.array_equal(a, glyphs.generate(name, "test", 30, seed=4)[0])
+        info = data.info(name)
+        assert info.classes == len(glyphs.specs()[name].classes) and "dots" in info.domains
+    assert data.info("family").classes == 3 and data.info("letters_r90").classes == 24
+    dots = data.load_task("digits_dots", train_size=20, test_size=10)
+    assert dots.domain == "dots" and "print" in dots.ood and "dots" not in dots.ood
+    # turned letters are the letters' glyphs turned: same classes and fonts, other pixels
+    assert glyphs.specs()["letters_r90"].fonts == glyphs.specs()["letters"].fonts
+    plain = glyphs.generate("letters", "test", 8, seed=0)[0]
+    assert not np.array_equal(plain, glyphs.generate("letters_r90", "test", 8, seed=0)[0])
+    # the committed study's outline images (a digest of the first 48 digits at seed 0)
+    import hashlib
+
+    outline = glyphs.generate("digits", "test", 48, seed=0, domain="outline")[0]
+    assert hashlib.sha256(outline.tobytes()).hexdigest()[:12] == "02356d8ed7d5"

@@ -114,15 +114,15 @@ def test_validation_split_is_held_out_of_the_training_images():
 
 def test_official_domain_leak_is_an_explicit_option():
     source = data.load_task("digits", train_size=40, test_size=8, domain="print")
-    leaky = data.load_task("digits", train_size=40, test_size=8, domain="print",
-                           train_domains="all")
-    assert set(source.ood) == set(leaky.ood) == {"outline", "texture", "clutter"}
-    # The in-domain share of the leaky training set is a quarter: its other images come from
+    leaky = data.load_task("digits", train_size=50, test_size=8, domain="print",
+                           train_domains="all")  # 10 images (one per class) of each domain
+    assert set(source.ood) == set(leaky.ood) == {"outline", "texture", "clutter", "dots"}
+    # The in-domain share of the leaky training set is a fifth: its other images come from
     # the domains it is then tested on as "out of distribution".
     in_domain = data.load_task("digits", train_size=10, test_size=8, domain="print").train
     assert torch.equal(leaky.train.images[0], in_domain.images[0])
     assert not torch.equal(leaky.train.images[1], source.train.images[1])
-    assert sorted(leaky.train.labels[:40].tolist()) == sorted(list(range(10)) * 4)
+    assert sorted(leaky.train.labels.tolist()) == sorted(list(range(10)) * 5)
     with pytest.raises(ConfigError) as err:
         data.load_task("digits", train_size=10, test_size=8, train_domains="some")
     assert err.value.field == "train_domains"

@@ -247,7 +247,7 @@ def render(text: str, font: str, domain: str, rng: np.random.Generator,
         mask = dots
     if domain == "outline":
         # A ring just outside the strokes: the glyph's contour, hollow inside.
-        grown = np.asarray(mask.filter(ImageFilter.MaxFilter(SUPERSAMPLE)), np.int16)
+        grown = np.asarray(mask.filter(ImageFilter.MaxFilter(2 * SUPERSAMPLE + 1)), np.int16)
         mask = Image.fromarray((grown - np.asarray(mask, np.int16)).clip(0, 255).astype(np.uint8))
     alpha = np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32)[..., None] / 255
     fg, bg = _colours(rng)
