@@ -70,12 +70,16 @@ def path_key(config: RunConfig, probe: RunConfig, alphas: Sequence[float]) -> st
 
 def final_weights(config: RunConfig, results_dir: str | Path | None,
                   device: torch.device, progress: bool = False) -> dict[str, torch.Tensor]:
-    """The run's trainable parameters at its end: kept in the store, or re-trained."""
+    """The run's trainable parameters at its end: kept in the store, or re-trained (and then
+    kept, so that the linear probe every path of a task and seed starts from trains once)."""
     kept = store.read_weights(results_dir, config) if results_dir is not None else None
     if kept is not None:
         return kept
     model = train.retrain(config, device, progress)
-    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    weights = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    if results_dir is not None:
+        store.write_weights(results_dir, config, weights)
+    return weights
 
 
 def along(model: torch.nn.Module, init: dict[str, torch.Tensor],

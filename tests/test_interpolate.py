@@ -71,6 +71,7 @@ def test_weights_that_were_not_kept_are_retrained_to_the_same_values(tmp_path):
     again = interpolate.final_weights(config, tmp_path, train.resolve_device("cpu"))
     assert kept.keys() == again.keys()
     assert all((kept[k] == again[k]).all() for k in kept)
+    assert store.read_weights(tmp_path, config) is not None  # kept: the next path reads them
 
 
 @pytest.mark.parametrize("alphas,message", [((0.5,), "too few"), ((0, 1.5), "alphas")])
