@@ -16,6 +16,13 @@ The classification head moves from the linear probe's head to the fine-tuned one
 alpha) * probe + alpha * final``. So ``alpha = 1`` is the fine-tuned model and ``alpha = 0``
 the linear probe, for every strategy.
 
+That is the ``"update"`` form of a path (:data:`FORMS`). The ``"parameters"`` form is the
+straight line in the strategy's trainable parameters, ``init + alpha * (final - init)``: the
+same for full fine-tuning, BitFit and (IA)^3, but not linear in the update for LoRA (``alpha
+B1 (A0 + alpha (A1 - A0))``, quadratic), DoRA, Adapter and Compacter (whose alpha 0 keeps
+their own random start). It is kept, by name, for the committed study's paths computed with it
+until they are recomputed (a preset says which form its paths take).
+
 A path's rows go to the store (``interpolation/``), keyed by the two runs, the coefficients and
 (for strategies whose update is not linear in their parameters) the form: computed once, read
 by the book. Its ends are the runs' own last evaluation points where the store holds them (the
@@ -36,13 +43,16 @@ import pandas as pd
 import torch
 
 from . import metrics, models, preflight, store, strategies, train
-from .config import ConfigError, RunConfig, check_float, check_list
+from .config import PATH_FORMS, ConfigError, RunConfig, check_choice, check_float, check_list
 from .evaluate import evaluate_point
 from .strategies.adapter import Bottleneck
 
 #: Mixing coefficients of a path by default (0: the linear probe, 1: the fine-tuned model).
 ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 ALPHA = "alpha"
+#: How a path scales the learned update: ``"update"`` (linearly, every strategy: the default)
+#: or ``"parameters"`` (the trainable parameters' straight line; see the module's doc).
+FORMS = PATH_FORMS
 
 
 def check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
@@ -56,13 +66,16 @@ def check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
     return alphas
 
 
-def path_key(config: RunConfig, probe: RunConfig, alphas: Sequence[float]) -> str:
-    """The identity of a path: both runs, the coefficients and, where the strategy's update is
-    not linear in its parameters, how the path scales it (paths computed before it was scaled
-    linearly had no form in their key, so they are not read as if they were)."""
+def path_key(config: RunConfig, probe: RunConfig, alphas: Sequence[float],
+             form: str = "update") -> str:
+    """The identity of a path: both runs, the coefficients and, where the ``"update"`` form
+    differs from the parameters' straight line (a strategy whose update is not linear in its
+    parameters), how it scales the update; the ``"parameters"`` form keeps the keys its paths
+    had before the forms were told apart."""
+    check_choice("form", form, FORMS)
     parts = [config.run_id(), probe.run_id(), list(alphas)]
     strategy = strategies.get(config.strategy)
-    if not strategy.update_is_linear:
+    if form == "update" and not strategy.update_is_linear:
         parts.append(strategy.path_form)
     text = json.dumps(parts)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -91,6 +104,17 @@ def along(model: torch.nn.Module, init: dict[str, torch.Tensor],
     and ``head.bias``). ``at`` reuses one model: evaluate it before the next call."""
     params = dict(model.named_parameters())
     heads = set(models.classifier_names(model))
+
+    if form == "parameters":
+        def straight(alpha: float) -> torch.nn.Module:
+            with torch.no_grad():
+                for name, start in init.items():
+                    end = final[name].to(start.device, start.dtype)
+                    value = ((1 - alpha) * probe_head[_short(name)].to(start.device, start.dtype)
+                             + alpha * end) if name in heads else start + alpha * (end - start)
+                    params[name].copy_(value)
+            return model
+        return straight
 
     def load(state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -149,8 +173,8 @@ def _last_point(config: RunConfig, results_dir: str | Path | None) -> dict | Non
 
 
 def _evaluate(config: RunConfig, probe: RunConfig, alphas: Sequence[float],
-              results_dir: str | Path | None, device: str | None, progress: bool
-              ) -> dict[float, dict]:
+              results_dir: str | Path | None, device: str | None, progress: bool,
+              form: str = "update") -> dict[float, dict]:
     """Evaluate the path's points at ``alphas`` (the runs' final weights from the store, or
     re-trained)."""
     device = train.resolve_device(device)
@@ -163,7 +187,7 @@ def _evaluate(config: RunConfig, probe: RunConfig, alphas: Sequence[float],
                                                               device).items()}
         precision = train.resolve_precision(config.precision, device, model)
         at = along(model.to(device), init, final, probe_head,
-                   strategies.get(config.strategy).path_form)
+                   strategies.get(config.strategy).path_form if form == "update" else form)
         task = train.on_device(task, device)
         train_eval = task.train.subset(config.train_eval_size)
         for alpha in alphas:
@@ -173,20 +197,20 @@ def _evaluate(config: RunConfig, probe: RunConfig, alphas: Sequence[float],
     return points
 
 
-def run_ends(strategy: str) -> tuple[float, ...]:
+def run_ends(strategy: str, form: str = "update") -> tuple[float, ...]:
     """The coefficients whose points are runs' own last points, not evaluated for a path:
-    1 (the fine-tuned model) and 0 (the linear probe: every form removes the whole update
-    there). ``strategy`` is kept for callers that ask per strategy."""
-    strategies.get(strategy)  # an unknown name is still an error
-    return (0.0, 1.0)
+    1 (the fine-tuned model) and 0 (the linear probe: the update form removes the whole update
+    there; the parameters' form only for a strategy that starts as the identity)."""
+    identity = form == "update" or strategies.get(strategy).starts_as_identity
+    return (0.0, 1.0) if identity else (1.0,)
 
 
 def path(config: RunConfig, probe: RunConfig, alphas: Sequence[float] = ALPHAS,
          results_dir: str | Path | None = None, device: str | None = "auto",
-         progress: bool = False) -> pd.DataFrame:
+         progress: bool = False, form: str = "update") -> pd.DataFrame:
     """The rows of the path from ``probe`` (a linear-probe run of the same task, data and seed)
-    to ``config``'s fine-tuned model at each coefficient; read from ``results_dir`` when it
-    holds them, else computed (and stored there)."""
+    to ``config``'s fine-tuned model at each coefficient, in ``form`` (:data:`FORMS`); read
+    from ``results_dir`` when it holds them, else computed (and stored there)."""
     alphas = check_alphas(alphas)
     preflight.check(config)
     preflight.check(probe)
@@ -195,18 +219,18 @@ def path(config: RunConfig, probe: RunConfig, alphas: Sequence[float] = ALPHAS,
     if (probe.task, probe.seed, probe.data_seed) != (config.task, config.seed, config.data_seed):
         raise ConfigError("probe", probe.run_id(), "a linear probe of the same task, seed and "
                           "data", "another run:")
-    key = path_key(config, probe, alphas)
+    key = path_key(config, probe, alphas, form)
     if results_dir is not None:
         done = store.read_table(store.interpolation_path(results_dir, key))
         if done is not None:
             return done
     ends = {1.0: config, 0.0: probe}  # the runs the store may hold, read only when asked for
     known = {a: _last_point(ends[a], results_dir) for a in alphas
-             if a in run_ends(config.strategy)}
+             if a in run_ends(config.strategy, form)}
     points = {a: point for a, point in known.items() if point is not None}
     missing = [a for a in alphas if a not in points]
     if missing:
-        points.update(_evaluate(config, probe, missing, results_dir, device, progress))
+        points.update(_evaluate(config, probe, missing, results_dir, device, progress, form))
     # every row is at the fine-tuned run's last step (the probe's end included)
     step = (known.get(1.0) or points[missing[0]])[metrics.STEP]
     rows = [{ALPHA: alpha, "run_id": config.run_id(), "probe_run_id": probe.run_id(),
@@ -228,6 +252,7 @@ class PathJob:
     config: RunConfig
     probe: RunConfig
     alphas: tuple[float, ...] = ALPHAS
+    form: str = "update"
 
     @property
     def task(self) -> str:
@@ -242,11 +267,11 @@ class PathJob:
         return self.config.seed
 
     def run_id(self) -> str:
-        return path_key(self.config, self.probe, check_alphas(self.alphas))
+        return path_key(self.config, self.probe, check_alphas(self.alphas), self.form)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.config.to_dict(), "probe": self.probe.to_dict(),
-                "alphas": list(self.alphas)}
+                "alphas": list(self.alphas), "form": self.form}
 
     def complete(self, results_dir: str | Path) -> bool:
         return store.read_table(store.interpolation_path(results_dir, self.run_id())) \
@@ -254,16 +279,18 @@ class PathJob:
 
     def execute(self, results_dir: str | Path, device: str | None = "auto",
                 progress: bool = False) -> pd.DataFrame:
-        return path(self.config, self.probe, self.alphas, results_dir, device, progress)
+        return path(self.config, self.probe, self.alphas, results_dir, device, progress,
+                    self.form)
 
 
-def jobs(configs: Sequence[RunConfig], alphas: Sequence[float] = ALPHAS) -> list[PathJob]:
-    """A path for every fine-tuned run of ``configs`` to the linear probe of its task, seed and
-    data among ``configs`` (runs without one get none)."""
+def jobs(configs: Sequence[RunConfig], alphas: Sequence[float] = ALPHAS,
+         form: str = "update") -> list[PathJob]:
+    """A path (in ``form``) for every fine-tuned run of ``configs`` to the linear probe of its
+    task, seed and data among ``configs`` (runs without one get none)."""
     alphas = check_alphas(alphas)
     probes = {(c.task, c.seed, c.data_seed): c for c in configs
               if c.strategy == "linear_probe"}
-    return [PathJob(c, probes[(c.task, c.seed, c.data_seed)], alphas) for c in configs
+    return [PathJob(c, probes[(c.task, c.seed, c.data_seed)], alphas, form) for c in configs
             if c.strategy != "linear_probe" and (c.task, c.seed, c.data_seed) in probes]
 
 

@@ -201,3 +201,34 @@ def test_paths_whose_update_was_not_scaled_linearly_get_new_keys():
     ).hexdigest()[:16] for s in ("full", "bitfit", "ia3", "lora", "adapter", "compacter")}
     new = {s: interpolate.path_key(tiny_config(strategy=s), probe, (0.0, 1.0)) for s in old}
     assert {s for s in old if old[s] == new[s]} == {"full", "bitfit", "ia3"}
+
+
+def test_the_parameters_form_is_the_old_straight_line_with_the_old_keys(trained):
+    """The committed study's paths were made as the parameters' straight line: that form keeps
+    their keys, its alpha 0 of an adapter is its own random start (computed, not the probe),
+    and for full fine-tuning both forms are the same path."""
+    tmp_path, runs = trained
+    probe, full, adapter = (runs[s] for s in ("linear_probe", "full", "adapter"))
+    for s in ("full", "lora", "adapter"):
+        config = runs[s]
+        old = __import__("hashlib").sha256(__import__("json").dumps(
+            [config.run_id(), probe.run_id(), [0.0, 0.5, 1.0]]).encode()).hexdigest()[:16]
+        assert interpolate.path_key(config, probe, (0.0, 0.5, 1.0), "parameters") == old
+    assert interpolate.run_ends("adapter", "parameters") == (1.0,)
+    legacy = interpolate.path(adapter, probe, (0, 0.5, 1), tmp_path, device="cpu",
+                              form="parameters")
+    assert legacy["computed"].tolist() == [True, True, False]
+    import copy
+
+    import torch
+
+    model, init, final, head = _path_model(adapter)  # the two forms are two models
+    x = torch.rand(4, 3, 16, 16)
+    half = [interpolate.along(copy.deepcopy(model), init, final, head, form)(0.5)(x)
+            for form in ("parameters", "branch")]
+    assert (half[0] - half[1]).abs().max() > 1e-3
+    both = [interpolate._evaluate(full, probe, [0.5], tmp_path, "cpu", False, form)[0.5]
+            for form in interpolate.FORMS]
+    assert both[0][metrics.TEST_MASK] == both[1][metrics.TEST_MASK]
+    with pytest.raises(ConfigError, match="form"):
+        interpolate.path_key(full, probe, (0.0, 1.0), "straight")
