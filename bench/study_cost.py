@@ -60,7 +60,7 @@ def main() -> None:
     seeds, tasks = len(preset_seeds(args.preset)), len(preset_tasks(args.preset))
     robust_runs = len(remedies["robust_tasks"]) * len(PAPER_STRATEGIES) * seeds
     points = tasks * seeds * sum(len([a for a in remedies["alphas"]
-                                      if a not in interpolate.run_ends(s)])
+                                      if a not in interpolate.run_ends(s, remedies["path_form"])])
                                  for s in PAPER_STRATEGIES if s != "linear_probe")
     per_point = eval_s / len(rows)
     extra = robust_runs * wall + points * per_point

@@ -279,7 +279,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("steps", args.steps), ("eps", args.eps)) if v is not None}
     if args.dry_run:  # what would run, computing nothing
         for line in plan.progress_report(args.preset, args.tasks, args.strategies, args.seeds,
-                                         results_dir, **overrides):
+                                         results_dir, path_form=args.path_form, **overrides):
             print(line)
         return 0
     from . import train
@@ -289,7 +289,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     study_plan, summary, manifest = plan.compute(
         args.preset, args.tasks, args.strategies, args.seeds, results_dir, device=device,
         workers=args.workers, progress=not args.quiet, command=command.strip(),
-        remedies=not args.no_remedies, **overrides)
+        remedies=not args.no_remedies, path_form=args.path_form, **overrides)
     from . import sweep
 
     print(sweep.summarize(summary))
@@ -532,6 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="count the runs and how many are complete, and project the time "
                         "left at the pace of the complete ones; compute nothing")
+    from .config import PATH_FORMS
+
+    p.add_argument("--path-form", default=None, choices=PATH_FORMS,
+                   help="how the interpolation paths scale the learned update: update "
+                        "(linearly, for every strategy) or parameters (the trainable "
+                        "parameters' straight line, as the committed study's paths were made); "
+                        "default: the preset's")
     p.add_argument("--no-remedies", action="store_true",
                    help="stop after the study's runs (no interpolation paths, no runs from the "
                         "robust upstream model)")

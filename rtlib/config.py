@@ -124,6 +124,9 @@ EXECUTORS = ("local", "ray")
 #: as broken there, AutoAttack's convention): the same answers as ``pgd`` for a fraction of the
 #: work (rtlib.attacks.early_exit_pgd).
 ATTACKS = ("pgd", "pgd_early", "apgd", "autoattack")
+#: How an interpolation path scales the learned update (rtlib.interpolate): "update" (linearly,
+#: every strategy) or "parameters" (the trainable parameters' straight line).
+PATH_FORMS = ("update", "parameters")
 #: The class demo's run (python -m rtlib demo): the far task, full fine-tuning, short and
 #: evaluated on few images so that it finishes in minutes on two CPU cores (it prints its time).
 DEMO = dict(task="fonts", strategy="full", steps=400, test_size=384, schedule="log:8")
@@ -544,7 +547,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "store": "study",
         # The remedies chapter (issue 17): 5 coefficients per path; the robust upstream model
         # fine-tuned on the near and the far task (42 runs: the other two are an exercise).
-        "remedies": dict(alphas=[0.0, 0.25, 0.5, 0.75, 1.0], robust_tasks=["digits", "fonts"]),
+        # path_form "parameters": the committed paths were computed as the trainable parameters'
+        # straight line (not linear in the update for LoRA, Adapter, Compacter; issue 30); their
+        # "update" paths are being recomputed (python -m rtlib study --path-form update), and
+        # this switches to "update" when all of them are in the store.
+        "remedies": dict(alphas=[0.0, 0.25, 0.5, 0.75, 1.0], robust_tasks=["digits", "fonts"],
+                         path_form="parameters"),
         "strategy_overrides": {
             "full": dict(lr_schedule="linear", warmup_steps=0),
         },
@@ -706,9 +714,11 @@ def preset_ood_task(name: str) -> str:
 
 def preset_remedies(name: str) -> dict[str, Any]:
     """What the remedies chapter computes at preset ``name``: the interpolation coefficients
-    (``alphas``), the robust upstream model's weights and the tasks fine-tuned from it (none
-    unless the preset names them)."""
+    (``alphas``), the form of its paths (``path_form``: rtlib.interpolate.FORMS, "update"
+    unless the preset says), the robust upstream model's weights and the tasks fine-tuned from
+    it (none unless the preset names them)."""
     spec = _preset(name).get("remedies", {})
     return {"alphas": list(spec.get("alphas", [0.0, 0.5, 1.0])),
+            "path_form": spec.get("path_form", "update"),
             "robust_weights": spec.get("robust_weights", "embedded_robust"),
             "robust_tasks": list(spec.get("robust_tasks", []))}

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from . import metrics, store, sweep
-from .config import (ConfigError, RunConfig, check_list, preset_seeds, preset_spec, preset_store,
-                     preset_tasks, shown_path, weights_identity)
+from .config import (ConfigError, RunConfig, check_choice, check_list, preset_seeds,
+                     preset_spec, preset_store, preset_tasks, shown_path, weights_identity)
 
 
 def lr_grid(preset: str) -> dict[str, list[float]]:
@@ -137,8 +137,6 @@ def load(preset: str = "study", role: str = "runs", results_dir: str | Path | No
     learning-rate sweep's and the robust upstream model's among the study's): ``"runs"``, the
     study's own runs; ``"sweep"``, the learning-rate sweep's; ``"robust"``, the runs from the
     robust upstream model. Nothing is computed: a run the store lacks is absent."""
-    from .config import check_choice
-
     check_choice("role", role, ROLES)
     results_dir = Path(results_dir or preset_store(preset))
     study_plan = plan(preset, results_dir=results_dir, compute_selection=False)
@@ -168,10 +166,10 @@ class RemediesPlan:
 
 
 def remedies_plan(study_plan: Plan, alphas: Sequence[float] | None = None,
-                  robust_tasks: Sequence[str] | None = None, **overrides: Any
-                  ) -> RemediesPlan:
-    """The remedies of ``study_plan`` (``None``: the preset's coefficients and robust tasks,
-    :func:`rtlib.config.preset_remedies`). Every config is checked (the robust upstream model
+                  robust_tasks: Sequence[str] | None = None, path_form: str | None = None,
+                  **overrides: Any) -> RemediesPlan:
+    """The remedies of ``study_plan`` (``None``: the preset's coefficients, robust tasks and
+    path form, :func:`rtlib.config.preset_remedies`). Every config is checked (the robust upstream model
     must exist when a task asks for it); nothing is computed."""
     from . import interpolate
     from .config import preset_remedies
@@ -186,12 +184,14 @@ def remedies_plan(study_plan: Plan, alphas: Sequence[float] | None = None,
     robust = sweep.expand(robust_tasks, strategies, seeds, preset=study_plan.preset,
                           strategy_overrides={s: {"lr": lr} for s, lr in study_plan.lrs.items()},
                           weights=spec["robust_weights"], **overrides)
-    return RemediesPlan(interpolate.jobs(study_plan.main, alphas), robust)
+    form = check_choice("path_form", path_form or spec["path_form"], interpolate.FORMS)
+    return RemediesPlan(interpolate.jobs(study_plan.main, alphas, form), robust)
 
 
 def progress_report(preset: str, tasks: Sequence[str] | None = None,
                     strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-                    results_dir: str | Path | None = None, **overrides: Any) -> list[str]:
+                    results_dir: str | Path | None = None, path_form: str | None = None,
+                    **overrides: Any) -> list[str]:
     """How much of a study its store holds, without computing anything (``--dry-run``): the
     sweep, the study's runs (at the chosen rates once the sweep is complete) and its
     remedies."""
@@ -227,7 +227,7 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
         lines.append("(the study's runs take the learning rates the sweep chooses; until it is "
                      "complete they are counted at the preset's rate)")
     try:
-        work = remedies_plan(study_plan, **overrides).work()
+        work = remedies_plan(study_plan, path_form=path_form, **overrides).work()
         todo = [job for job in work if not sweep.complete(job, results_dir)]
         line = (f"remedies (interpolation paths, robust upstream runs): {len(work) - len(todo)} "
                 f"of {len(work)} complete")
@@ -236,7 +236,7 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
             # are runs' own points, interpolate.run_ends).
             per_run, per_point = study_pace
             extra = sum(per_point * len([a for a in job.alphas if a not in
-                                         interpolate.run_ends(job.strategy)])
+                                         interpolate.run_ends(job.strategy, job.form)])
                         if isinstance(job, interpolate.PathJob) else per_run for job in todo)
             left += extra
             line += f"; at the study's pace, about {duration(extra)} of one core left"
@@ -385,7 +385,8 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
             strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             results_dir: str | Path | None = None, device: str = "auto",
             workers: int | None = 1, progress: bool = True, command: str = "",
-            remedies: bool = True, **overrides: Any) -> tuple[Plan, pd.DataFrame, Path]:
+            remedies: bool = True, path_form: str | None = None, **overrides: Any
+            ) -> tuple[Plan, pd.DataFrame, Path]:
     """Compute a study (what the store lacks: the learning-rate sweep, then the study's runs,
     then, with ``remedies``, the remedies chapter's paths and robust upstream runs,
     :func:`remedies_plan`) and write its manifest; returns (plan, summary of the study's runs
@@ -403,7 +404,8 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
     try:
         study_plan = plan(preset, tasks, strategies, seeds, results_dir, device=device,
                           workers=workers, progress=progress, **overrides)
-        extra = remedies_plan(study_plan, **overrides) if remedies else None  # checked first
+        extra = (remedies_plan(study_plan, path_form=path_form, **overrides) if remedies
+                 else None)  # checked first
         if study_plan.at_top() and progress:
             print(f"note: the sweep chose the largest rate of the grid for "
                   f"{', '.join(study_plan.at_top())}: the best rate may lie beyond it (extend "

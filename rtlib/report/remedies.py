@@ -383,8 +383,15 @@ def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
     by = None if metrics.val_robust_columns(base.frame) else metrics.VAL_ACC
     selection = checkpoint_selection(base.frame, by=by)
     interpolation = interpolation_summary(paths, base.frame) if len(paths) else pd.DataFrame()
+    form = path_jobs[0].form if path_jobs else "update"
     status = base.status + (
-        f" Interpolation: {len(path_jobs)} paths of {len(alphas)} coefficients "
+        f" Interpolation: {len(path_jobs)} paths of {len(alphas)} coefficients, "
+        + ("the learned update scaled linearly for every strategy; " if form == "update" else
+           "**each the trainable parameters' straight line**, which for LoRA, Adapter and "
+           "Compacter is not a straight line in the update they learned (LoRA's is quadratic in "
+           "the coefficient): these paths are being recomputed with the update scaled "
+           "linearly; ")
+        + f"coefficients "
         f"({', '.join(f'{a:g}' for a in alphas)}), "
         f"{int((path_summary.status == 'done').sum())} computed now. Robust upstream model: "
         f"{len(robust_configs)} runs on {', '.join(robust_tasks) or 'no task'}, "

@@ -17,7 +17,7 @@ BUILTIN = PAPER_STRATEGIES + ("dora",)
 #: Loaded on first use from :mod:`rtlib.strategies.registry`.
 LAZY = ("REGISTRY", "OFFICIAL_COUNT_MODEL", "Strategy", "INFORMATION", "MECHANISMS", "register",
         "names", "ordered", "adapting", "get", "apply", "save", "load", "summary", "trainable_state",
-        "merged")
+        "merged", "merged_copy")
 
 
 def __getattr__(name: str):

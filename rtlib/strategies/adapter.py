@@ -22,14 +22,17 @@ POSITIONS = ("attn", "mlp")  # after the attention sub-layer, after the MLP sub-
 
 
 class Bottleneck(nn.Module):
-    """``x + up(act(down(x)))`` with any ``down``/``up`` projections."""
+    """``x + scale * up(act(down(x)))`` with any ``down``/``up`` projections; ``scale`` is 1
+    except on a weight-interpolation path (:mod:`rtlib.interpolate`), which scales the branch."""
 
     def __init__(self, down: nn.Module, up: nn.Module, activation: str):
         super().__init__()
         self.down, self.act, self.up = down, ACTIVATIONS[activation](), up
+        self.scale = 1.0
 
     def forward(self, x):
-        return x + self.up(self.act(self.down(x)))
+        branch = self.up(self.act(self.down(x)))
+        return x + (branch if self.scale == 1.0 else self.scale * branch)
 
 
 class Adapted(nn.Module):
@@ -111,4 +114,5 @@ ADAPTER = Strategy(
     paper_percent=3.97, official_trainable=3_567_370,
     reference="Houlsby et al., Parameter-efficient transfer learning (ICML 2019)",
     starts_as_identity=False,
+    update_is_linear=False,
 )

@@ -50,6 +50,17 @@ class Strategy:
     #: trained (a zero LoRA update, unit (IA)^3 scales, the backbone's own weights); the
     #: bottleneck adapters start from a small random update instead.
     starts_as_identity: bool = True
+    #: Whether the network's weights are linear in the trainable parameters (the backbone's
+    #: own weights, biases, (IA)^3 scales). A product (LoRA's B·A) or a nonlinear branch (an
+    #: adapter) is not: scaling its parameters does not scale the update (rtlib.interpolate).
+    update_is_linear: bool = True
+
+    @property
+    def path_form(self) -> str:
+        """How a weight-interpolation path scales the learned update (:mod:`rtlib.interpolate`):
+        ``"branch"`` for added modules (their residual branch's output times alpha), else
+        ``"weights"`` (the update merged into the backbone's own weights, times alpha)."""
+        return "branch" if self.mechanism == "add" else "weights"
 
     def __post_init__(self):
         assert self.information in INFORMATION, self.information

@@ -109,4 +109,5 @@ COMPACTER = Strategy(
     reference="Karimi Mahabadi et al., Compacter (NeurIPS 2021)",
     notes="The bottleneck width is rounded up to a multiple of n.",
     starts_as_identity=False,
+    update_is_linear=False,
 )

@@ -145,6 +145,7 @@ LORA = Strategy(
            "matrices, and the head",
     defaults=_LORA_DEFAULTS, prepare=_lora(use_dora=False), validate=_validate_lora("lora"),
     paper_percent=1.36, official_trainable=1_187_338, reference="Hu et al., LoRA (ICLR 2022)",
+    update_is_linear=False,
     notes="timm's fused qkv is split into q, k and v (slices of the same weights) so that each "
           "gets its own update, as in the official code.",
 )
@@ -160,6 +161,6 @@ DORA = Strategy(
     name="dora", title="DoRA (extension)", information="intermediate", mechanism="reparameterize",
     adapts="LoRA's low-rank direction update plus a learned magnitude per output unit",
     defaults=dict(_LORA_DEFAULTS), prepare=_lora(use_dora=True),
-    validate=_validate_lora("dora"), in_paper=False,
+    validate=_validate_lora("dora"), in_paper=False, update_is_linear=False,
     reference="Liu et al., DoRA (ICML 2024); not in the paper: an extension",
 )

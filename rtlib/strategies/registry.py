@@ -164,6 +164,17 @@ def merged(model: NormalizedModel):
                 base.bias.data = bias
 
 
+def merged_copy(model: NormalizedModel) -> NormalizedModel:
+    """A copy of ``model`` whose backbone computes with plain weights: peft's update (LoRA,
+    IA3, DoRA) merged into them and its wrapper removed; for other strategies, a copy."""
+    out = copy.deepcopy(model)
+    if hasattr(out.backbone, "merge_and_unload"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            out.backbone = out.backbone.merge_and_unload()
+    return out
+
+
 def _jsonable(hp: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
 
@@ -186,4 +197,4 @@ def summary(model: NormalizedModel, strategies: Iterable[str] | None = None) -> 
 
 __all__ = ["REGISTRY", "Strategy", "INFORMATION", "MECHANISMS", "register",
            "names", "ordered", "adapting", "get", "apply", "save", "load", "summary",
-           "trainable_state", "merged"]
+           "trainable_state", "merged", "merged_copy"]
