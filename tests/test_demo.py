@@ -32,3 +32,24 @@ def test_the_demo_draws_a_run_as_it_trains_and_show_draws_it_again(tmp_path):
     missing = _cli("show", "zzzz", "--results-dir", str(tmp_path))
     assert missing.returncode == 2 and "0 runs match" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_the_picture_is_the_farthest_tasks_full_fine_tuning(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from rtlib.report import demo
+
+    rows = []
+    for task, top in (("near", 0.9), ("far", 0.5)):
+        for strategy in ("full", "linear_probe"):
+            for seed in (1, 0):
+                for step, frac in ((0, 0.2), (10, 0.6), (100, 1.0)):
+                    rows.append({"run_id": f"{task}{strategy}{seed}", "task": task,
+                                 "strategy": strategy, "seed": seed, "step": step,
+                                 "test_acc": top * frac, "robust_acc": top * frac / 2,
+                                 "val_acc": top if strategy == "linear_probe" else np.nan,
+                                 "test_n": 200, "eps": "2/255"})
+    png, story = demo.picture(pd.DataFrame(rows), tmp_path)
+    assert png == tmp_path / "tradeoff.png" and png.read_bytes()[:4] == b"\x89PNG"
+    assert story.startswith("Clean accuracy rose from 0.100 to 0.500")  # far, full, seed 0

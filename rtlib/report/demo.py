@@ -113,3 +113,19 @@ def live(config, results_dir: str | Path, png: str | Path | None = None,
         echo(f"wrote {draw(run, robust_col, png)}")
     echo(f"{time.perf_counter() - t0:.0f} s")
     return run
+
+
+def picture(frame: pd.DataFrame, folder: str | Path) -> tuple[Path, str]:
+    """The trade-off in one picture, from the runs a book shows: the farthest task's full
+    fine-tuning run of the first seed (else the strategy whose robust accuracy falls most),
+    drawn to ``folder/tradeoff.png``; returns the file and its two sentences."""
+    tasks = E.order(frame)
+    far = frame[frame["task"] == tasks[-1]]
+    strategy = "full" if (far["strategy"] == "full").any() else (
+        E.falls(far).sort_values("drop").iloc[-1]["strategy"])
+    runs = far[far["strategy"] == strategy]
+    run = runs[runs["seed"] == runs["seed"].min()]
+    png = draw(run, metrics.ROBUST, Path(folder) / "tradeoff.png",
+               title=f"{tasks[-1]} (the farthest task), {strategy}, seed "
+                     f"{int(run['seed'].iloc[0])}: clean and robust accuracy over one run")
+    return png, describe(run, metrics.ROBUST)

@@ -362,6 +362,9 @@ def distance(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFrame:
 
 
 def _val_images(runs: pd.DataFrame) -> int:
+    """Validation images of the runs (a frame without their sizes: as many as test images)."""
+    if "train_size" not in runs:
+        return int(runs[metrics.TEST_N].iloc[0])
     fraction = runs["val_fraction"] if "val_fraction" in runs else pd.Series([0.1])
     return max(1, int(round(float(runs["train_size"].iloc[0]) * float(fraction.iloc[0]))))
 
