@@ -421,3 +421,17 @@ def test_runs_of_different_configurations_are_not_pooled_as_seeds():
     by_rank = estimands.aupf(ranks, by=("task", "strategy", "hparams"),
                              rs=estimands.Resampler(n_boot=20)).table
     assert len(by_rank) == 3 * len(STRATEGIES) * 3 and (by_rank.seeds == 1).all()
+
+
+def test_an_interval_does_not_depend_on_what_was_asked_before():
+    """Two chapters asking for the same AUPF get the same interval (draws are keyed by what
+    they are for, not taken from one stream): the best strategy cannot differ between pages."""
+    frame = make_frame(0.1, "bitfit", "compacter", 0.01)
+    first = estimands.aupf(frame, rs=estimands.Resampler(n_boot=100)).table
+    rs = estimands.Resampler(n_boot=100)
+    estimands.falls(frame, rs=rs)
+    estimands.distance(frame, rs)
+    again = estimands.aupf(frame, rs=rs).table
+    pd.testing.assert_frame_equal(first, again)
+    other_seed = estimands.aupf(frame, rs=estimands.Resampler(n_boot=100, seed=1)).table
+    assert not other_seed["aupf_low"].equals(first["aupf_low"])

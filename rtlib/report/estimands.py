@@ -24,6 +24,7 @@ curve, and the tables say so (``peak_on``).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -75,35 +76,42 @@ def budgets(frame: pd.DataFrame) -> dict[str, str]:
 class Resampler:
     """The bootstrap draws of one study: per task, one draw of its test images for every run;
     per (task, group), draws of its seeds. Column 0 of every replicate array is the estimate
-    on the data as measured; columns 1.. are the replicates."""
+    on the data as measured; columns 1.. are the replicates.
+
+    Every draw comes from a generator of its own, keyed by what it is for (the task, the
+    group), not from one stream: the intervals of a quantity are the same whichever chapter
+    asks for them and whatever it asked for before."""
 
     n_boot: int = N_BOOT
     seed: int = 0
     _images: dict = field(default_factory=dict)
 
-    def __post_init__(self):
-        self.rng = np.random.default_rng(self.seed)
+    def rng(self, *key) -> np.random.Generator:
+        digest = hashlib.sha256(repr((self.seed, *map(str, key))).encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
     def image_weights(self, task: str, n: int) -> np.ndarray:
         """(n, 1 + n_boot) weights of the task's ``n`` test images (each column sums to 1)."""
         key = (task, n)
         if key not in self._images:
-            counts = self.rng.multinomial(n, np.full(n, 1 / n), size=self.n_boot)
+            counts = self.rng("images", task, n).multinomial(n, np.full(n, 1 / n),
+                                                              size=self.n_boot)
             self._images[key] = np.concatenate([np.ones((1, n)), counts], 0).T / n
         return self._images[key]
 
-    def seed_mean(self, values: np.ndarray) -> np.ndarray:
+    def seed_mean(self, values: np.ndarray, *key) -> np.ndarray:
         """(seeds, 1 + n_boot) per-run values -> (1 + n_boot,): column 0 the mean over the
-        seeds, the others over seeds drawn with replacement."""
+        seeds, the others over seeds drawn with replacement (the draws keyed by ``key``)."""
         s = values.shape[0]
-        draws = self.rng.integers(0, s, (self.n_boot, s))
+        draws = self.rng("seeds", *key).integers(0, s, (self.n_boot, s))
         picked = values[:, 1:][draws.T, np.arange(self.n_boot)]
         return np.concatenate([[values[:, 0].mean()], picked.mean(0)])
 
-    def binomial(self, p: np.ndarray, n: int) -> np.ndarray:
+    def binomial(self, p: np.ndarray, n: int, *key) -> np.ndarray:
         """(points,) accuracies on ``n`` images -> (points, 1 + n_boot) redrawn."""
         p = np.clip(np.asarray(p, dtype=float), 0, 1)
-        draws = self.rng.binomial(n, np.repeat(p[:, None], self.n_boot, 1)) / max(n, 1)
+        draws = self.rng("binomial", *key).binomial(
+            n, np.repeat(p[:, None], self.n_boot, 1)) / max(n, 1)
         return np.concatenate([p[:, None], draws], 1)
 
 
@@ -120,7 +128,8 @@ def curve(run: pd.DataFrame, col: str, rs: Resampler) -> np.ndarray:
     if masks and all(isinstance(m, str) for m in masks):
         m = np.stack([metrics.unpack(x, n) for x in masks]).astype(np.float64)
         return m @ rs.image_weights(str(run["task"].iloc[0]), n)
-    return rs.binomial(run[col].to_numpy(), n)
+    run_id = run["run_id"].iloc[0] if "run_id" in run else run["seed"].iloc[0]
+    return rs.binomial(run[col].to_numpy(), n, run["task"].iloc[0], run_id, col)
 
 
 #: What makes two runs of one task and strategy different configurations (not seeds of one).
@@ -194,7 +203,7 @@ def falls(frame: pd.DataFrame, col: str = metrics.ROBUST,
             peaks.append(run[col].iloc[k])
             finals.append(run[col].iloc[-1])
             steps.append(int(run[metrics.STEP].iloc[k]))
-        drop, gain = rs.seed_mean(np.stack(drops)), rs.seed_mean(np.stack(gains))
+        drop, gain = rs.seed_mean(np.stack(drops), key), rs.seed_mean(np.stack(gains), key)
         with np.errstate(divide="ignore", invalid="ignore"):
             slope = np.where(gain > 0, drop / gain, np.nan)
         d, g, s = _summary(drop), _summary(gain), _summary(slope)
@@ -298,7 +307,7 @@ def aupf(frame: pd.DataFrame, robust_col: str = metrics.ROBUST, reading: str = "
         runs = _runs(group)
         values = np.stack([area(curve(r, metrics.TEST_ACC, rs).T, curve(r, robust_col, rs).T)
                            for r in runs])
-        reps[key] = rs.seed_mean(values)
+        reps[key] = rs.seed_mean(values, key)
         rows.append({**dict(zip(by, key)), "seeds": len(runs), **_summary(reps[key])})
     table = pd.DataFrame(rows).rename(columns={"estimate": "aupf", "low": "aupf_low",
                                                "high": "aupf_high"})
@@ -327,8 +336,8 @@ def end_difference(a: pd.DataFrame, b: pd.DataFrame, col: str, rs: Resampler | N
         gb = b[(b.task == task) & (b.strategy == strategy)]
         if not len(gb):
             continue
-        ends = [rs.seed_mean(np.stack([curve(r, col, rs)[-1] for r in _runs(g)]))
-                for g in (ga, gb)]
+        ends = [rs.seed_mean(np.stack([curve(r, col, rs)[-1] for r in _runs(g)]), task,
+                             strategy, arm) for arm, g in enumerate((ga, gb))]
         rows.append({"task": task, "strategy": strategy, **_summary(ends[0] - ends[1])})
     return pd.DataFrame(rows, columns=["task", "strategy", "estimate", "low", "high"])
 
@@ -350,8 +359,9 @@ def distance(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFrame:
     rows = []
     for task, g in source.groupby("task", sort=False):
         n = _val_images(g) if col == metrics.VAL_ACC else int(g[metrics.TEST_N].iloc[0])
-        values = np.stack([rs.binomial(np.array([v]), n)[0] for v in g[col]])
-        rows.append({"task": task, **_summary(rs.seed_mean(values)), "on": on,
+        values = np.stack([rs.binomial(np.array([v]), n, task, i)[0]
+                           for i, v in enumerate(g[col])])
+        rows.append({"task": task, **_summary(rs.seed_mean(values, "distance", task)), "on": on,
                      "split": "validation" if col == metrics.VAL_ACC else "test"})
     table = pd.DataFrame(rows).rename(columns={"estimate": "probe_val_acc"})
     table = table.sort_values("probe_val_acc", ascending=False, ignore_index=True)
@@ -420,9 +430,10 @@ def ood_tracking(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFra
                                  float(run[col].iloc[-1] - run[metrics.TEST_ACC].iloc[-1])))
                 per_strategy.append(runs)
             r_reps, gap_reps = [], []
+            rng = rs.rng("ood", task, col)
             for b in range(rs.n_boot + 1):
-                picked = [runs if b == 0 else [runs[i] for i in rs.rng.integers(0, len(runs),
-                                                                                 len(runs))]
+                picked = [runs if b == 0 else [runs[i] for i in rng.integers(0, len(runs),
+                                                                              len(runs))]
                           for runs in per_strategy]
                 flat = [x for runs in picked for x in runs]
                 din = np.concatenate([x[0] for x in flat])
@@ -465,9 +476,9 @@ def ood_variance(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFra
             continue
         last = last_points(tg)
         cells = {s: g[cols].to_numpy(dtype=float) for s, g in last.groupby("strategy")}
-        reps = []
+        reps, rng = [], rs.rng("ood variance", task)
         for b in range(rs.n_boot + 1):
-            draw = {s: v if b == 0 else v[rs.rng.integers(0, len(v), len(v))]
+            draw = {s: v if b == 0 else v[rng.integers(0, len(v), len(v))]
                     for s, v in cells.items()}
             reps.append(_shares(draw))
         reps = pd.DataFrame(reps).add_prefix("by_")
