@@ -11,14 +11,30 @@ import sys
 from .config import ConfigError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _bounded_int(minimum: int, maximum: int):
+    """An argparse type: an integer in [minimum, maximum] (the bounds are in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer in [{minimum:,}, {maximum:,}], got {text!r}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its own messages
+    return parse
+
+
+def _seed(text: str) -> int:
+    from .config import MAX_SEED
+
+    return _bounded_int(0, MAX_SEED)(text)
+
+
+#: Notebooks or runs at once (``--jobs``, ``--workers``).
+_processes = _bounded_int(1, 1024)
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:
@@ -47,9 +63,21 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 def book_parameters(args: argparse.Namespace) -> dict:
     """The notebook parameters of ``rtlib book``'s ``-p NAME VALUE`` (VALUE read as YAML)."""
+    return {name: _yaml(value, f"-p {name}") for name, value in args.parameters or []}
+
+
+def _yaml(text: str, field: str):
+    """``text`` read as YAML; a syntax error is one line naming ``field``."""
     import yaml
 
-    return {name: yaml.safe_load(value) for name, value in args.parameters or []}
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at character {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(field, text, "YAML, e.g. 4, 0.001, name or [0, 1, 2]",
+                          f"cannot be read ({getattr(err, 'problem', None) or 'syntax'}"
+                          f"{where}):") from None
 
 
 def cmd_book(args: argparse.Namespace) -> int:
@@ -79,12 +107,39 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import PretrainConfig
 
     config = PretrainConfig(**_given(args, PretrainConfig)).check()
-    from .pretrain import pretrain
+    out = Path(args.out)
+    _check_writable(out, "--out")
+    from .config import check_memory
 
-    meta = pretrain(config, Path(args.out), progress=not args.quiet)
+    check_memory("train_images", config.train_images, config.train_images + config.test_images,
+                 3 * 24 ** 2)
+    from .pretrain import check_init, check_stop_at, pretrain
+
+    check_stop_at(config, args.stop_at)
+    check_init(config)  # a readable checkpoint of the embedded model, or one line
+    meta = pretrain(config, out, progress=not args.quiet, stop_at=args.stop_at)
+    if meta is None:
+        print(f"stopped at step {args.stop_at:,} of {config.steps:,}; the state is in "
+              f"{out}.state.pt: rerun without --stop-at (or with a later one) to go on")
+        return 0
     print(f"wrote {args.out}: upstream test accuracy {meta['upstream_test_accuracy']:.4f} "
           f"after {meta['images_seen']:,} images in {meta['train_seconds'] / 60:.1f} min")
     return 0
+
+
+def _check_writable(path, field: str) -> None:
+    """A file to write, checked before any compute: not a folder, in a folder that exists (or
+    can be made) and that this process may write."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir() or not path.name:
+        raise ConfigError(field, str(path), "a file path", "a folder, not a file:")
+    folder = next((f for f in (path.parent, *path.parent.parents) if f.exists()), Path("."))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(field, str(path), "a path in a folder you can write",
+                          f"{folder} cannot be written:")
 
 
 def _budget(text: str) -> float:
@@ -99,12 +154,13 @@ def _budget(text: str) -> float:
 
 
 def _hparam(text: str) -> tuple[str, object]:
-    import yaml
-
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    parsed = yaml.safe_load(value)
+    try:
+        parsed = _yaml(value, name)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string; a reader means a number
         try:
             parsed = float(parsed)
@@ -151,6 +207,29 @@ def _check_device_syntax(device: str) -> None:
     machine has it is train.resolve_device's question)."""
     if not DEVICE_SYNTAX.match(device):
         raise ConfigError("device", device, ["auto", "cpu", "cuda", "cuda:N"], "unknown device")
+    gpus = _visible_gpus()
+    index = int(device.partition(":")[2] or 0)
+    if device.startswith("cuda") and gpus is not None and index >= gpus:
+        allowed = ["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(gpus)] if gpus
+                                     else [])
+        raise ConfigError("device", device, allowed, "not on this machine:")
+
+
+def _visible_gpus() -> int | None:
+    """NVIDIA GPUs this machine has, from the driver's files (no torch: 0.1 s instead of 9);
+    None when that cannot be told without torch (then train.resolve_device answers)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return None  # a subset: torch's count is the one that holds
+    driver = Path("/proc/driver/nvidia/gpus")
+    if driver.is_dir():
+        return len(list(driver.iterdir()))
+    if sys.platform.startswith("linux") and shutil.which("nvidia-smi") is None:
+        return 0
+    return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -158,7 +237,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = run_config_from_args(args)
     _check_device_syntax(args.device)
-    preflight.check(config)  # fields and names before torch is imported, then the rest
+    from .store import check_results_dir
+
+    check_results_dir(args.results_dir, "--results-dir")
+    # fields and names before torch is imported, then the rest
+    preflight.check(config, available=not args.dry_run)
     from . import metrics, store, train
 
     if args.dry_run:
@@ -170,16 +253,32 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"{key:>18}: {value}")
         return 0
     device = train.resolve_device(args.device)
-    existing = store.complete_run(args.results_dir, config)
-    out = train.run(config, args.results_dir, device=str(device), progress=not args.quiet)
+    warn_if_slow(config, device)
+    outcome: dict = {}
+    out = train.run(config, args.results_dir, device=str(device), progress=not args.quiet,
+                    outcome=outcome)
     frame = store.load(args.results_dir, [config])
     last = frame.iloc[-1]
     robust = ", ".join(f"{metrics.qualifier(c)} {last[c]:.3f}"
                        for c in metrics.robust_columns(frame))
-    print(f"{'run is already complete' if existing else 'wrote'} {out}: {len(frame)} evaluation "
+    print(f"{'wrote' if outcome.get('computed') else 'run is already complete:'} {out}: "
+          f"{len(frame)} evaluation "
           f"points; at step {last[metrics.STEP]}: clean {last[metrics.TEST_ACC]:.3f}, "
           f"robust {robust}")
     return 0
+
+
+def warn_if_slow(config, device) -> None:
+    """A model of the paper's size on a CPU takes days: say so before it starts."""
+    from .models import skeleton
+
+    if device.type == "cpu":
+        params = sum(p.numel() for p in skeleton(config.model, 2, **config.model_kwargs)
+                     .parameters())
+        if params > 20_000_000:
+            print(f"warning: {config.model} ({params / 1e6:.0f}M parameters) on a CPU: a run "
+                  "of this preset takes days here; use a GPU (--device cuda) or --preset "
+                  "embedded", file=sys.stderr, flush=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -195,6 +294,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "test_size": args.test_size, "schedule": args.schedule})
     preflight.check(config)
     results_dir = args.results_dir or checkout_folder("results/demo")
+    from .store import check_results_dir
+
+    check_results_dir(results_dir, "--results-dir")
     png = args.png or str(Path(results_dir) / f"{config.task}-{config.strategy}.png")
     print(f"fine-tuning {config.task} with {config.strategy}: {args.steps} steps, evaluated at "
           f"{len(config.eval_steps())} points on {config.test_size} test images", flush=True)
@@ -256,9 +358,24 @@ def _names(text: str) -> list[str]:
     return [t for t in text.replace(",", " ").split() if t]
 
 
+class _NamesAction(argparse.Action):
+    """A list of names given as several words (``--tasks digits fonts``), as one quoted
+    word (``--tasks 'digits fonts'``) or with commas; an empty list is refused by name."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        names = [n for v in values for n in _names(v)]
+        if not names:
+            raise argparse.ArgumentError(self, f"empty: give one or more names, e.g. "
+                                               f"{option_string} digits fonts")
+        setattr(namespace, self.dest, names)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     _check_device_syntax(args.device)
     from . import sweep
+    from .store import check_results_dir
+
+    check_results_dir(args.results_dir, "--results-dir")
 
     configs = sweep.expand(args.tasks, args.strategies, args.seeds, preset=args.preset,
                            **run_overrides(args))  # every name before torch is imported
@@ -276,6 +393,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     from . import plan
 
     results_dir = args.results_dir  # None: the preset's store (plan's default)
+    if results_dir is not None:
+        from .store import check_results_dir
+
+        check_results_dir(results_dir, "--results-dir")
     overrides = {k: v for k, v in (("steps", args.steps), ("eps", args.eps)) if v is not None}
     if args.dry_run:  # what would run, computing nothing
         for line in plan.progress_report(args.preset, args.tasks, args.strategies, args.seeds,
@@ -321,7 +442,11 @@ def add_field_options(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (
         if f.name in skip or f.type in ("dict",):
             continue
         flag = f"--{f.name.replace('_', '-')}"
+        from .config import field_bounds
+
         help_text = f.metadata.get("help", "")
+        if field_bounds(f):
+            help_text += f"; {field_bounds(f)}"
         if show_default and f.default is not MISSING:
             help_text += " (default: %(default)s)"
         if f.type == "bool":
@@ -377,10 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--task", default=DEMO["task"], help="task (default: %(default)s)")
     p.add_argument("--strategy", default=DEMO["strategy"], help="strategy (default: %(default)s)")
-    p.add_argument("--steps", type=_positive_int, default=DEMO["steps"],
-                   help="fine-tuning steps (default: %(default)s)")
-    p.add_argument("--test-size", type=_positive_int, default=DEMO["test_size"],
-                   help="test images at each point (default: %(default)s)")
+    from .config import MAX_IMAGES, MAX_STEPS
+
+    p.add_argument("--steps", type=_bounded_int(1, MAX_STEPS), default=DEMO["steps"],
+                   help=f"fine-tuning steps in [1, {MAX_STEPS:,}] (default: %(default)s)")
+    p.add_argument("--test-size", type=_bounded_int(1, MAX_IMAGES), default=DEMO["test_size"],
+                   help=f"test images at each point, in [1, {MAX_IMAGES:,}] "
+                        "(default: %(default)s)")
     p.add_argument("--schedule", default=DEMO["schedule"],
                    help="evaluation points (default: %(default)s)")
     p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
@@ -413,10 +541,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "select / reparameterize / rescale / add).")
     p.add_argument("--model", default="vit_base_patch16_224",
                    help="timm model name (default: %(default)s, the paper's ViT-B/16)")
-    p.add_argument("--num-classes", type=_positive_int, default=10,
-                   help="size of the new classification head (default: %(default)s)")
-    p.add_argument("--img-size", type=_positive_int, default=None,
-                   help="input resolution, if not the model's default")
+    from .config import MAX_CLASSES, MAX_IMG_SIZE
+
+    p.add_argument("--num-classes", type=_bounded_int(1, MAX_CLASSES), default=10,
+                   help=f"size of the new classification head, in [1, {MAX_CLASSES:,}] "
+                        "(default: %(default)s)")
+    p.add_argument("--img-size", type=_bounded_int(1, MAX_IMG_SIZE), default=None,
+                   help=f"input resolution in [1, {MAX_IMG_SIZE:,}], if not the model's "
+                        "default")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of objects with keys strategy, trainable, total, "
                         "percent, information, mechanism (plus in_paper, paper_percent)")
@@ -446,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUTPUT/_build/html/index.html)")
     p.add_argument("--execute-only", action="store_true",
                    help="execute the notebooks but do not build the HTML")
-    p.add_argument("--jobs", type=_positive_int, default=None,
+    p.add_argument("--jobs", type=_processes, default=None,
                    help="notebooks executed at once (default: one per CPU core when the store "
                         "already holds every run the chapters read, else one at a time)")
     p.set_defaults(func=cmd_book)
@@ -483,12 +615,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "in-process or on Ray. A failing run is recorded under "
                     "RESULTS_DIR/failed/ and the sweep goes on; a summary ends it (exit status 1 "
                     "if any run failed).")
-    p.add_argument("--tasks", type=_names, required=True, help="task names, e.g. 'digits fonts'")
+    p.add_argument("--tasks", nargs="+", action=_NamesAction, required=True,
+                   help="task names, e.g. --tasks digits fonts")
     from .strategies import PAPER_STRATEGIES
 
-    p.add_argument("--strategies", type=_names, default=list(PAPER_STRATEGIES),
-                   help="strategy names (default: the paper's seven)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
+    p.add_argument("--strategies", nargs="+", action=_NamesAction,
+                   default=list(PAPER_STRATEGIES), help="strategy names (default: the paper's "
+                                                        "seven)")
+    p.add_argument("--seeds", type=_seed, nargs="+", default=[0], help="seeds (default: 0)")
     p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
                    help="sizes and sources to start from (default: %(default)s)")
     from .config import EXECUTORS
@@ -513,19 +647,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "versions, machine and time of every run. `make study` runs the default.")
     p.add_argument("--preset", default="study", choices=sorted(PRESETS),
                    help="the study to compute (default: %(default)s, the committed one)")
-    p.add_argument("--tasks", type=_names, default=None,
+    p.add_argument("--tasks", nargs="+", action=_NamesAction, default=None,
                    help="task names (default: the preset's)")
-    p.add_argument("--strategies", type=_names, default=None,
+    p.add_argument("--strategies", nargs="+", action=_NamesAction, default=None,
                    help="strategy names (default: the paper's seven)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
+    p.add_argument("--seeds", type=_seed, nargs="+", default=None,
                    help="seeds (default: the preset's)")
-    p.add_argument("--steps", type=_positive_int, default=None,
-                   help="fine-tuning steps (default: the preset's)")
+    from .config import MAX_STEPS
+
+    p.add_argument("--steps", type=_bounded_int(1, MAX_STEPS), default=None,
+                   help=f"fine-tuning steps in [1, {MAX_STEPS:,}] (default: the preset's)")
     p.add_argument("--eps", type=_budget, nargs="+", default=None,
                    help="attack budgets, e.g. 2/255 4/255 (default: the preset's)")
     p.add_argument("--results-dir", default=None,
                    help="the study's store (default: the preset's; the study's is study/)")
-    p.add_argument("--workers", type=_positive_int, default=None,
+    p.add_argument("--workers", type=_processes, default=None,
                    help="runs in parallel on the CPU, each with cores / workers threads "
                         "(default: one per core; on a GPU use 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
@@ -545,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_study)
 
-    from .config import EMBEDDED_WEIGHTS, PretrainConfig
+    from .config import EMBEDDED_WEIGHTS, MAX_STEPS, PretrainConfig
 
     p = sub.add_parser(
         "pretrain", help="pre-train the embedded upstream ViT on the glyph world",
@@ -556,6 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_options(p, PretrainConfig, show_default=True)
     p.add_argument("--out", default=str(EMBEDDED_WEIGHTS),
                    help="checkpoint to write (default: the committed embedded checkpoint)")
+    p.add_argument("--stop-at", type=_bounded_int(1, MAX_STEPS), default=None, metavar="STEP",
+                   help="train up to this checkpoint step (a multiple of --checkpoint-every) "
+                        "and stop, leaving the resumable state: a long pre-training in "
+                        "several sittings (the result is bit-identical)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
     return parser

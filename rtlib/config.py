@@ -63,14 +63,58 @@ def check_float(field: str, value: Any, low: float | None = None, high: float | 
     rng = f"a number in {lo_b}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi_b}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(field, value, rng, "not a number:")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise ConfigError(field, value, rng, "out of range:") from None
     if value != value:  # NaN
         raise ConfigError(field, value, rng, "not a number:")
+    if math.isinf(value):  # no field means "unbounded" by inf
+        raise ConfigError(field, value, rng.replace("inf]", "inf)"), "out of range:")
     if low is not None and (value < low or (low_open and value == low)):
         raise ConfigError(field, value, rng, "out of range:")
     if high is not None and (value > high or (high_open and value == high)):
         raise ConfigError(field, value, rng, "out of range:")
     return value
+
+
+#: Bounds of the numeric fields: values a run can meet on some machine (issue 32). A field's
+#: metadata names its bounds (``minimum``/``maximum``), so its help and its error show them.
+MAX_SEED = 2**32 - 1  # numpy's legacy generators take seeds below 2^32; torch's take them too
+MAX_STEPS = 10_000_000  # optimizer steps of one run (the paper's longest: about 8,000)
+MAX_IMAGES = 10_000_000  # images of one split (the paper's largest training set: 50,000)
+MAX_BATCH = 65_536
+MAX_EVAL_POINTS = 1_000  # evaluation points of one run (each one attacks the test set)
+MAX_ATTACK_STEPS = 10_000
+MAX_CLASSES = 100_000
+MAX_IMG_SIZE = 4_096
+
+
+def field_bounds(f) -> str:
+    """A numeric field's bounds in words (for its help), or "" when it has none."""
+    lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
+    if lo is None:
+        return ""
+    return f"an integer in [{lo:,}, {hi:,}]" if hi is not None else f"an integer >= {lo}"
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def check_memory(field: str, value: int, images: int, bytes_per_image: int) -> None:
+    """Refuse ``images`` of ``bytes_per_image`` each when they would not fit in memory."""
+    need, have = images * bytes_per_image, memory_bytes()
+    if need > have:
+        raise ConfigError(field, value, f"sizes whose images fit in this machine's "
+                          f"{have / 2**30:.0f} GiB of memory", f"{images:,} images of "
+                          f"{bytes_per_image:,} bytes need {need / 2**30:,.0f} GiB:")
 
 
 #: The list parameters of the chapters and the CLI, each with an example value (for errors).
@@ -183,35 +227,45 @@ class RunConfig:
         identity="unless default")
     data_dir: str | None = _field(
         None, "hub tasks: a local folder (parquet files or image folders), or 'hub' to "
-              "download the official dataset once", identity=False)
-    train_size: int = _field(2000, "training images (the validation split included)", minimum=1)
-    test_size: int = _field(512, "evaluation images (test set and each OOD domain)", minimum=1)
+              "download the official dataset once (part of a run's identity: by the "
+              "folder's file names and sizes, so another folder is another run)",
+        identity="unless default")
+    train_size: int = _field(2000, "training images (the validation split included)", minimum=1,
+                             maximum=MAX_IMAGES)
+    test_size: int = _field(512, "evaluation images (test set and each OOD domain)", minimum=1,
+                            maximum=MAX_IMAGES)
     train_eval_size: int = _field(512, "training images scored at each evaluation point",
-                                  minimum=1)
-    data_seed: int = _field(0, "seed of the data (rendering, subsets)", minimum=0)
+                                  minimum=1, maximum=MAX_IMAGES)
+    data_seed: int = _field(0, "seed of the data (rendering, subsets)", minimum=0,
+                            maximum=MAX_SEED)
     val_fraction: float = _field(
         0.0, "share of the training images held out as a validation split, scored at every "
              "point (the official code holds out 0.1); choices such as the learning rate are "
              "made on it", identity="unless default")
     # optimization
-    steps: int = _field(300, "optimizer steps (when --epochs is 0)", minimum=1)
+    steps: int = _field(300, "optimizer steps (when --epochs is 0)", minimum=1,
+                        maximum=MAX_STEPS)
     epochs: int = _field(0, "passes over the training split; > 0 replaces --steps (the official "
-                            "setting counts in epochs)", minimum=0, identity="unless default")
-    batch_size: int = _field(64, "images per step (at most the training split)", minimum=1)
+                            "setting counts in epochs)", minimum=0, maximum=MAX_STEPS,
+                        identity="unless default")
+    batch_size: int = _field(64, "images per step (at most the training split)", minimum=1,
+                             maximum=MAX_BATCH)
     lr: float = _field(1e-3, "peak learning rate (AdamW)")
     weight_decay: float = _field(0.0, "AdamW weight decay (not on biases, norms, embeddings)")
-    warmup_steps: int = _field(0, "linear warm-up steps before the --lr-schedule", minimum=0)
+    warmup_steps: int = _field(0, "linear warm-up steps before the --lr-schedule", minimum=0,
+                               maximum=MAX_STEPS)
     lr_schedule: str = _field("cosine", "after the warm-up: cosine, linear (decay to 0) or "
                                         "constant", choices=LR_SCHEDULES,
                               identity="unless default")
     grad_clip: float = _field(1.0, "gradient-norm clipping (0: off)")
-    seed: int = _field(0, "seed of initialization, batch order and attack starts", minimum=0)
+    seed: int = _field(0, "seed of initialization, batch order and attack starts", minimum=0,
+                       maximum=MAX_SEED)
     # evaluation
     schedule: str = _field("log:12", "evaluation points: 'official' (the official code's "
                                      "should_log), 'log:N' (N points) or 'every:K'")
     eps: tuple[float, ...] = _field((1 / 255,), "attack budgets in [0, 1] pixel units, e.g. "
                                                 "1/255 2/255")
-    attack_steps: int = _field(15, "PGD iterations", minimum=1)
+    attack_steps: int = _field(15, "PGD iterations", minimum=1, maximum=MAX_ATTACK_STEPS)
     step_size_ratio: float = _field(0.25, "PGD step size as a fraction of eps (0.25: 0.25/255 "
                                           "at 1/255)")
     attack: str = _field("pgd", "the attack: pgd (torchattacks), pgd_early (the same PGD, an image "
@@ -249,7 +303,7 @@ class RunConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if "minimum" in f.metadata:
-                check_int(f.name, value, minimum=f.metadata["minimum"])
+                check_int(f.name, value, f.metadata["minimum"], f.metadata.get("maximum"))
             if "choices" in f.metadata:
                 check_choice(f.name, value, f.metadata["choices"])
         for name in ("task", "strategy", "model"):
@@ -266,7 +320,7 @@ class RunConfig:
                               "(train_size less the validation split)", "larger than the data:")
         check_float("lr", self.lr, low=0, low_open=True, high=10)
         check_float("weight_decay", self.weight_decay, low=0, high=10)
-        check_float("grad_clip", self.grad_clip, low=0)
+        check_float("grad_clip", self.grad_clip, low=0, high=1e6)
         check_float("step_size_ratio", self.step_size_ratio, low=0, low_open=True, high=1)
         for name in ("compile", "merge_for_eval", "val_robust"):
             check_choice(name, getattr(self, name), (True, False))
@@ -287,6 +341,10 @@ class RunConfig:
             if not isinstance(self.weights, str) or not Path(self.weights).is_file():
                 raise ConfigError("weights", self.weights, "none, embedded, embedded_robust, "
                                   "hub, or an existing file", "file not found:")
+        if self.total_steps() > MAX_STEPS:
+            per_epoch = math.ceil(self.planned_train_images() / self.batch_size)
+            raise ConfigError("epochs", self.epochs, f"at most {MAX_STEPS:,} steps in all (here "
+                              f"{self.epochs:,} epochs of {per_epoch:,} steps)", "too long:")
         parse_schedule(self.schedule, self.total_steps())
         return self
 
@@ -332,6 +390,8 @@ class RunConfig:
                 del identity[f.name]
         # Weights are identified by content, so a store is valid wherever the checkout lives.
         identity["weights"] = weights_identity(self.weights)
+        if "data_dir" in identity:
+            identity["data_dir"] = data_identity(self.data_dir)
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -357,7 +417,8 @@ def parse_schedule(spec: str, total_steps: int) -> list[int]:
       the last step;
     - ``every:K``: every K steps, plus the last step.
     """
-    allowed = "official, log:N (N >= 2), every:K (K >= 1)"
+    allowed = (f"official, log:N (N in [2, {MAX_EVAL_POINTS:,}], at most steps + 1), every:K "
+               f"(K >= 1, at most {MAX_EVAL_POINTS:,} points)")
     if not isinstance(spec, str):
         raise ConfigError("schedule", spec, allowed, "not a schedule:")
     kind, _, arg = spec.partition(":")
@@ -366,7 +427,7 @@ def parse_schedule(spec: str, total_steps: int) -> list[int]:
     if kind == "official":
         if arg:
             raise ConfigError("schedule", spec, allowed, "unknown schedule")
-        points = [s for s in range(total_steps + 1) if official_should_log(s)]
+        points = official_points(total_steps)
     else:
         try:
             n = int(arg)
@@ -375,6 +436,9 @@ def parse_schedule(spec: str, total_steps: int) -> list[int]:
         if kind == "log":
             if n < 2:
                 raise ConfigError("schedule", spec, allowed, "too few points:")
+            if n > MAX_EVAL_POINTS or n - 1 > total_steps:
+                raise ConfigError("schedule", spec, allowed, f"{n:,} points for a run of "
+                                  f"{total_steps:,} steps is too many:")
             # From total/50 (no point spending attacks on steps 1, 2, 3) to the last step.
             first = max(1, total_steps // 50)
             ratio = math.log(total_steps / first)
@@ -383,14 +447,34 @@ def parse_schedule(spec: str, total_steps: int) -> list[int]:
         else:
             if n < 1:
                 raise ConfigError("schedule", spec, allowed, "out of range:")
+            if total_steps // n + 1 > MAX_EVAL_POINTS:
+                raise ConfigError("schedule", spec, allowed, f"{total_steps // n + 1:,} points "
+                                  f"for a run of {total_steps:,} steps is too many:")
             points = list(range(0, total_steps + 1, n))
     return sorted({p for p in points if 0 <= p <= total_steps} | {0, total_steps})
 
 
+def official_points(total_steps: int) -> list[int]:
+    """The steps up to ``total_steps`` where :func:`official_should_log` holds, band by band
+    (not step by step: a long run has millions of steps and a few hundred points)."""
+    points, start = [], 0
+    for bound, every in (*_OFFICIAL_BANDS, (math.inf, 20_000)):
+        stop = min(bound, total_steps)
+        first = -(-start // every) * every  # the band's first multiple of ``every``
+        points += range(first, int(stop) + 1, every)
+        if total_steps <= bound:
+            break
+        start = int(bound) + 1
+    return points
+
+
+_OFFICIAL_BANDS = ((100, 50), (300, 30), (1000, 200), (3000, 2000), (10_000, 4000),
+                   (30_000, 6000))
+
+
 def official_should_log(step: int) -> bool:
     """The official code's evaluation rule (scripts/finetune.py, ``should_log``), transcribed."""
-    for bound, every in ((100, 50), (300, 30), (1000, 200), (3000, 2000), (10_000, 4000),
-                         (30_000, 6000)):
+    for bound, every in _OFFICIAL_BANDS:
         if step <= bound:
             return step % every == 0
     return step % 20_000 == 0
@@ -408,34 +492,38 @@ class PretrainConfig:
 
     task: str = _field("upstream", "the glyph world's pre-training task: " + ", ".join(
         UPSTREAM_TASKS) + " (python -m rtlib tasks describes them)")
-    steps: int = _field(10_000, "optimizer steps", minimum=1)
-    batch_size: int = _field(256, "images per step", minimum=1)
+    steps: int = _field(10_000, "optimizer steps", minimum=1, maximum=MAX_STEPS)
+    batch_size: int = _field(256, "images per step", minimum=1, maximum=MAX_BATCH)
     lr: float = _field(2e-3, "peak learning rate (AdamW)")
     weight_decay: float = _field(0.05, "AdamW weight decay on weight matrices")
-    warmup_steps: int = _field(500, "linear warm-up steps before the cosine decay", minimum=0)
+    warmup_steps: int = _field(500, "linear warm-up steps before the cosine decay", minimum=0,
+                               maximum=MAX_STEPS)
     label_smoothing: float = _field(0.1, "label smoothing of the cross-entropy")
     train_images: int = _field(200_000, "rendered upstream training images (sampled with "
-                                        "replacement)", minimum=1)
+                                        "replacement)", minimum=1, maximum=MAX_IMAGES)
     test_images: int = _field(7_400, "rendered upstream test images for the final accuracy",
-                              minimum=1)
-    shift: int = _field(2, "random translation augmentation, in pixels", minimum=0)
-    seed: int = _field(0, "seed of the renderer, the initialization and the sampling", minimum=0)
+                              minimum=1, maximum=MAX_IMAGES)
+    shift: int = _field(2, "random translation augmentation, in pixels", minimum=0, maximum=8)
+    seed: int = _field(0, "seed of the renderer, the initialization and the sampling", minimum=0,
+                       maximum=MAX_SEED)
     checkpoint_every: int = _field(500, "steps between resumable training-state checkpoints",
-                                   minimum=1)
-    threads: int = _field(0, "torch CPU threads (0: torch's default)", minimum=0)
+                                   minimum=1, maximum=MAX_STEPS)
+    threads: int = _field(0, "torch CPU threads (0: torch's default)", minimum=0, maximum=1024)
     init: str = _field("", "warm start from this pretrain checkpoint (a second stage; '': from "
                            "scratch)")
     adv_eps: float = _field(0.0, "adversarial training: train on PGD examples within this "
                                  "budget in [0, 1] pixels, e.g. 2/255 (0: standard training)",
                             budget=True)
     adv_steps: int = _field(3, "PGD steps per training batch when --adv-eps > 0 (step size "
-                               "2.5 x budget / steps)", minimum=1)
+                               "2.5 x budget / steps)", minimum=1,
+                            maximum=MAX_ATTACK_STEPS)
 
     def check(self) -> "PretrainConfig":
         check_choice("task", self.task, UPSTREAM_TASKS)
         for f in fields(self):
             if "minimum" in f.metadata:
-                check_int(f.name, getattr(self, f.name), minimum=f.metadata["minimum"])
+                check_int(f.name, getattr(self, f.name), f.metadata["minimum"],
+                          f.metadata.get("maximum"))
         check_float("lr", self.lr, low=0, low_open=True, high=10)
         check_float("weight_decay", self.weight_decay, low=0, high=10)
         check_float("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
@@ -643,6 +731,24 @@ def weights_identity(weights: str | None) -> str | None:
     if not p.is_file():
         return str(weights)  # check() reports it
     return _file_digest(str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size)
+
+
+def data_identity(data_dir: str | None) -> str | None:
+    """A hub run's data as part of its identity: ``None`` and ``"hub"`` as they are, a local
+    folder by the names and sizes of its files (not where it lives: a copy elsewhere is the
+    same data; reading every image's bytes for each run id would take minutes)."""
+    if data_dir in (None, "hub") or not Path(data_dir).is_dir():
+        return data_dir
+    return _folder_digest(str(Path(data_dir).resolve()))
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_digest(folder: str) -> str:
+    h = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root)}\0{path.stat().st_size}\n".encode())
+    return "files:" + h.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,6 +13,7 @@ weaken (DESIGN 5). The first layer turns the perturbed pixels into features in f
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -126,6 +127,62 @@ class NormalizedModel(nn.Module):
         return get_base() if get_base is not None else self.backbone
 
 
+def checkpoint_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a weights file, without reading the tensors (safetensors'
+    header; a torch file on the meta device, ``weights_only``: a planted file runs nothing).
+    A torch file that wraps its tensors (``state_dict``, ``model``) is unwrapped as timm's
+    loader does, and a ``module.`` prefix dropped."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    state = torch.load(path, map_location="meta", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError("not a dictionary of tensors")
+    return {k.removeprefix("module."): tuple(v.shape) for k, v in state.items()
+            if isinstance(v, torch.Tensor)}
+
+
+#: Tensors timm resamples when a checkpoint's input size differs (their shapes may differ).
+RESAMPLED = ("pos_embed",)
+
+
+def check_weights_fit(path: str | os.PathLike, backbone: nn.Module, field: str = "weights",
+                      shown: str | None = None) -> None:
+    """A weights file must provide ``backbone``'s tensors: every name, at its shape (the
+    classifier aside, which a fine-tuning run replaces; position embeddings aside, which timm
+    resamples). timm loads a file whose head differs non-strictly, so without this check a file
+    of unrelated tensors would load nothing and the run would start from random weights."""
+    shapes = checkpoint_shapes(path)
+    head = backbone.pretrained_cfg.get("classifier") or "head"
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    expected = {k: tuple(v.shape) for k, v in backbone.state_dict().items()
+                if not k.startswith(tuple(f"{h}." for h in heads))}
+    given = {k: v for k, v in shapes.items() if not k.startswith(tuple(f"{h}." for h in heads))}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(given) if expected[k] != given[k]
+                   and not k.endswith(RESAMPLED))
+    if missing or unexpected or wrong:
+        def few(names):
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            return f"{len(names)} " + "{" + ", ".join(names[:3]) + more + "}"
+
+        shapes_wrong = [f"{k} {given[k]} not {expected[k]}" for k in wrong]
+        problems = [f"{few(missing)} missing" if missing else "",
+                    f"{few(unexpected)} unexpected" if unexpected else "",
+                    f"{few(shapes_wrong)} of another shape" if wrong else ""]
+        model = getattr(backbone, "pretrained_cfg", {}).get("architecture", "the model")
+        raise ConfigError(field, shown or str(path), f"a checkpoint of {model} (timm's names)",
+                          "does not fit the model: tensors " + "; ".join(p for p in problems if p)
+                          + "; file")
+
+
 def _checkpoint_classes(path: Path, head: str) -> int:
     """Number of classes of the checkpoint's head (0 when it has none)."""
     state = timm.models.load_state_dict(str(path))
@@ -173,6 +230,8 @@ def build(
             if not path.is_file():
                 raise ConfigError("weights", str(weights), "an existing weights file",
                                   "file not found:")
+            _check_fit_once(str(path.resolve()), path.stat().st_mtime_ns, name,
+                            repr(sorted(kwargs.items())), str(weights))
             head = timm.models.get_pretrained_cfg_value(name, "classifier") or "head"
             # Declaring the checkpoint's own head size lets timm drop it when it differs.
             try:
@@ -201,6 +260,19 @@ def build(
     wrapped.fp32_first_layer = keep_first_layer_fp32(model, cfg.get("first_conv"))
     wrapped.weights = None if weights is None else str(weights)
     return wrapped
+
+
+@functools.lru_cache(maxsize=16)
+def _check_fit_once(path: str, mtime_ns: int, name: str, kwargs: str, shown: str) -> None:
+    """:func:`check_weights_fit` once per file version and architecture (a sweep builds the
+    same model many times)."""
+    import ast
+
+    try:
+        shapes_model = skeleton(name, 2, **dict(ast.literal_eval(kwargs))).backbone
+    except Exception:  # noqa: BLE001 - the model's own errors come from create_model below
+        return
+    check_weights_fit(path, shapes_model, field="weights", shown=shown)
 
 
 def skeleton(name: str, num_classes: int, **kwargs: Any) -> NormalizedModel:

@@ -11,6 +11,8 @@ check it.
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -207,10 +209,12 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
             pass
     from . import interpolate
 
-    lines, left, study_pace = [], 0.0, None
+    lines, left, study_pace, todo_all = [], 0.0, None, []
     for (name, role), configs in ((("learning-rate sweep", "lr selection"), selection),
                                   (("study", "study"), study_plan.main)):
         records = run_records(results_dir, configs, role)
+        done = {r["run_id"] for r in records}
+        todo_all += [c for c in configs if c.run_id() not in done]
         line = (f"{name}: {len(records)} of {len(configs)} runs complete in "
                 f"{shown_path(results_dir)}")
         if records:
@@ -229,6 +233,7 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
     try:
         work = remedies_plan(study_plan, path_form=path_form, **overrides).work()
         todo = [job for job in work if not sweep.complete(job, results_dir)]
+        todo_all += todo
         line = (f"remedies (interpolation paths, robust upstream runs): {len(work) - len(todo)} "
                 f"of {len(work)} complete")
         if todo and study_pace is not None:
@@ -246,7 +251,108 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
     if left:
         lines.append(f"in all: about {duration(left)} of one core left ({duration(left / 2)} "
                      "with two workers)")
-    return lines
+    return [cost_line(todo_all, results_dir), *lines]
+
+
+# -- what work costs --------------------------------------------------------------------------
+def work(config: RunConfig) -> tuple[float, float]:
+    """A run's work in image passes (a forward pass of one image is 1, a training step's
+    forward and backward 3): its training, and its evaluation at every point (clean accuracy
+    on the test set, each OOD domain, the scored training images and the validation split; the
+    attack, each of its iterations a forward and a backward, at every budget, and on the
+    validation split with ``val_robust``). Proportional to time for one model on one machine."""
+    from . import data
+
+    attack = 3 * config.attack_steps + 1
+    ood = max(0, len(data.info(config.task).domains) - 1)
+    per_point = (config.test_size * (1 + ood) + config.train_eval_size + config.val_count()
+                 + len(config.eps) * config.test_size * attack
+                 + (config.val_count() * attack if config.val_robust else 0))
+    return 3.0 * config.total_steps() * config.batch_size, per_point * len(config.eval_steps())
+
+
+def _model_key(config: RunConfig) -> str:
+    return json.dumps([config.model, config.model_kwargs], sort_keys=True)
+
+
+def pace(results_dir: str | Path, run_ids: Sequence[str] | None = None
+         ) -> dict[str, tuple[float, float]]:
+    """See :func:`_pace` (read once per version of the store: a page asks several times)."""
+    files = store.run_files(results_dir)
+    version = (len(files), max((f.stat().st_mtime_ns for f in files), default=0))
+    return _pace(str(Path(results_dir).resolve()), version,
+                 None if run_ids is None else tuple(sorted(run_ids)))
+
+
+@functools.lru_cache(maxsize=8)
+def _pace(results_dir: str, version: tuple[int, int], run_ids: tuple[str, ...] | None
+          ) -> dict[str, tuple[float, float]]:
+    """Seconds per image pass of training and of evaluation, per model, measured on the
+    complete runs of a store (``run_ids``: those only): each run's recorded seconds over its
+    :func:`work`, the median over runs (a run computed beside other work took up to 4 times
+    as long as the same run alone: the median is the typical run, not the slowest)."""
+    import statistics
+
+    rates: dict[str, tuple[list[float], list[float]]] = {}
+    for path in store.run_files(results_dir):
+        if run_ids is not None and path.stem not in run_ids:
+            continue
+        try:
+            meta, table = store.read_run(path)
+            config = RunConfig.from_dict(meta["config"])
+            columns = table.select([metrics.TRAIN_SECONDS, metrics.EVAL_SECONDS]).to_pandas()
+        except Exception:  # noqa: BLE001 - a run that cannot tell its cost is left out
+            continue
+        train_work, eval_work = work(config)
+        train, evaluation = rates.setdefault(_model_key(config), ([], []))
+        train.append(float(columns[metrics.TRAIN_SECONDS].iloc[-1]) / train_work)
+        evaluation.append(float(columns[metrics.EVAL_SECONDS].sum()) / eval_work)
+    return {key: (statistics.median(t), statistics.median(e)) for key, (t, e) in rates.items()}
+
+
+def estimate(jobs: Sequence[Any], results_dir: str | Path, paces: dict | None = None
+             ) -> float | None:
+    """Seconds of one core the ``jobs`` (runs, interpolation paths) will take, at the pace the
+    store's complete runs of the same model measured (:func:`pace`; the committed study's
+    where the store has none); None when no run of that model tells."""
+    from . import interpolate
+
+    if paces is None:
+        paces = {**pace(preset_store("study")), **pace(results_dir)}
+    seconds = 0.0
+    for job in jobs:
+        config = job.config if isinstance(job, interpolate.PathJob) else job
+        rates = paces.get(_model_key(config))
+        if rates is None:
+            return None
+        train_work, eval_work = work(config)
+        if isinstance(job, interpolate.PathJob):  # its points; its run again if not kept
+            points = len([a for a in job.alphas
+                          if a not in interpolate.run_ends(job.strategy, job.form)])
+            retrain = not store.weights_path(results_dir, config).is_file()
+            seconds += (train_work * rates[0] if retrain else 0.0) + \
+                points * rates[1] * eval_work / len(config.eval_steps())
+        else:
+            seconds += train_work * rates[0] + eval_work * rates[1]
+    return seconds
+
+
+def cost_line(jobs: Sequence[Any], results_dir: str | Path) -> str:
+    """"N new runs (and P paths), about T of one core", or "nothing to compute"."""
+    from . import interpolate
+
+    if not jobs:
+        return "nothing new to compute: every run is in the store"
+    paths = sum(isinstance(j, interpolate.PathJob) for j in jobs)
+    runs = len(jobs) - paths
+    what = " and ".join(part for part in (f"{runs} new runs" if runs else "",
+                                          f"{paths} new interpolation paths" if paths else "")
+                        if part)
+    seconds = estimate(jobs, results_dir)
+    if seconds is None:
+        return f"{what} (no run of this model is stored yet to tell how long they take)"
+    return (f"{what}, about {duration(seconds)} of one core ({duration(seconds / 2)} on two; "
+            "at the pace of the stored runs of the same model)")
 
 
 def duration(seconds: float) -> str:

@@ -56,8 +56,49 @@ class RandomBatches:
         self.gen.set_state(state["gen"])
 
 
-def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
-    """Train the embedded upstream model and write ``out`` (safetensors); returns its metadata."""
+def check_stop_at(config: PretrainConfig, stop_at: int | None) -> None:
+    """``stop_at`` must be a checkpoint step before the end (where the state is saved)."""
+    from .config import ConfigError
+
+    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int)
+                                or not 0 < stop_at < config.steps
+                                or stop_at % config.checkpoint_every):
+        raise ConfigError("stop_at", stop_at, f"a multiple of checkpoint_every "
+                          f"({config.checkpoint_every}) below steps ({config.steps})",
+                          "not a checkpoint step:")
+
+
+def check_init(config: PretrainConfig) -> None:
+    """``--init`` must be a safetensors checkpoint of the embedded model with this task's head
+    (a second stage continues the first), checked as ``run --weights`` is: one line naming the
+    file, before anything is rendered."""
+    if not config.init:
+        return
+    from .config import ConfigError
+    from .data import glyphs
+    from .preflight import check_weights_file
+
+    if not config.init.endswith(".safetensors"):
+        raise ConfigError("init", config.init, "a .safetensors checkpoint written by pretrain",
+                          "unsupported file type:")
+    classes = len(glyphs.specs()[config.task].classes)
+    skeleton = models.skeleton(models.EMBEDDED_MODEL, classes).backbone
+    check_weights_file(config.init, skeleton, field="init")
+    head = models.checkpoint_shapes(config.init).get("head.weight")
+    if head != (classes, skeleton.embed_dim):
+        raise ConfigError("init", config.init, f"a checkpoint of the {config.task} task "
+                          f"({classes} classes)", f"its head has shape {head}, not "
+                          f"{(classes, skeleton.embed_dim)}:")
+
+
+def pretrain(config: PretrainConfig, out: Path, progress: bool = True,
+             stop_at: int | None = None) -> dict | None:
+    """Train the embedded upstream model and write ``out`` (safetensors); returns its metadata.
+
+    ``stop_at`` (a checkpoint step): train up to it, leave the resumable state and return
+    None; the same call without it resumes and finishes with the same weights, bit for bit (a
+    pre-training of hours can be spread over several sittings)."""
+    check_stop_at(config, stop_at)
     from . import attacks
     from .data import glyphs
     from .data.split import Split
@@ -112,10 +153,13 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
         return f"test {acc:.3f}"
 
     points = set(range(config.checkpoint_every, config.steps, config.checkpoint_every))
-    loop(state, config.steps, batch, points | {config.steps}, checkpoint,
+    until = config.steps if stop_at is None else stop_at
+    loop(state, until, batch, points | {config.steps}, checkpoint,
          loss_fn=lambda logits, y: F.cross_entropy(logits, y,
                                                    label_smoothing=config.label_smoothing),
          grad_clip=1.0, label="pretrain", progress=progress)
+    if until < config.steps:
+        return None
 
     test_acc, _ = accuracy(model, test)
     robust = {}

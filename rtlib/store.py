@@ -30,8 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import io
 import json
 import os
+import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -81,6 +85,26 @@ def failure_path(results_dir: str | Path, config: RunConfig) -> Path:
     return Path(results_dir) / "failed" / f"{config.run_id()}.json"
 
 
+#: The folders a store keeps (each one a folder, never a file).
+FOLDERS = ("runs", "partial", "weights", "interpolation", "upstream", "failed", "locks")
+
+
+def check_results_dir(results_dir: Any, field: str = "results_dir") -> Path:
+    """Refuse, before any compute, a results folder that cannot be one: empty text, a file,
+    or a store whose sub-folders (:data:`FOLDERS`) are files. A folder that does not exist yet
+    is fine (it is made when the first run is written)."""
+    from .config import ConfigError
+
+    if not isinstance(results_dir, (str, os.PathLike)) or not str(results_dir).strip():
+        raise ConfigError(field, results_dir, "the path of a folder", "empty:")
+    path = Path(results_dir)
+    for entry in (path, *(path / name for name in FOLDERS)):
+        if entry.exists() and not entry.is_dir():
+            raise ConfigError(field, str(results_dir), "a folder (or a path where one can be "
+                              "made)", f"{entry} is a file, not a folder:")
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -106,13 +130,35 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared store must be readable
         os.replace(tmp, path)
     except BaseException as err:
+        full = _disk_full(path.parent)  # before the temporary's space is given back
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, Exception):
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else \
+            # Libraries word a full disk their own way ("enforce fail at inline_container.cc");
+            # the file system says what happened.
+            reason = "No space left on device" if full else \
+                err.strerror if isinstance(err, OSError) and err.strerror else \
                 str(err).splitlines()[0] if str(err) else type(err).__name__
             raise StoreError(f"could not write {path}: {reason}") from err
         raise
     return path
+
+
+def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system holding ``folder`` has less than ``margin`` bytes free."""
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
+
+
+def remove_temporaries(*paths: Path) -> None:
+    """Remove the temporaries :func:`atomic_write` left for ``paths`` when a process was killed
+    mid-write (``.<name>.*.tmp``). Only under the run's lock: then nobody else writes them."""
+    for path in paths:
+        if path.parent.is_dir():
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -175,6 +221,17 @@ def claim(results_dir: str | Path, config: RunConfig, wait: bool = True
     if done is not None:  # nothing to write: no lock, so a read-only store works
         yield done
         return
+    files = (run_path(results_dir, config), partial_path(results_dir, config),
+             weights_path(results_dir, config))
+    # Either would let the whole run compute and then fail to write: refuse before.
+    for path in (Path(results_dir) / name for name in FOLDERS):
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} is a file where the store keeps a folder; move it away "
+                             "and rerun")
+    for path in files:
+        if path.exists() and not path.is_file():
+            raise StoreError(f"{path} is a folder where the store keeps a file; move it away "
+                             "and rerun")
     lock = Path(results_dir) / "locks" / f"{config.run_id()}.lock"
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
@@ -184,15 +241,24 @@ def claim(results_dir: str | Path, config: RunConfig, wait: bool = True
                          f"{err.strerror or err}") from err
     with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
         except BlockingIOError:
-            raise StoreError(f"run {config.run_id()} is being computed by another process "
-                             f"(lock {lock})") from None
+            if not wait:
+                raise StoreError(f"run {config.run_id()} is being computed by another process "
+                                 f"(lock {lock})") from None
+            print(f"run {config.run_id()} is being computed by another process; waiting for "
+                  f"it (lock {lock})", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            waited = True
         # Under the lock, nobody else writes this run: its stale temporary files are ours.
-        path = run_path(results_dir, config)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        yield complete_run(results_dir, config)  # the other process may have finished it
+        remove_temporaries(*files)
+        done = complete_run(results_dir, config)  # the other process may have finished it
+        if waited:
+            print(f"run {config.run_id()}: " + (f"read the other process's result, {done}"
+                  if done is not None else "the other process stopped before the end; "
+                  "computing it here"), file=sys.stderr, flush=True)
+        yield done
 
 
 def write_run(results_dir: str | Path, config: RunConfig, rows: list[dict[str, Any]],
@@ -274,7 +340,13 @@ def load_state(path: Path, **load_kwargs) -> dict | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, weights_only=True, **load_kwargs)
+        data = path.read_bytes()
+        if data.startswith(STATE_MAGIC):  # (states written before the digest load as they are)
+            digest, data = data[len(STATE_MAGIC):len(STATE_MAGIC) + 64], \
+                data[len(STATE_MAGIC) + 65:]
+            if hashlib.sha256(data).hexdigest().encode() != digest:
+                raise ValueError("its content does not match its digest (a damaged file)")
+        state = torch.load(io.BytesIO(data), weights_only=True, **load_kwargs)
         if not isinstance(state, dict):
             raise ValueError("not a training state")
         return state
@@ -287,7 +359,16 @@ def save_state(path: Path, state: dict) -> None:
     """Write a resumable training state atomically (read back by :func:`load_state`)."""
     import torch
 
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    header = STATE_MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(header + data))
+
+
+#: A training state's first bytes: this tag, then the SHA-256 of the rest (a bit flipped on
+#: disk is caught when it is read, not as a diverging loss later).
+STATE_MAGIC = b"RTLIB-STATE-1\n"
 
 
 # -- reading ---------------------------------------------------------------------------------

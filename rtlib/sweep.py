@@ -55,6 +55,7 @@ class Outcome:
     status: str  # "done", "skipped" or "failed"
     seconds: float
     error: str = ""
+    label: str = ""  # what progress lines name it (:func:`label`)
 
 
 def complete(job: RunConfig | Any, results_dir: str | Path) -> bool:
@@ -73,7 +74,7 @@ def run_one(config: RunConfig | Any, results_dir: str | Path, device: str | None
 
     t0 = time.perf_counter()
     key = dict(run_id=config.run_id(), task=config.task, strategy=config.strategy,
-               seed=config.seed)
+               seed=config.seed, label=label(config))
     try:
         if isinstance(config, RunConfig):
             train.run(config, results_dir, device=device, progress=progress)
@@ -144,7 +145,7 @@ def run(configs: Sequence[RunConfig | Any], results_dir: str | Path, executor: s
         computed, t0 = [], time.perf_counter()
         bar = tqdm(todo, desc=desc, unit="run", disable=progress is not True)
         for k, config in enumerate(bar, 1):
-            bar.set_postfix_str(f"{config.task}/{config.strategy}/seed {config.seed}")
+            bar.set_postfix_str(label(config))
             computed.append(run_one(config, results_dir, device=device,
                                     progress=progress is True))
             if progress == "lines":
@@ -165,6 +166,7 @@ def _run_pool(configs, results_dir, device, workers, threads, progress, desc="ru
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     from tqdm.auto import tqdm
 
@@ -177,18 +179,32 @@ def _run_pool(configs, results_dir, device, workers, threads, progress, desc="ru
                    for i, c in enumerate(configs)}
         for k, future in enumerate(tqdm(as_completed(futures), total=len(futures), desc=desc,
                                         unit="run", disable=progress is not True), 1):
-            outcomes[futures[future]] = future.result()
+            try:
+                outcomes[futures[future]] = future.result()
+            except BrokenProcessPool as err:
+                raise RuntimeError(
+                    "the sweep's worker processes stopped before they could run: a script that "
+                    "calls sweep.run with several workers must guard its top level with `if "
+                    "__name__ == \"__main__\":` (each worker is a new Python that imports the "
+                    "script), or pass workers=1") from err
             if progress == "lines":
                 print(progress_line(desc, k, len(configs), outcomes[futures[future]], t0),
                       flush=True)
     return [outcomes[i] for i in range(len(configs))]
 
 
+def label(config: RunConfig | Any) -> str:
+    """``digits/lora rank=4/seed 0``: what a progress bar names (hyper-parameters beyond the
+    strategy's defaults included, so the runs of a grid over them are told apart)."""
+    hparams = "".join(f" {k}={v}" for k, v in sorted(getattr(config, "hparams", {}).items()))
+    return f"{config.task}/{config.strategy}{hparams}/seed {config.seed}"
+
+
 def progress_line(desc: str, k: int, n: int, outcome: Outcome, start: float) -> str:
     """``runs 3/28 digits/lora/seed 0: done in 41 s; elapsed 2.1 min, about 17 min left``."""
     elapsed = time.perf_counter() - start
     left = elapsed / k * (n - k)
-    return (f"{desc} {k}/{n} {outcome.task}/{outcome.strategy}/seed {outcome.seed}: "
+    return (f"{desc} {k}/{n} {outcome.label}: "
             f"{outcome.status} in {outcome.seconds:.0f} s; elapsed {elapsed / 60:.1f} min"
             + (f", about {left / 60:.0f} min left" if k < n else ""))
 

@@ -107,7 +107,7 @@ def describe(config: RunConfig) -> dict[str, Any]:
     """The fully resolved run, computed without data, weights or training (``--dry-run``):
     every field, the run id, steps, evaluation steps, and the strategy's resolved
     hyper-parameters and trainable count (on randomly initialized weights: same count)."""
-    preflight.check(config)
+    preflight.check(config, available=False)  # a plan: needs neither data nor weights
     task = data.info(config.task)
     model = models.build(config.model, task.classes, **config.model_kwargs)
     strategies.apply(model, config.strategy, **config.hparams)
@@ -156,8 +156,11 @@ class EpochBatches:
         return {"gen": self.gen.get_state(), "order": self.order, "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
+        order, pos = state["order"], state["pos"]
+        if len(order) != self.n or not isinstance(pos, int) or not 0 <= pos <= self.n:
+            raise ValueError(f"a sampler of {len(order)} images at {pos}, not of {self.n}")
         self.gen.set_state(state["gen"])
-        self.order, self.pos = state["order"], state["pos"]
+        self.order, self.pos = order, pos
 
 
 @dataclass
@@ -195,14 +198,38 @@ class TrainState:
         state = store.load_state(path, map_location=map_location)
         if state is None or state.get("identity") != identity:
             return False
+        fresh = self._snapshot()
+        try:
+            self._apply(state)
+        except Exception as err:  # noqa: BLE001 - it loads but does not fit: start fresh
+            self._apply(fresh)
+            store.set_aside(path, f"it does not apply to this run ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:160] if str(err) else ''})")
+            return False
+        return True
+
+    def _snapshot(self) -> dict:
+        """The state as it is (a fresh run's), to fall back on when a saved one fails."""
+        import copy
+
+        return copy.deepcopy({
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(), "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "step": self.step,
+            "images_seen": self.images_seen, "train_seconds": self.train_seconds,
+            "rows": self.rows})
+
+    def _apply(self, state: dict) -> None:
+        counters = {k: state[k] for k in ("step", "images_seen", "train_seconds", "rows")}
+        if not (isinstance(counters["step"], int) and isinstance(counters["rows"], list)):
+            raise TypeError("step or rows of the wrong type")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
-        self.step, self.images_seen = state["step"], state["images_seen"]
-        self.train_seconds, self.rows = state["train_seconds"], state["rows"]
-        return True
+        self.step, self.images_seen = counters["step"], counters["images_seen"]
+        self.train_seconds, self.rows = counters["train_seconds"], counters["rows"]
 
 
 def loop(state: TrainState, total_steps: int, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
@@ -252,14 +279,18 @@ def loop(state: TrainState, total_steps: int, batch: Callable[[], tuple[torch.Te
 
 
 def run(config: RunConfig, results_dir: str | Path, device: str | None = "auto",
-        progress: bool = True, on_point: Callable[[dict], None] | None = None) -> Path:
+        progress: bool = True, on_point: Callable[[dict], None] | None = None,
+        outcome: dict | None = None) -> Path:
     """Fine-tune and continuously evaluate one config; returns the run's Parquet file.
+    ``outcome["computed"]`` (when a dict is given) says whether this call computed it.
 
     Another process computing the same run is waited for (the store's lock), and a complete
     run is returned as it is. ``on_point(row)`` is called with each evaluation point's row as
     it is measured (e.g. to draw the run live)."""
     preflight.check(config)
     with store.claim(results_dir, config) as done:
+        if outcome is not None:
+            outcome["computed"] = done is None
         if done is not None:
             return done
         device = resolve_device(device)

@@ -1,5 +1,10 @@
+import os
+
 import pytest
 import torch
+
+# No test touches the network: the hub is "unreachable" without being asked (rtlib.preflight).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 from rtlib import models
 

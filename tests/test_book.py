@@ -155,7 +155,11 @@ def test_a_rebuild_from_a_complete_store_executes_chapters_at_once(smoke_book, t
     paths = len(runs.tasks) * (len(runs.strategies) - 1) * len(runs.seeds)
     robust = len(runs.robust_tasks) * len(runs.strategies) * len(runs.seeds)
     assert runs.robust_tasks and book.missing_runs(empty) == len(expected) + paths + robust
-    assert book.missing_runs({**params, "domain": "outline"}) is None  # not known: one at a time
+    # Another source domain: the OOD chapter's task fine-tuned on it, every strategy and seed.
+    outline = book.missing_work({**params, "domain": "outline"})
+    assert len(outline) == len(runs.ood_tasks) * len(runs.strategies) * len(runs.seeds)
+    assert {c.domain for c in outline} == {"outline"}
+    assert book.rerun_cost({**params, "domain": "outline"}).startswith(f"{len(outline)} new runs")
     written = book.execute(["rq3_ood_robustness", "takeaways"], params, output_dir=tmp_path,
                            progress=False, jobs=2)
     for path in written:

@@ -83,9 +83,10 @@ def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path
     per_point = sum(r["eval_seconds"] for r in records) / sum(r["points"] for r in records)
     report = plan.progress_report(toy, strategies=["bitfit", "linear_probe"],
                                   results_dir=tmp_path)
-    assert report[1].endswith(f"about {plan.duration(pace)} of one core left")
-    assert report[2].endswith(f"about {plan.duration(per_point)} of one core left")
-    assert report[3] == (f"in all: about {plan.duration(pace + per_point)} of one core left "
+    assert report[0].startswith("1 new runs and 1 new interpolation paths, about ")
+    assert report[2].endswith(f"about {plan.duration(pace)} of one core left")
+    assert report[3].endswith(f"about {plan.duration(per_point)} of one core left")
+    assert report[4] == (f"in all: about {plan.duration(pace + per_point)} of one core left "
                          f"({plan.duration((pace + per_point) / 2)} with two workers)")
     assert plan.duration(5400) == "1.5 h" and plan.duration(150) == "2 min"
     # Without a complete study run there is no pace to project the remedies at (the sweep's
@@ -95,7 +96,7 @@ def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path
             store.complete_run(tmp_path, config).unlink()
     report = plan.progress_report(toy, strategies=["bitfit", "linear_probe"],
                                   results_dir=tmp_path)
-    assert report[2].endswith("complete") and not any(r.startswith("in all") for r in report)
+    assert report[3].endswith("complete") and not any(r.startswith("in all") for r in report)
 
 
 def test_a_missing_sweep_is_an_error_where_nothing_may_be_computed(toy, tmp_path):
@@ -158,3 +159,26 @@ def test_remedies_come_seed_by_seed_paths_first():
     kinds = [(getattr(j, "config", j).seed, "path" if hasattr(j, "probe") else "run")
              for j in work]
     assert kinds == [(s, k) for s in (0, 1, 2) for k in ("path", "run", "run")]
+
+
+
+def test_work_grows_with_what_a_run_does():
+    base = config.RunConfig(task="digits", strategy="lora", **config.preset_defaults("smoke"))
+    train, evaluation = plan.work(base)
+    assert plan.work(base.replace(steps=base.steps * 2))[0] == 2 * train  # steps x batch
+    more_budgets = plan.work(base.replace(eps=(2 / 255, 4 / 255)))
+    points = len(base.eval_steps())
+    attack = base.test_size * (3 * base.attack_steps + 1)  # each iteration forward + backward
+    assert more_budgets == (train, evaluation + attack * points)  # one more attack per point
+
+
+def test_a_dry_run_opens_with_the_new_runs_and_their_time(toy, tmp_path, capsys):
+    import re
+
+    assert plan.cost_line([], tmp_path).startswith("nothing new to compute")
+    assert cli.main(["study", "--preset", "toy", "--strategies", "bitfit", "--results-dir",
+                     str(tmp_path), "--dry-run"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    # the sweep's 2 runs and the study's 2 at least, priced at the committed study's pace
+    found = re.match(r"^(\d+) new runs.*, about [\d.]+ (s|min|h) of one core", first)
+    assert found and int(found.group(1)) >= 4, first

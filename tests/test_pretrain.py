@@ -86,3 +86,23 @@ def test_the_upstream_table_scores_both_models_as_the_presets_runs_are_attacked(
     # the robust model is the more robust one (a fact about the committed checkpoints)
     assert table.loc["robust", "robust"] > table.loc["standard", "robust"]
     assert len(list((tmp_path / "upstream").glob("*.parquet"))) == 2
+
+
+def test_resumed_pretraining_is_bit_identical_to_uninterrupted(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    config = PretrainConfig(task="upstream2", steps=6, batch_size=8, train_images=64,
+                            test_images=16, checkpoint_every=2, warmup_steps=2, seed=1)
+    whole = tmp_path / "whole.safetensors"
+    pretrain.pretrain(config, whole, progress=False)
+    parts = tmp_path / "parts.safetensors"
+    assert pretrain.pretrain(config, parts, progress=False, stop_at=2) is None
+    assert not parts.exists()
+    assert pretrain.pretrain(config, parts, progress=False, stop_at=4) is None
+    pretrain.pretrain(config, parts, progress=False)
+    a, b = load_file(whole), load_file(parts)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = (pretrain.checkpoint_metadata(p)["history"] for p in (whole, parts))
+    assert [(h["step"], h["mean_loss"], h["test_accuracy_2048"]) for h in ha] == \
+        [(h["step"], h["mean_loss"], h["test_accuracy_2048"]) for h in hb]

@@ -73,7 +73,7 @@ def test_dry_run_runs_nothing_and_names_bad_options(capsys, tmp_path):
     ("val_fraction", 0.6, "a number in [0, 0.5)"),
     ("val_fraction", 0.0001, "a share that leaves 1 to"),
     ("ood_train_domains", "some", "all, source"),
-    ("epochs", -1, "an integer >= 0"),
+    ("epochs", -1, "an integer in [0, 10000000]"),
 ])
 def test_bad_setting_values_name_the_field(field, value, allowed):
     config = RunConfig(task="digits", strategy="full", **{**preset_defaults("smoke"),

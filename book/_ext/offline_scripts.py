@@ -20,6 +20,39 @@ def _drop_thebe(app, pagename, templatename, context, doctree):
     context["script_files"] = kept
 
 
+def build_label(root) -> str:
+    """``rtlib <version>, commit <sha>`` of the checkout the book is built from (``+ local
+    changes`` when its working tree differs from the commit), for every page's footer."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        label = f"rtlib {version('rtlib')}"
+    except PackageNotFoundError:
+        label = "rtlib (not installed)"
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = "", ""
+    return label + (f", commit {sha}" + (" + local changes" if dirty else "") if sha
+                    else ", not built from a git checkout")
+
+
+def _footer(app, config):
+    options = dict(config.html_theme_options or {})
+    footer = options.get("extra_footer", "")
+    options["extra_footer"] = (footer + " " if footer else "") + \
+        f"<p>Built with {build_label(app.srcdir)}.</p>"
+    config.html_theme_options = options
+
+
 def setup(app):
     app.connect("html-page-context", _drop_thebe, priority=900)
+    app.connect("config-inited", _footer)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -71,13 +71,20 @@ def decode(blob: bytes, size: int, name: str) -> np.ndarray:
         raise CorruptImage(f"cannot decode image {name}: {err}") from err
 
 
-def _read_image_file(path: Path, root: Path) -> bytes:
-    """An image file's bytes: a regular file inside ``root`` (a link out of the folder, or to
-    a device such as /dev/zero, is refused) of at most :data:`MAX_FILE_BYTES`."""
+def _inside(path: Path, root: Path, what: str) -> Path:
+    """``path`` resolved, when it is a regular file inside ``root``; a link out of the folder,
+    or to a device such as /dev/zero, is refused naming it."""
     real = path.resolve()
     if not real.is_relative_to(root.resolve()) or not real.is_file():
-        raise CorruptImage(f"image {path} is not a regular file inside {root} (it points to "
+        raise CorruptImage(f"{what} {path} is not a regular file inside {root} (it points to "
                            f"{real}); links out of the data folder are not followed")
+    return real
+
+
+def _read_image_file(path: Path, root: Path) -> bytes:
+    """An image file's bytes: a regular file inside ``root`` (:func:`_inside`) of at most
+    :data:`MAX_FILE_BYTES`."""
+    real = _inside(path, root, "image")
     if real.stat().st_size > MAX_FILE_BYTES:
         raise CorruptImage(f"image {path} is {real.stat().st_size:,} bytes, more than the "
                            f"{MAX_FILE_BYTES:,} rtlib reads")
@@ -87,8 +94,11 @@ def _read_image_file(path: Path, root: Path) -> bytes:
 # -- parquet ----------------------------------------------------------------------------------
 def _split_files(folder: Path, split: str) -> list[Path]:
     """Parquet files of ``split`` under ``folder`` (by file or sub-folder name, hub layout)."""
-    return sorted(p for p in folder.rglob("*.parquet")
-                  if any(split in part for part in p.relative_to(folder).parts))
+    files = sorted(p for p in folder.rglob("*.parquet")
+                   if any(split in part for part in p.relative_to(folder).parts))
+    for path in files:  # as images: no link out of the data folder is read
+        _inside(path, folder, "parquet file")
+    return files
 
 
 def _detect_columns(table, spec: HubSpec) -> tuple[str, str]:

@@ -124,6 +124,10 @@ def chapter_runs(parameters: Mapping[str, Any]) -> ChapterRuns:
 def check_values(parameters: Mapping[str, Any]) -> None:
     """Check the values a chapter would run with, as its first cell would, before any notebook
     runs: every run config passes :func:`rtlib.preflight.check` (nothing is computed)."""
+    if parameters.get("results_dir") is not None:
+        from ..store import check_results_dir
+
+        check_results_dir(parameters["results_dir"])
     if not set(parameters) & set(RUN_PARAMETERS):
         return
     from .. import interpolate, sweep
@@ -131,7 +135,7 @@ def check_values(parameters: Mapping[str, Any]) -> None:
 
     check_choice("executor", parameters.get("executor", "local"), EXECUTORS)
     if parameters.get("workers") is not None:
-        check_int("workers", parameters["workers"], minimum=1)
+        check_int("workers", parameters["workers"], minimum=1, maximum=1024)
     runs = chapter_runs(parameters)
     sweep.expand(runs.tasks, runs.strategies, runs.seeds, preset=runs.preset, **runs.overrides)
     if runs.domain is not None:  # the OOD chapter trains on this domain of its task
@@ -145,15 +149,23 @@ def check_values(parameters: Mapping[str, Any]) -> None:
 
 def missing_runs(parameters: Mapping[str, Any] | None = None, remedies: bool = True
                  ) -> int | None:
-    """How many of the chapters' runs the store lacks (their study's, the OOD chapter's and,
-    with ``remedies``, the remedies chapter's paths and robust upstream runs), computing
-    nothing; None when that cannot be known without computing (the learning-rate sweep is
-    missing, or the OOD chapter trains on another domain)."""
+    """How many of the chapters' runs and paths the store lacks (:func:`missing_work`)."""
+    work = missing_work(parameters, remedies)
+    return None if work is None else len(work)
+
+
+def missing_work(parameters: Mapping[str, Any] | None = None, remedies: bool = True
+                 ) -> list | None:
+    """The chapters' runs the store lacks (their study's, the OOD chapter's on its ``domain``
+    and, with ``remedies``, the remedies chapter's paths and robust upstream runs), computing
+    nothing; a learning-rate sweep the store lacks comes first, its study's runs then counted
+    at the preset's rates (the rates it will choose are not known yet). None when the work is
+    not done here (another executor)."""
     from .. import plan, store, sweep
     from ..config import ConfigError, preset_store
 
     p = dict(parameters or {})
-    if p.get("domain") is not None or p.get("executor", "local") != "local":
+    if p.get("executor", "local") != "local":
         return None
     runs = chapter_runs(p)
     results_dir = p.get("results_dir") or preset_store(runs.preset)
@@ -161,16 +173,48 @@ def missing_runs(parameters: Mapping[str, Any] | None = None, remedies: bool = T
     try:
         study_plan = plan.plan(runs.preset, tasks, runs.strategies, runs.seeds, results_dir,
                                compute_selection=False, **runs.overrides)
-    except ConfigError:  # the sweep's runs are missing: they will be computed
-        return None
-    missing = sum(store.complete_run(results_dir, c) is None for c in study_plan.main)
+        sweep_todo = []
+    except ConfigError:  # the sweep's runs are missing: the sweep first, then the study's
+        *_, main, selection = plan._grids(runs.preset, tasks, runs.strategies, runs.seeds,
+                                          **runs.overrides)
+        study_plan = plan.Plan(runs.preset, selection, main)  # at the preset's rates
+        sweep_todo = [c for c in selection if store.complete_run(results_dir, c) is None]
+    configs = [c for c in study_plan.main if c.task in runs.tasks or runs.domain is None]
+    if runs.domain is not None:  # the OOD chapter fine-tunes its task on this domain
+        configs += [c.replace(domain=runs.domain) for c in study_plan.main
+                    if c.task in runs.ood_tasks]
+    unique = list({c.run_id(): c for c in configs}.values())
+    todo = sweep_todo + [c for c in unique if store.complete_run(results_dir, c) is None]
     if remedies:  # paths from the study chapters' runs (the OOD-only task has none)
         chapters_plan = dataclasses.replace(
             study_plan, main=[c for c in study_plan.main if c.task in runs.tasks])
         work = plan.remedies_plan(chapters_plan, runs.alphas, runs.robust_tasks,
                                   **runs.overrides).work()
-        missing += sum(not sweep.complete(job, results_dir) for job in work)
-    return missing
+        todo += [job for job in work if not sweep.complete(job, results_dir)]
+    return todo
+
+
+def glue_costs(exercises: Mapping[str, Mapping[str, Any]], remedies: bool = False) -> None:
+    """Glue each exercise's cost (:func:`rerun_cost` of its parameters) as ``cost_<name>``,
+    for the chapter's prose to cite with ``{glue:text}`cost_<name>```: computed at every
+    build from the plan and the stored runs' pace, never typed."""
+    from myst_nb import glue
+
+    for name, parameters in exercises.items():
+        glue(f"cost_{name}", rerun_cost(parameters, remedies), display=False)
+
+
+def rerun_cost(parameters: Mapping[str, Any], remedies: bool = False) -> str:
+    """What rerunning the chapters with ``parameters`` computes, in words: "N new runs, about
+    T of one core" (the exercises' costs, computed, never typed)."""
+    from .. import plan
+    from ..config import preset_store
+
+    todo = missing_work(parameters, remedies)
+    if todo is None:
+        return "not known here: the runs are computed by another executor"
+    runs = chapter_runs(parameters)
+    return plan.cost_line(todo, parameters.get("results_dir") or preset_store(runs.preset))
 
 
 def setup_notebook() -> None:
@@ -229,9 +273,17 @@ def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None
     output_dir = Path(output_dir or base / "book" / "executed")
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = notebooks() if not names else [base / "notebooks" / f"{n}.ipynb" for n in names]
+    todo = missing_work(parameters, remedies=any(p.stem == "remedies" for p in paths))
+    if progress:
+        from .. import plan
+        from ..config import preset_store
+
+        runs = chapter_runs(dict(parameters or {}))
+        store_dir = (parameters or {}).get("results_dir") or preset_store(runs.preset)
+        if todo is not None:
+            print(f"to compute: {plan.cost_line(todo, store_dir)}", flush=True)
     if jobs is None:
-        missing = missing_runs(parameters, remedies=any(p.stem == "remedies" for p in paths))
-        jobs = (os.cpu_count() or 1) if missing == 0 else 1
+        jobs = (os.cpu_count() or 1) if todo == [] else 1
     t0 = time.perf_counter()
 
     def one(k: int, path: Path) -> Path:

@@ -8,6 +8,10 @@ from torch import nn
 
 from ..config import ConfigError, check_choice, check_float, check_int
 
+#: The largest rank a low-rank strategy takes (ViT-g's width is 1,536; a rank beyond the
+#: model's width adds nothing a full update lacks).
+MAX_RANK = 4096
+
 #: The paper's first axis: *which* information a strategy adapts.
 INFORMATION = {
     "peripheral": "the edges of the network: the head, biases",
@@ -106,4 +110,4 @@ def check_names(field_name: str, value: Any, allowed: list[str]) -> tuple[str, .
 
 
 __all__ = ["Strategy", "INFORMATION", "MECHANISMS", "freeze", "linear_leaf_names", "check_names",
-           "check_int", "check_float", "check_choice", "ConfigError"]
+           "check_int", "check_float", "check_choice", "ConfigError", "MAX_RANK"]

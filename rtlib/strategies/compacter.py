@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .adapter import Bottleneck, bottleneck_width, insert, model_width, validate_common
-from .base import ConfigError, Strategy, check_float, check_int
+from .base import MAX_RANK, ConfigError, Strategy, check_float, check_int
 
 
 class PHMRule(nn.Module):
@@ -65,8 +65,8 @@ class PHMLinear(nn.Module):
 
 def _validate(backbone: nn.Module, hp: dict) -> dict:
     hp = validate_common("compacter", hp)
-    hp["n"] = check_int("compacter.n", hp["n"], minimum=1)
-    hp["rank"] = check_int("compacter.rank", hp["rank"], minimum=1)
+    hp["n"] = check_int("compacter.n", hp["n"], minimum=1, maximum=64)
+    hp["rank"] = check_int("compacter.rank", hp["rank"], minimum=1, maximum=MAX_RANK)
     width = model_width(backbone)
     if width % hp["n"]:
         divisors = [d for d in range(1, width + 1) if width % d == 0 and d <= 64]
