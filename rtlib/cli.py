@@ -328,6 +328,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from .report.export import export_html
+
+    print(f"wrote {export_html(args.notebook, args.out)}")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from . import data
 
@@ -531,6 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the attack budget to show, e.g. 4/255 (default: the run's first)")
     p.add_argument("--png", default=None, help="write the drawing here")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser(
+        "view", help="an executed notebook (a chapter rerun with papermill) as one offline HTML "
+                     "page",
+        description="Write an executed notebook as one self-contained HTML page: its Markdown, "
+                    "its outputs (tables, charts, images) and the Vega bundle the book serves, "
+                    "inlined, so it opens in a browser without a network or a Jupyter server.")
+    p.add_argument("notebook", help="the executed .ipynb (e.g. results/rq2.ipynb)")
+    p.add_argument("--out", default=None, help="the page (default: the notebook's name, .html)")
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser(
         "strategies", help="table of the fine-tuning strategies and their trainable share",

@@ -338,7 +338,8 @@ def estimate(jobs: Sequence[Any], results_dir: str | Path, paces: dict | None = 
 
 
 def cost_line(jobs: Sequence[Any], results_dir: str | Path) -> str:
-    """"N new runs (and P paths), about T of one core", or "nothing to compute"."""
+    """"N new runs (and P paths), about T of one core", at the pace of the stored runs of
+    the same model (:func:`estimate`), or "nothing new to compute"."""
     from . import interpolate
 
     if not jobs:
@@ -351,8 +352,7 @@ def cost_line(jobs: Sequence[Any], results_dir: str | Path) -> str:
     seconds = estimate(jobs, results_dir)
     if seconds is None:
         return f"{what} (no run of this model is stored yet to tell how long they take)"
-    return (f"{what}, about {duration(seconds)} of one core ({duration(seconds / 2)} on two; "
-            "at the pace of the stored runs of the same model)")
+    return f"{what}, about {duration(seconds)} of one core ({duration(seconds / 2)} on two)"
 
 
 def duration(seconds: float) -> str:

@@ -170,3 +170,63 @@ def test_a_rebuild_from_a_complete_store_executes_chapters_at_once(smoke_book, t
         assert "0 trained now" in text and "read from the store" in text, path.name
     console = capfd.readouterr().err
     assert "running over TCP" not in console and "Invalid Signature" not in console, console
+
+
+#: What a page's content may not cross (the theme's article column at a 1280 px window).
+OVERFLOW_JS = """
+const article = document.querySelector('article.bd-article') || document.body;
+const right = article.getBoundingClientRect().right;
+return [...article.querySelectorAll('table, .vega-embed, img')].filter(e => {
+  const r = e.getBoundingClientRect();
+  return r.right > right + 1 || e.scrollWidth > e.clientWidth + 1;
+}).map(e => [e.tagName, Math.round(e.getBoundingClientRect().right - right),
+             (e.innerText || '').slice(0, 60)]);
+"""
+
+
+@pytest.mark.parametrize("page", [p for p in CHAPTERS if p != "index.html"])
+def test_no_table_or_chart_runs_off_the_page_at_1280_px(served, browser, page):
+    browser.set_window_size(1280, 2000)
+    browser.get(f"{served}/{page}")
+    deadline = time.time() + 30
+    while time.time() < deadline and len(_marks(browser)) < CHAPTERS[page]:
+        time.sleep(0.25)
+    time.sleep(0.5)  # the last chart's layout
+    assert browser.execute_script(OVERFLOW_JS) == []
+
+
+LEGEND_JS = """
+const charts = [...document.querySelectorAll('.vega-embed')].filter(v =>
+  [...v.querySelectorAll('.role-legend-title text')].some(t => t.textContent === 'strategy'));
+return charts.length;
+"""
+STATE_JS = """
+const v = [...document.querySelectorAll('.vega-embed')].filter(v =>
+  [...v.querySelectorAll('.role-legend-title text')].some(t => t.textContent === 'strategy'))[arguments[0]];
+return [...v.querySelectorAll('.role-mark path, .role-mark line, .role-mark symbol, .role-mark rect')]
+  .map(e => e.getAttribute('opacity') || e.style.opacity || '1').join(',');
+"""
+SYMBOL_JS = """
+const v = [...document.querySelectorAll('.vega-embed')].filter(v =>
+  [...v.querySelectorAll('.role-legend-title text')].some(t => t.textContent === 'strategy'))[arguments[0]];
+const legend = [...v.querySelectorAll('.role-legend')].find(l =>
+  [...l.querySelectorAll('.role-legend-title text')].some(t => t.textContent === 'strategy'));
+return legend.querySelector('.role-legend-symbol path');
+"""
+
+
+@pytest.mark.parametrize("page", [p for p in CHAPTERS if CHAPTERS[p]])
+def test_every_strategy_legend_toggles_its_chart(served, browser, page):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.get(f"{served}/{page}")
+    deadline = time.time() + 30
+    while time.time() < deadline and len(_marks(browser)) < CHAPTERS[page]:
+        time.sleep(0.25)
+    for k in range(browser.execute_script(LEGEND_JS)):
+        before = browser.execute_script(STATE_JS, k)
+        symbol = browser.execute_script(SYMBOL_JS, k)
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", symbol)
+        ActionChains(browser).move_to_element(symbol).click().perform()
+        time.sleep(0.5)
+        assert browser.execute_script(STATE_JS, k) != before, f"{page}: legend {k} does nothing"

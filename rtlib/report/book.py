@@ -228,6 +228,13 @@ def setup_notebook() -> None:
     alt.data_transformers.disable_max_rows()
     pd.set_option("display.max_colwidth", None)
     pd.set_option("display.precision", 3)
+    from IPython import get_ipython
+
+    from . import tables
+
+    shell = get_ipython()
+    if shell is not None:  # every table as a reader reads it (tables.readable), in full
+        shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, tables.html)
 
 
 def write_static_assets(folder: Path | None = None) -> Path:
@@ -237,20 +244,25 @@ def write_static_assets(folder: Path | None = None) -> Path:
     ``window.vega``/``vegaLite``/``vegaEmbed`` and declares their versions in ``VEGA_DEBUG``,
     which is how Altair's HTML output knows not to fetch them from a CDN.
     """
-    import altair as alt
-    import vl_convert as vlc
+    from ..store import write_text
 
     folder = Path(folder or root() / "_static")
     folder.mkdir(parents=True, exist_ok=True)
+    return write_text(folder / VEGA_BUNDLE, vega_bundle())
+
+
+@functools.cache
+def vega_bundle() -> str:
+    """The script of :func:`write_static_assets` (also inlined by :mod:`.export`)."""
+    import altair as alt
+    import vl_convert as vlc
+
     vl = ".".join(alt.VEGALITE_VERSION.split(".")[:2])
     bundle = vlc.javascript_bundle(vl_version=vl)
     versions = {"vega_version": alt.VEGA_VERSION, "vegalite_version": alt.VEGALITE_VERSION,
                 "vegaembed_version": alt.VEGAEMBED_VERSION}
-    text = ("(function () {\n" + bundle + "\n})();\n"
+    return ("(function () {\n" + bundle + "\n})();\n"
             f"window.VEGA_DEBUG = Object.assign(window.VEGA_DEBUG || {{}}, {json.dumps(versions)});\n")
-    from ..store import write_text
-
-    return write_text(folder / VEGA_BUNDLE, text)
 
 
 def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None = None,
@@ -281,7 +293,7 @@ def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None
         runs = chapter_runs(dict(parameters or {}))
         store_dir = (parameters or {}).get("results_dir") or preset_store(runs.preset)
         if todo is not None:
-            print(f"to compute: {plan.cost_line(todo, store_dir)}", flush=True)
+            print(("to compute: " if todo else "") + plan.cost_line(todo, store_dir), flush=True)
     if jobs is None:
         jobs = (os.cpu_count() or 1) if todo == [] else 1
     t0 = time.perf_counter()
@@ -352,6 +364,13 @@ def _local_kernel_manager() -> type:
                           "{connection_file}"],
                     display_name="Python 3 (rtlib)", language="python")
             return self._kernel_spec
+
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts a kernel before shutting it down; a chapter's kernel
+            # is done by then, and the interrupt only makes ipykernel print "KeyboardInterrupt
+            # caught in kernel" among the build's progress lines.
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
 
         @default("ip")
         def _ip_default(self) -> str:

@@ -16,6 +16,9 @@ from .. import metrics, pareto
 from ..strategies import ordered as strategy_order
 
 WIDTH, HEIGHT = 470, 300
+#: The book theme's content column at a 1280 px window (measured in Chromium): a chart, its axes
+#: and legends included, must fit in it.
+PAGE_WIDTH = 676
 
 
 def _legend_filter(field: str, values: Sequence[str] | None = None):
@@ -251,10 +254,13 @@ def ood_scatter(frame: pd.DataFrame, title: str | None = None) -> alt.Chart:
     long["domain_r"] = [f"{d} (r = {corr[d]:.2f})" for d in long["domain"]]
     sel, color, opacity = _legend_filter("domain_r")
     color = alt.Color("domain_r:N", title="OOD domain (Pearson r)")
+    # Either legend singles out its entries: a domain, a strategy, or both.
+    by_strategy = alt.selection_point(fields=["strategy"], bind="legend")
     points = alt.Chart(long).mark_point(filled=True, size=40).encode(
         x=alt.X("test_acc:Q", title="in-domain test accuracy", scale=alt.Scale(domain=[0, 1])),
         y=alt.Y("ood_acc:Q", title="OOD accuracy", scale=alt.Scale(domain=[0, 1])),
-        color=color, opacity=opacity, shape=alt.Shape("strategy:N", title="strategy"),
+        color=color, opacity=alt.condition(sel & by_strategy, alt.value(1.0), alt.value(0.12)),
+        shape=alt.Shape("strategy:N", title="strategy", sort=strategy_order(long["strategy"])),
         tooltip=["domain:N", "strategy:N", "step:Q",
                  alt.Tooltip("test_acc:Q", format=".3f", title="in-domain"),
                  alt.Tooltip("ood_acc:Q", format=".3f", title="OOD")])
@@ -263,30 +269,37 @@ def ood_scatter(frame: pd.DataFrame, title: str | None = None) -> alt.Chart:
         x="test_acc:Q", y="ood_acc:Q", color=color, opacity=opacity)
     diagonal = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(
         color="gray", strokeDash=[4, 4]).encode(x="x:Q", y="y:Q")
-    return (diagonal + points + fits).add_params(sel).properties(
+    # Both selections on the points (the view with both legends): Altair would put a layer's
+    # parameters on its first layer, the diagonal, which no legend binds.
+    return (diagonal + points.add_params(sel, by_strategy) + fits).properties(
         width=HEIGHT + 80, height=HEIGHT + 80,
         title=title or "OOD accuracy against in-domain accuracy over fine-tuning")
 
 
-def paper_vs_ours(ours: pd.DataFrame, paper: pd.DataFrame, title: str | None = None
-                  ) -> alt.Chart:
-    """Relative AUPF per strategy: the paper's datasets beside our tasks.
+def paper_vs_ours(ours: pd.DataFrame, paper: pd.DataFrame, title: str | None = None,
+                  task_order: Sequence[str] | None = None) -> alt.Chart:
+    """Relative AUPF per strategy: our tasks first (in ``task_order``, nearest first), then
+    the paper's datasets; within the page's width (:data:`PAGE_WIDTH`).
 
     ``ours``: the table of :func:`rtlib.report.estimands.aupf`; ``paper``:
     :func:`rtlib.paper.aupf_frame`.
     """
+    if task_order is not None:
+        ours = ours.assign(_k=ours["task"].map({t: i for i, t in enumerate(task_order)})
+                           ).sort_values("_k", kind="stable").drop(columns="_k")
     # With several readings of the paper's table (rtlib.paper.READINGS), each is its own column.
     label = (paper["reading"] + ": " if "reading" in paper and paper["reading"].nunique() > 1
              else "") + paper["dataset"]
     a = paper.assign(setting="paper: " + label, source="paper")
     b = ours.assign(setting="ours: " + ours["task"], source="ours")
-    both = pd.concat([a[["setting", "source", "strategy", "aupf", "relative"]],
-                      b[["setting", "source", "strategy", "aupf", "relative"]]])
+    both = pd.concat([b[["setting", "source", "strategy", "aupf", "relative"]],
+                      a[["setting", "source", "strategy", "aupf", "relative"]]])
     both["label"] = [f"{r:+.0%}" for r in both["relative"]]
     order = strategy_order(both["strategy"])
     sel = alt.selection_point(fields=["source"], bind="legend")
     base = alt.Chart(both).encode(
-        x=alt.X("setting:N", sort=list(dict.fromkeys(both["setting"])), title=None),
+        x=alt.X("setting:N", sort=list(dict.fromkeys(both["setting"])), title=None,
+                axis=alt.Axis(labelAngle=-45, labelLimit=160)),
         y=alt.Y("strategy:N", sort=order))
     cells = base.mark_rect().encode(
         color=alt.Color("relative:Q", title="AUPF vs mean",
@@ -294,10 +307,12 @@ def paper_vs_ours(ours: pd.DataFrame, paper: pd.DataFrame, title: str | None = N
         opacity=alt.condition(sel, alt.value(1.0), alt.value(0.25)),
         tooltip=["setting:N", "strategy:N", alt.Tooltip("aupf:Q", format=".3f"),
                  alt.Tooltip("relative:Q", format="+.1%")])
-    text = base.mark_text(fontSize=10).encode(text="label:N")
-    legend = _invisible_legend(base, "source", ["paper", "ours"])
-    return (cells + text + legend).add_params(sel).properties(
-        width=62 * both["setting"].nunique(), height=30 * len(order),
+    text = base.mark_text(fontSize=9).encode(text="label:N")
+    legend = _invisible_legend(base, "source", ["ours", "paper"])
+    # The page's column less the strategy axis and the legends (about 200 px).
+    width = min(62 * both["setting"].nunique(), PAGE_WIDTH - 240)
+    return (cells + text + legend.add_params(sel)).properties(
+        width=width, height=30 * len(order),
         title=title or "Which strategies balance best: the paper's datasets and our tasks")
 
 
@@ -326,8 +341,8 @@ def selection_gains(selection: pd.DataFrame, title: str | None = None,
                     tasks: Sequence[str] | None = None) -> alt.Chart:
     """Remedies: what choosing the checkpoint on validation gains in test robust accuracy and
     costs in test clean accuracy, per strategy (points: the mean over seeds; bars: the lowest
-    to the highest seed), one column per task (in the order of ``tasks``, e.g. nearest to
-    farthest; None: alphabetical)."""
+    to the highest seed), one row per task (in the order of ``tasks``, e.g. nearest to
+    farthest; None: alphabetical) and a column per measure."""
     long = selection.melt(id_vars=["task", "strategy", "seed"], value_vars=["gain", "cost"],
                           var_name="measure", value_name="value")
     names = {"gain": "test robust gained (picked - last)",
@@ -349,12 +364,14 @@ def selection_gains(selection: pd.DataFrame, title: str | None = None,
                  alt.Tooltip("low:Q", format="+.3f", title="lowest seed"),
                  alt.Tooltip("high:Q", format="+.3f", title="highest seed")])
     zero = base.mark_rule(color="grey", strokeDash=[3, 3]).encode(y=alt.datum(0))
-    return alt.layer(zero, bars, points).add_params(sel).properties(
-        # every column carries its own y axis (about 50 px): together they fit the page
-        width=max(90, WIDTH // max(1, summary["task"].nunique()) - 50),
-        height=160).facet(
-        row=alt.Row("measure:N", title=None, sort=list(names.values())),
-        column=alt.Column("task:N", title=None, sort=list(tasks) if tasks else "ascending")
+    # The selection on the points, whose colour is the strategy legend's: Altair puts a
+    # layer's parameters on its first layer, and a legend binds only a view that encodes it.
+    return alt.layer(zero, bars, points.add_params(sel)).properties(
+        # a column per measure, each with its own y axis (about 60 px); the task names and the
+        # legend take about 170 px: together they fit the page at any number of tasks
+        width=(PAGE_WIDTH - 170) // len(names) - 60, height=110).facet(
+        column=alt.Column("measure:N", title=None, sort=list(names.values())),
+        row=alt.Row("task:N", title=None, sort=list(tasks) if tasks else "ascending")
     ).resolve_scale(y="independent").properties(
         title=title or f"Choosing the checkpoint by {metrics.describe(selection['by'].iloc[0])}")
 
