@@ -245,7 +245,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import metrics, store, train
 
     if args.dry_run:
+        from .plan import duration, estimate
+
         described = train.describe(config)
+        seconds = estimate([config], args.results_dir)
+        described["estimated_seconds"] = None if seconds is None else round(seconds)
+        described["estimate"] = ("unknown: no stored run of this model to tell the pace"
+                                 if seconds is None else f"about {duration(seconds)} of one CPU "
+                                 "core, at the pace of the stored runs of this model")
         if args.json:
             print(json.dumps(described, indent=2))
         else:
@@ -406,9 +413,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         check_results_dir(results_dir, "--results-dir")
     overrides = {k: v for k, v in (("steps", args.steps), ("eps", args.eps)) if v is not None}
     if args.dry_run:  # what would run, computing nothing
-        for line in plan.progress_report(args.preset, args.tasks, args.strategies, args.seeds,
-                                         results_dir, path_form=args.path_form, **overrides):
-            print(line)
+        lines = plan.progress_report(args.preset, args.tasks, args.strategies, args.seeds,
+                                     results_dir, path_form=args.path_form, **overrides)
+        print(json.dumps({"summary": lines[0], "parts": lines[1:]}, indent=2) if args.json
+              else "\n".join(lines))
         return 0
     from . import train
 
@@ -692,6 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(linearly, for every strategy) or parameters (the trainable "
                         "parameters' straight line, as the committed study's paths were made); "
                         "default: the preset's")
+    p.add_argument("--json", action="store_true",
+                   help="with --dry-run: print the report as JSON (summary, parts)")
     p.add_argument("--no-remedies", action="store_true",
                    help="stop after the study's runs (no interpolation paths, no runs from the "
                         "robust upstream model)")

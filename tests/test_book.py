@@ -117,6 +117,13 @@ def test_chapter_loads_offline_without_console_errors(smoke_book, served, browse
     assert not errors, errors
     shown = browser.execute_script("return document.body.innerText")
     assert "Error loading script" not in shown and "Javascript Error" not in shown
+    # Each chart links the data it draws, as CSV files the built book serves.
+    links = browser.execute_script(
+        "return [...document.querySelectorAll('p.figure-data a')].map(a => a.href)")
+    assert len(links) >= CHAPTERS[page]
+    for link in links:
+        path = smoke_book / link.removeprefix(f"{served}/")
+        assert path.is_file() and path.read_text().count("\n") > 1, link
 
 
 def test_scorecard_table_is_present(served, browser):

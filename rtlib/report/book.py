@@ -225,6 +225,9 @@ def setup_notebook() -> None:
 
     # SVG rather than canvas: the marks are in the page, for readers' tools and our tests.
     alt.renderers.enable("html", embed_options={"renderer": "svg"})
+    html = alt.renderers.get()
+    alt.renderers.register("rtlib", lambda spec, **meta: with_data_link(html(spec, **meta), spec))
+    alt.renderers.enable("rtlib")
     alt.data_transformers.disable_max_rows()
     pd.set_option("display.max_colwidth", None)
     pd.set_option("display.precision", 3)
@@ -235,6 +238,37 @@ def setup_notebook() -> None:
     shell = get_ipython()
     if shell is not None:  # every table as a reader reads it (tables.readable), in full
         shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, tables.html)
+
+
+#: Where the data behind each chart goes (copied into the built book with _static/), and the
+#: way from a chapter's page (book/executed/<chapter>.html) to it.
+FIGURE_DATA, FIGURE_DATA_URL = Path("_static") / "data", "../../_static/data"
+
+
+def with_data_link(bundle: dict, spec: dict) -> dict:
+    """A chart's HTML followed by a link to each table it draws, as CSV (written under
+    :data:`FIGURE_DATA`, named by content): the numbers behind a figure, for a reader's own
+    analysis."""
+    import hashlib
+
+    import pandas as pd
+
+    links = []
+    for name, rows in (spec.get("datasets") or {}).items():
+        frame = pd.DataFrame(rows)
+        text = frame.to_csv(index=False)
+        path = root() / FIGURE_DATA / f"{hashlib.sha256(text.encode()).hexdigest()[:12]}.csv"
+        if not path.exists():
+            from ..store import write_text
+
+            write_text(path, text)
+        links.append(f"<a href='{FIGURE_DATA_URL}/{path.name}' download>{len(frame):,} rows"
+                     "</a>")
+    if links:
+        bundle = dict(bundle)
+        bundle["text/html"] += ("<p class='figure-data'>The data behind this chart (CSV): "
+                                + ", ".join(links) + ".</p>")
+    return bundle
 
 
 def write_static_assets(folder: Path | None = None) -> Path:
