@@ -130,8 +130,15 @@ def check_values(parameters: Mapping[str, Any]) -> None:
         check_results_dir(parameters["results_dir"])
     if not set(parameters) & set(RUN_PARAMETERS):
         return
+    from ..config import (EXECUTORS, MAX_SEED, MAX_STEPS, check_choice, check_int, check_list,
+                          preset_remedies)
+
+    # The bounds first: answered before torch is imported and the notebooks are read.
+    if parameters.get("steps") is not None:
+        check_int("steps", parameters["steps"], 1, MAX_STEPS)
+    for seed in check_list("seeds", parameters["seeds"]) if parameters.get("seeds") else ():
+        check_int("seed", seed, 0, MAX_SEED)
     from .. import interpolate, sweep
-    from ..config import EXECUTORS, check_choice, check_int, preset_remedies
 
     check_choice("executor", parameters.get("executor", "local"), EXECUTORS)
     if parameters.get("workers") is not None:
