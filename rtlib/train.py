@@ -235,7 +235,7 @@ class TrainState:
 def loop(state: TrainState, total_steps: int, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
          points: set[int], on_point: Callable[[TrainState], str | None],
          loss_fn: Callable = F.cross_entropy, grad_clip: float = 1.0, label: str = "train",
-         progress: bool = True) -> TrainState:
+         progress: bool = True, point_cost: float = 0.0) -> TrainState:
     """Train ``state.model`` up to ``total_steps``, calling ``on_point(state)`` at each step of
     ``points`` (before the step is taken; once per step, also after a resume); what it returns
     is shown on the progress bar.
@@ -244,14 +244,20 @@ def loop(state: TrainState, total_steps: int, batch: Callable[[], tuple[torch.Te
     converts). Raises :class:`TrainingDiverged` on a loss that is not finite.
     """
     model, params = state.model, [p for p in state.model.parameters() if p.requires_grad]
-    bar = tqdm(total=total_steps, initial=state.step, desc=label, disable=not progress,
-               leave=False)
     last_point = state.rows[-1].get("step") if state.rows else None
+    # The bar counts steps and, with ``point_cost`` (an evaluation point's time in steps), the
+    # evaluations too: its remaining time then includes them (they are most of a run's time).
+    done = state.step + point_cost * sum(p < state.step or p == last_point for p in points)
+    bar = tqdm(total=total_steps + point_cost * len([p for p in points if p <= total_steps]),
+               initial=done, desc=label, disable=not progress, leave=False,
+               bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]" if point_cost
+               else None)
     note = ""
     while True:
         if state.step in points and state.step != last_point:
             note = on_point(state) or note
             last_point = state.step
+            bar.update(point_cost)
         if state.step >= total_steps:
             break
         t0 = time.perf_counter()
@@ -273,7 +279,8 @@ def loop(state: TrainState, total_steps: int, batch: Callable[[], tuple[torch.Te
         state.loss_sum, state.loss_count = state.loss_sum + loss.item(), state.loss_count + 1
         state.train_seconds += time.perf_counter() - t0
         bar.update(1)
-        bar.set_postfix_str(f"{note} loss {loss.item():.3f}".strip(), refresh=False)
+        bar.set_postfix_str(f"step {state.step}/{total_steps} {note} loss {loss.item():.3f}"
+                            .replace("  ", " "), refresh=False)
     bar.close()
     return state
 
@@ -364,9 +371,16 @@ class _Session:
 
     def train(self, until: int, on_point: Callable[[TrainState], str | None],
               progress: bool) -> None:
+        from .plan import work
+
+        train_work, eval_work = work(self.config)
+        # An evaluation pass costs about 0.57 of a training pass here (the committed study's
+        # median paces, rtlib.plan.pace: 0.0023 s against 0.0040 s per image pass).
+        point_cost = 0.57 * eval_work / len(self.points) / (train_work / max(1, until))
         loop(self.state, until, self.batch, set(self.points), on_point,
              grad_clip=self.config.grad_clip,
-             label=f"{self.config.task}/{self.config.strategy}", progress=progress)
+             label=f"{self.config.task}/{self.config.strategy}", progress=progress,
+             point_cost=point_cost)
 
 
 def replay(config: RunConfig, points: int = 2, device: str | None = "cpu",

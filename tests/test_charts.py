@@ -171,7 +171,7 @@ def test_selection_gains(frame):
     assert spec["resolve"]["scale"]["y"] == "independent"  # gains and costs differ in size
     tasks = sorted(selection["task"].unique(), reverse=True)  # e.g. nearest to farthest
     ordered = charts.selection_gains(selection, tasks=tasks).to_dict(validate=True)
-    assert ordered["facet"]["column"]["sort"] == tasks and len(tasks) > 1
+    assert ordered["facet"]["row"]["sort"] == tasks and len(tasks) > 1  # a row per task
 
 
 def test_interpolation_paths(frame):

@@ -185,8 +185,8 @@ def test_hyperparameters_change_the_model():
 
 @pytest.mark.parametrize("name,hparams,field,allowed", [
     ("lorra", {}, "strategy", "adapter, bitfit, compacter, dora, full, ia3, linear_probe, lora"),
-    ("lora", {"rank": 0}, "lora.rank", "an integer >= 1"),
-    ("lora", {"rank": 2.5}, "lora.rank", "an integer >= 1"),
+    ("lora", {"rank": 0}, "lora.rank", "an integer in [1, 4096]"),
+    ("lora", {"rank": 2.5}, "lora.rank", "an integer in [1, 4096]"),
     ("lora", {"target_modules": ["qkv", "query"]}, "lora.target_modules",
      "fc1, fc2, k, proj, q, qkv, v"),
     ("lora", {"target_modules": ["qkv", "q"]}, "lora.target_modules", "either qkv or any of q"),
