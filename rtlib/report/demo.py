@@ -55,7 +55,13 @@ def describe(run: pd.DataFrame, robust_col: str) -> str:
             f"accuracy at {budget} peaked at {s['peak']:.3f} (step {s['peak_step']}, chosen on "
             f"the {s['peak_on']} split) and ended at {s['final']:.3f} (step {s['final_step']}): "
             f"a fall of {s['drop']:+.3f}, 95% interval [{s['low']:+.3f}, {s['high']:+.3f}], "
-            f"so it **{s['outcome']}**.")
+            f"so {VERDICT[s['outcome']]}.")
+
+
+#: The fall's outcome (rtlib.report.estimands.fall_outcome) as the demo's last words.
+VERDICT = {"falls": "it **falls** beyond its interval",
+           "does not fall": "it **does not fall** (the interval rules out a fall of 2 points)",
+           "undecided": "whether it falls is **undecided** (the interval allows both)"}
 
 
 def draw(run: pd.DataFrame, robust_col: str, png: str | Path, title: str | None = None) -> Path:
