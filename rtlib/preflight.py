@@ -71,6 +71,9 @@ def check_names(config: RunConfig) -> None:
     task = data.info(config.task)
     data.check_domain(task, config.domain)
     check_strategy_name(config.strategy)
+    from .strategies import bounds
+
+    bounds.check_given(config.strategy, config.hparams)  # ranks, rates: before torch too
 
 
 def check_strategy_name(name: str) -> None:

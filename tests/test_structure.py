@@ -36,6 +36,12 @@ def test_config_is_a_leaf():
     (["--task", "digits", "--strategy", "full", "--steps", "0"], "steps"),
     (["--task", "digits", "--strategy", "full", "--batch-size", "999"], "batch_size"),
     (["--task", "digits", "--strategy", "full", "--attack", "fgsm"], "attack"),
+    # issue 32: bounds of fields, hyper-parameters and devices need no torch either
+    (["--task", "digits", "--strategy", "full", "--seed", str(2**64)], "seed"),
+    (["--task", "digits", "--strategy", "lora", "--hparam", "rank=0"], "lora.rank"),
+    (["--task", "digits", "--strategy", "compacter", "--hparam", "n=100"], "compacter.n"),
+    (["--task", "digits", "--strategy", "full", "--schedule", "every:1", "--steps", "9999999"],
+     "schedule"),
 ])
 def test_bad_options_are_answered_before_torch_is_imported(argv, field, tmp_path):
     code = (f"from rtlib import cli\ntry:\n    cli.main(['run', '--preset', 'smoke', "

@@ -14,7 +14,8 @@ from typing import Callable
 
 from torch import nn
 
-from .base import Strategy, check_choice, check_float, check_names, freeze
+from . import bounds
+from .base import Strategy, check_choice, check_names, freeze
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -81,8 +82,7 @@ def bottleneck_width(width: int, reduction_factor: float, multiple: int = 1) -> 
 
 def validate_common(prefix: str, hp: dict) -> dict:
     hp = dict(hp)
-    hp["reduction_factor"] = check_float(f"{prefix}.reduction_factor", hp["reduction_factor"],
-                                         low=0, low_open=True)
+    hp["reduction_factor"] = bounds.check(prefix, "reduction_factor", hp["reduction_factor"])
     hp["positions"] = check_names(f"{prefix}.positions", hp["positions"], list(POSITIONS))
     hp["activation"] = check_choice(f"{prefix}.activation", hp["activation"], ACTIVATIONS)
     return hp

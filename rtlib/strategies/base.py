@@ -7,10 +7,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from ..config import ConfigError, check_choice, check_float, check_int
-
-#: The largest rank a low-rank strategy takes (ViT-g's width is 1,536; a rank beyond the
-#: model's width adds nothing a full update lacks).
-MAX_RANK = 4096
+from .bounds import MAX_RANK
 
 #: The paper's first axis: *which* information a strategy adapts.
 INFORMATION = {

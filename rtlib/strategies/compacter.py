@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .adapter import Bottleneck, bottleneck_width, insert, model_width, validate_common
-from .base import MAX_RANK, ConfigError, Strategy, check_float, check_int
+from . import bounds
+from .base import ConfigError, Strategy
 
 
 class PHMRule(nn.Module):
@@ -65,8 +66,8 @@ class PHMLinear(nn.Module):
 
 def _validate(backbone: nn.Module, hp: dict) -> dict:
     hp = validate_common("compacter", hp)
-    hp["n"] = check_int("compacter.n", hp["n"], minimum=1, maximum=64)
-    hp["rank"] = check_int("compacter.rank", hp["rank"], minimum=1, maximum=MAX_RANK)
+    for name in ("n", "rank"):  # their bounds: rtlib.strategies.bounds
+        hp[name] = bounds.check("compacter", name, hp[name])
     width = model_width(backbone)
     if width % hp["n"]:
         divisors = [d for d in range(1, width + 1) if width % d == 0 and d <= 64]
@@ -74,8 +75,7 @@ def _validate(backbone: nn.Module, hp: dict) -> dict:
                           f"must divide the model width {width}:")
     if not isinstance(hp["shared_rules"], bool):
         raise ConfigError("compacter.shared_rules", hp["shared_rules"], [True, False])
-    hp["rule_init_std"] = check_float("compacter.rule_init_std", hp["rule_init_std"], low=0,
-                                      low_open=True, high=1)
+    hp["rule_init_std"] = bounds.check("compacter", "rule_init_std", hp["rule_init_std"])
     return hp
 
 

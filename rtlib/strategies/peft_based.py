@@ -15,8 +15,8 @@ import torch
 from peft import IA3Config, LoraConfig, get_peft_model
 from torch import nn
 
-from .base import (MAX_RANK, ConfigError, Strategy, check_float, check_int, check_names,
-                   linear_leaf_names)
+from . import bounds
+from .base import ConfigError, Strategy, check_names, linear_leaf_names
 
 SPLIT_NAMES = ("q", "k", "v")
 FUSED_NAME = "qkv"
@@ -97,13 +97,8 @@ def _inject(backbone: nn.Module, config) -> nn.Module:
 def _validate_lora(prefix: str):
     def validate(backbone: nn.Module, hp: dict) -> dict:
         hp = dict(hp)
-        hp["rank"] = check_int(f"{prefix}.rank", hp["rank"], minimum=1, maximum=MAX_RANK)
-        # alpha / rank scales the update: beyond a few thousand it only diverges (1e30 trained
-        # to chance and looked like a finished run)
-        hp["alpha"] = check_float(f"{prefix}.alpha", hp["alpha"], low=0, low_open=True,
-                                  high=4096)
-        hp["dropout"] = check_float(f"{prefix}.dropout", hp["dropout"], low=0, high=1,
-                                    high_open=True)
+        for name in ("rank", "alpha", "dropout"):  # their bounds: rtlib.strategies.bounds
+            hp[name] = bounds.check(prefix, name, hp[name])
         hp["target_modules"] = _check_targets(f"{prefix}.target_modules", hp["target_modules"],
                                               backbone)
         return hp
