@@ -219,9 +219,11 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
                 f"{shown_path(results_dir)}")
         if records:
             pace = sum(r["seconds"] for r in records) / len(records)
-            if role == "study":  # the remedies' pace: a run's, and an evaluation point's
+            if role == "study":  # the remedies' pace: a run's, an evaluation point's, and a
+                # run's training alone (a path whose run's weights are not kept retrains it)
                 study_pace = pace, (sum(r["eval_seconds"] for r in records)
-                                    / sum(r["points"] for r in records))
+                                    / sum(r["points"] for r in records)), \
+                    sum(r["seconds"] - r["eval_seconds"] for r in records) / len(records)
             if len(records) < len(configs):
                 left += pace * (len(configs) - len(records))
                 line += (f"; at the pace of those ({pace:.0f} s of compute per run), about "
@@ -239,9 +241,11 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
         if todo and study_pace is not None:
             # A robust upstream run costs a study run; a path, its evaluated points (its ends
             # are runs' own points, interpolate.run_ends).
-            per_run, per_point = study_pace
+            per_run, per_point, training = study_pace
             extra = sum(per_point * len([a for a in job.alphas if a not in
                                          interpolate.run_ends(job.strategy, job.form)])
+                        + (0.0 if store.weights_path(results_dir, job.config).is_file()
+                           else training)
                         if isinstance(job, interpolate.PathJob) else per_run for job in todo)
             left += extra
             line += f"; at the study's pace, about {duration(extra)} of one core left"
@@ -251,7 +255,11 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
     if left:
         lines.append(f"in all: about {duration(left)} of one core left ({duration(left / 2)} "
                      "with two workers)")
-    return [cost_line(todo_all, results_dir), *lines]
+    summary = cost_line(todo_all, results_dir)
+    if left and todo_all:  # this study's own pace, as the lines below: one figure in a report
+        summary = summary.split(", about ")[0] + (f", about {duration(left)} of one core "
+                                                  f"({duration(left / 2)} on two)")
+    return [summary, *lines]
 
 
 # -- what work costs --------------------------------------------------------------------------
