@@ -184,10 +184,9 @@ def check_weights_fit(path: str | os.PathLike, backbone: nn.Module, field: str =
 
 
 def _checkpoint_classes(path: Path, head: str) -> int:
-    """Number of classes of the checkpoint's head (0 when it has none)."""
-    state = timm.models.load_state_dict(str(path))
-    weight = state.get(f"{head}.weight")
-    return 0 if weight is None else int(weight.shape[0])
+    """Number of classes of the checkpoint's head (0 when it has none), from its shapes."""
+    shape = checkpoint_shapes(path).get(f"{head}.weight")
+    return 0 if shape is None else int(shape[0])
 
 
 def build(

@@ -255,11 +255,8 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
     if left:
         lines.append(f"in all: about {duration(left)} of one core left ({duration(left / 2)} "
                      "with two workers)")
-    summary = cost_line(todo_all, results_dir)
-    if left and todo_all:  # this study's own pace, as the lines below: one figure in a report
-        summary = summary.split(", about ")[0] + (f", about {duration(left)} of one core "
-                                                  f"({duration(left / 2)} on two)")
-    return [summary, *lines]
+    # At this study's own pace where it has one, as the lines below: one figure in a report.
+    return [cost_line(todo_all, results_dir, left or None), *lines]
 
 
 # -- what work costs --------------------------------------------------------------------------
@@ -345,9 +342,11 @@ def estimate(jobs: Sequence[Any], results_dir: str | Path, paces: dict | None = 
     return seconds
 
 
-def cost_line(jobs: Sequence[Any], results_dir: str | Path) -> str:
+def cost_line(jobs: Sequence[Any], results_dir: str | Path, seconds: float | None = None
+              ) -> str:
     """"N new runs (and P paths), about T of one core", at the pace of the stored runs of
-    the same model (:func:`estimate`), or "nothing new to compute"."""
+    the same model (:func:`estimate`; ``seconds``: a figure the caller already has), or
+    "nothing new to compute"."""
     from . import interpolate
 
     if not jobs:
@@ -357,7 +356,8 @@ def cost_line(jobs: Sequence[Any], results_dir: str | Path) -> str:
     what = " and ".join(part for part in (f"{runs} new runs" if runs else "",
                                           f"{paths} new interpolation paths" if paths else "")
                         if part)
-    seconds = estimate(jobs, results_dir)
+    if seconds is None:
+        seconds = estimate(jobs, results_dir)
     if seconds is None:
         return f"{what} (no run of this model is stored yet to tell how long they take)"
     return f"{what}, about {duration(seconds)} of one core ({duration(seconds / 2)} on two)"

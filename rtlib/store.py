@@ -98,11 +98,17 @@ def check_results_dir(results_dir: Any, field: str = "results_dir") -> Path:
     if not isinstance(results_dir, (str, os.PathLike)) or not str(results_dir).strip():
         raise ConfigError(field, results_dir, "the path of a folder", "empty:")
     path = Path(results_dir)
-    for entry in (path, *(path / name for name in FOLDERS)):
-        if entry.exists() and not entry.is_dir():
-            raise ConfigError(field, str(results_dir), "a folder (or a path where one can be "
-                              "made)", f"{entry} is a file, not a folder:")
+    entry = path if path.exists() and not path.is_dir() else _misplaced_folder(path)
+    if entry is not None:
+        raise ConfigError(field, str(results_dir), "a folder (or a path where one can be "
+                          "made)", f"{entry} is a file, not a folder:")
     return path
+
+
+def _misplaced_folder(results_dir: Path) -> Path | None:
+    """The first of the store's folders (:data:`FOLDERS`) that is something else, if any."""
+    return next((entry for entry in (results_dir / name for name in FOLDERS)
+                 if entry.exists() and not entry.is_dir()), None)
 
 
 def _umask() -> int:
@@ -224,10 +230,10 @@ def claim(results_dir: str | Path, config: RunConfig, wait: bool = True
     files = (run_path(results_dir, config), partial_path(results_dir, config),
              weights_path(results_dir, config))
     # Either would let the whole run compute and then fail to write: refuse before.
-    for path in (Path(results_dir) / name for name in FOLDERS):
-        if path.exists() and not path.is_dir():
-            raise StoreError(f"{path} is a file where the store keeps a folder; move it away "
-                             "and rerun")
+    misplaced = _misplaced_folder(Path(results_dir))
+    if misplaced is not None:
+        raise StoreError(f"{misplaced} is a file where the store keeps a folder; move it away "
+                         "and rerun")
     for path in files:
         if path.exists() and not path.is_file():
             raise StoreError(f"{path} is a folder where the store keeps a file; move it away "

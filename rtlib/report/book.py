@@ -169,13 +169,13 @@ def missing_work(parameters: Mapping[str, Any] | None = None, remedies: bool = T
     at the preset's rates (the rates it will choose are not known yet). None when the work is
     not done here (another executor)."""
     from .. import plan, store, sweep
-    from ..config import ConfigError, preset_store
+    from ..config import ConfigError
 
     p = dict(parameters or {})
     if p.get("executor", "local") != "local":
         return None
     runs = chapter_runs(p)
-    results_dir = p.get("results_dir") or preset_store(runs.preset)
+    results_dir = store_dir(p, runs)
     tasks = list(dict.fromkeys(runs.tasks + runs.ood_tasks))  # the OOD task is often a study task
     try:
         study_plan = plan.plan(runs.preset, tasks, runs.strategies, runs.seeds, results_dir,
@@ -215,13 +215,18 @@ def rerun_cost(parameters: Mapping[str, Any], remedies: bool = False) -> str:
     """What rerunning the chapters with ``parameters`` computes, in words: "N new runs, about
     T of one core" (the exercises' costs, computed, never typed)."""
     from .. import plan
-    from ..config import preset_store
 
     todo = missing_work(parameters, remedies)
     if todo is None:
         return "not known here: the runs are computed by another executor"
-    runs = chapter_runs(parameters)
-    return plan.cost_line(todo, parameters.get("results_dir") or preset_store(runs.preset))
+    return plan.cost_line(todo, store_dir(parameters, chapter_runs(parameters)))
+
+
+def store_dir(parameters: Mapping[str, Any], runs: ChapterRuns) -> str:
+    """The store the chapters read: ``results_dir`` when given, else their preset's."""
+    from ..config import preset_store
+
+    return parameters.get("results_dir") or preset_store(runs.preset)
 
 
 def setup_notebook() -> None:
@@ -326,15 +331,14 @@ def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None
     output_dir = Path(output_dir or base / "book" / "executed")
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = notebooks() if not names else [base / "notebooks" / f"{n}.ipynb" for n in names]
-    todo = missing_work(parameters, remedies=any(p.stem == "remedies" for p in paths))
-    if progress:
+    # What the store lacks: said before the first chapter, and it sets how many run at once.
+    todo = missing_work(parameters, remedies=any(p.stem == "remedies" for p in paths)) \
+        if progress or jobs is None else None
+    if progress and todo is not None:
         from .. import plan
-        from ..config import preset_store
 
-        runs = chapter_runs(dict(parameters or {}))
-        store_dir = (parameters or {}).get("results_dir") or preset_store(runs.preset)
-        if todo is not None:
-            print(("to compute: " if todo else "") + plan.cost_line(todo, store_dir), flush=True)
+        where = store_dir(dict(parameters or {}), chapter_runs(dict(parameters or {})))
+        print(("to compute: " if todo else "") + plan.cost_line(todo, where), flush=True)
     if jobs is None:
         jobs = (os.cpu_count() or 1) if todo == [] else 1
     t0 = time.perf_counter()
