@@ -1,11 +1,19 @@
-"""Calibration of the ladder of tasks (issue 33): each glyph task's linear-probe accuracy on its
-validation split, with its 95% interval, from each upstream checkpoint given.
+"""Calibration of the ladder of tasks (issue 33), on data no study reads its verdicts from.
 
-The read-out is fitted on the frozen features (rtlib.calibrate.probe_accuracy): a task's place
-on the ladder is chosen from these validation numbers, never from the test set.
+Two measurements, each written into the committed calibration store (``calibration/``), which
+the methods chapter reads:
 
-    python bench/calibrate_ladder.py                      # the committed checkpoints
-    python bench/calibrate_ladder.py --weights rtlib/weights/vit_glyph_p4_24_converged.safetensors
+- ``probe``: each task's linear-probe accuracy on its validation split, with its 95% interval,
+  from each upstream checkpoint given (rtlib.calibrate.probe_accuracy): the task's distance from
+  upstream, its place on the ladder. Appends to ``calibration/probe.csv``.
+- ``finetune``: one fine-tuning run per task (the study's recipe, full fine-tuning by default)
+  on the calibration data (data_seed 1: other training, validation and evaluation images than
+  the study's), attacked at several budgets: is the task learnable (clean accuracy at the
+  end), and where its robust accuracy peaks at each budget (which budgets are informative).
+  Runs are stored like any run (resumable); the summary is printed.
+
+    python bench/calibrate_ladder.py probe --weights converged
+    python bench/calibrate_ladder.py finetune --weights converged --tasks greek fonts
 """
 from __future__ import annotations
 
@@ -15,31 +23,67 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rtlib import calibrate
-from rtlib.config import EMBEDDED_WEIGHTS, ROBUST_WEIGHTS
+from rtlib import calibrate, store, train
+from rtlib.config import UPSTREAM_CHECKPOINTS, parse_budget
 from rtlib.data import glyphs
+
+
+def probe(args) -> None:
+    out = Path(args.store) / calibrate.PROBE_TABLE
+    old = pd.read_csv(out) if out.is_file() else pd.DataFrame()
+    rows = []
+    for weights in args.weights:
+        for task in args.tasks:
+            row = calibrate.probe_accuracy(task, weights, train_size=args.train_size)
+            rows.append({"upstream": weights, "train_size": args.train_size, **row})
+            print(f"{weights:18s} {task:20s} {row['val_acc']:.3f} "
+                  f"[{row['low']:.3f}, {row['high']:.3f}]", flush=True)
+    new = pd.DataFrame(rows)
+    keys = ["upstream", "task", "train_size"]
+    if len(old):  # a task measured again replaces its old row
+        old = old[~old.set_index(keys).index.isin(new.set_index(keys).index)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat([old, new]).to_csv(out, index=False, float_format="%.4f")
+    table = pd.concat([old, new]).pivot_table(index="task", columns="upstream", values="val_acc")
+    print(table.round(3).sort_values(table.columns[0], ascending=False).to_string())
+
+
+def finetune(args) -> None:
+    configs = []
+    for weights in args.weights:
+        configs += calibrate.finetune_configs(
+            args.tasks, weights, strategy=args.strategy, lr=args.lr, train_size=args.train_size,
+            steps=args.steps, eps=tuple(args.eps), test_size=args.test_size)
+    for config in configs:
+        train.run(config, args.store, device="cpu", progress=args.progress)
+    summary = calibrate.finetune_summary(store.load(args.store, configs))
+    print(summary.round(3).to_string(index=False))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", nargs="+", default=[str(EMBEDDED_WEIGHTS), str(ROBUST_WEIGHTS)],
-                        help="upstream checkpoints to read the tasks with")
+    parser.add_argument("mode", choices=("probe", "finetune"))
+    parser.add_argument("--weights", nargs="+", default=["converged"],
+                        help=f"upstream checkpoints: {', '.join(UPSTREAM_CHECKPOINTS)} or files")
     parser.add_argument("--tasks", nargs="+", default=None, help="default: every downstream task")
-    parser.add_argument("--train-size", type=int, default=4000,
-                        help="training images (10%% of them held out as the validation split)")
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="training images, 10%% of them the validation split (default: "
+                             "4,000 for probes, 8,000 for fine-tuning)")
+    parser.add_argument("--strategy", default="full", help="finetune: the strategy")
+    parser.add_argument("--lr", type=float, default=3e-4, help="finetune: the learning rate")
+    parser.add_argument("--steps", type=int, default=1000, help="finetune: optimizer steps")
+    parser.add_argument("--eps", nargs="+", type=parse_budget,
+                        default=[1 / 255, 2 / 255, 4 / 255], help="finetune: budgets, e.g. 2/255")
+    parser.add_argument("--test-size", type=int, default=512,
+                        help="finetune: calibration images attacked at each point")
+    parser.add_argument("--store", default=calibrate.CALIBRATION_STORE)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--progress", action="store_true", help="finetune: a bar per run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    tasks = args.tasks or [t for t in glyphs.specs() if not t.startswith("upstream")]
-    rows = []
-    for weights in args.weights:
-        for task in tasks:
-            row = calibrate.probe_accuracy(task, weights, train_size=args.train_size)
-            rows.append({"upstream": Path(weights).stem, **row})
-            print(f"{Path(weights).stem:32s} {task:14s} {row['val_acc']:.3f} "
-                  f"[{row['low']:.3f}, {row['high']:.3f}]", flush=True)
-    table = pd.DataFrame(rows).pivot(index="task", columns="upstream", values="val_acc")
-    print(table.round(3).sort_values(table.columns[0], ascending=False).to_string())
+    args.tasks = args.tasks or [t for t in glyphs.specs() if not t.startswith("upstream")]
+    args.train_size = args.train_size or (4000 if args.mode == "probe" else 8000)
+    (probe if args.mode == "probe" else finetune)(args)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,51 @@ def probe_accuracy(task: str, weights: str | Path | None, train_size: int = 2000
     low, high = wilson_interval(acc, len(val))
     return {"task": task, "val_acc": acc, "low": float(low), "high": float(high),
             "val_images": len(val)}
+
+
+#: Calibration runs draw their data from this seed: other training, validation and evaluation
+#: images than a study's (data_seed 0), so that no choice of task, budget or length looks at
+#: the images a study's verdicts are read from.
+CALIBRATION_DATA_SEED = 1
+#: Where the committed calibration lives (a store of runs, and the probes' table).
+CALIBRATION_STORE = "calibration"
+PROBE_TABLE = "probe.csv"
+
+
+def finetune_configs(tasks: list[str], weights: str, strategy: str = "full", lr: float = 3e-4,
+                     train_size: int = 8000, steps: int = 1000, eps: tuple = (1 / 255, 2 / 255,
+                     4 / 255), test_size: int = 512, schedule: str = "log:6",
+                     preset: str = "study") -> list:
+    """The fine-tuning runs that check a task is learnable and where its robust accuracy lies:
+    the preset's recipe at ``weights``, on the calibration data (:data:`CALIBRATION_DATA_SEED`),
+    attacked at every budget of ``eps`` (early-exit PGD)."""
+    from . import sweep
+
+    return sweep.expand(tasks, [strategy], [0], preset=preset, weights=weights, lr=lr,
+                        train_size=train_size, steps=steps, eps=tuple(eps), test_size=test_size,
+                        schedule=schedule, attack="pgd_early", data_seed=CALIBRATION_DATA_SEED)
+
+
+def finetune_summary(frame) -> "pd.DataFrame":
+    """Per calibration run (rows of ``store.load``): clean accuracy at the end, and per budget
+    the robust accuracy at its peak (with the step) and at the end, all on the calibration
+    images."""
+    import pandas as pd
+
+    from . import metrics
+
+    rows = []
+    for run_id, run in frame.groupby("run_id", sort=False):
+        run = run.sort_values("step")
+        last = run.iloc[-1]
+        row = {"task": last.task, "strategy": last.strategy, "lr": last.lr,
+               "train_size": last.train_size, "steps": int(last.step),
+               "clean_end": last[metrics.TEST_ACC], "train_end": last[metrics.TRAIN_ACC]}
+        for column in [c for c in run.columns if c.startswith("robust_acc@")]:
+            label = column.split("@", 1)[1]
+            peak = run[column].idxmax()
+            row[f"robust_peak@{label}"] = run.loc[peak, column]
+            row[f"peak_step@{label}"] = int(run.loc[peak, "step"])
+            row[f"robust_end@{label}"] = last[column]
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -183,8 +183,28 @@ EMBEDDED_WEIGHTS = Path(__file__).resolve().parent / "weights" / f"{EMBEDDED_MOD
 #: Its adversarially pre-trained variant (issue 17's robust upstream model; ``python -m rtlib
 #: pretrain --init ... --adv-eps ...``, the command in its metadata).
 ROBUST_WEIGHTS = EMBEDDED_WEIGHTS.with_name(f"{EMBEDDED_MODEL}_adv.safetensors")
+#: The converged upstream model (issue 33: >= 95% upstream accuracy, pre-trained on
+#: ``upstream2``, which leaves texture, outline and dots unseen) and its robust variant.
+CONVERGED_WEIGHTS = EMBEDDED_WEIGHTS.with_name(f"{EMBEDDED_MODEL}_converged.safetensors")
+CONVERGED_ROBUST_WEIGHTS = EMBEDDED_WEIGHTS.with_name(f"{EMBEDDED_MODEL}_converged_adv.safetensors")
+#: Our committed upstream checkpoints by name (the ``weights`` a run can name), with what each
+#: is: ``embedded`` is the first, weak one (88.5%), which the first study was computed from.
+UPSTREAM_CHECKPOINTS = {
+    "embedded": "the weak upstream model (88.5%, the first study's)",
+    "embedded_robust": "the weak model adversarially pre-trained (2/255)",
+    "converged": "the converged upstream model (issue 33)",
+    "converged_robust": "the converged model adversarially pre-trained",
+}
+
+
+def checkpoint_file(name: str) -> Path:
+    """The file of the committed upstream checkpoint ``name`` (:data:`UPSTREAM_CHECKPOINTS`)."""
+    return {"embedded": EMBEDDED_WEIGHTS, "embedded_robust": ROBUST_WEIGHTS,
+            "converged": CONVERGED_WEIGHTS, "converged_robust": CONVERGED_ROBUST_WEIGHTS}[name]
+
+
 #: Weights that are not a file: random initialization, the hub's, or our checkpoints.
-NAMED_WEIGHTS = (None, "hub", "timm", "embedded", "embedded_robust")
+NAMED_WEIGHTS = (None, "hub", "timm", *UPSTREAM_CHECKPOINTS)
 
 
 def _field(default: Any, help: str, **meta: Any):
@@ -212,9 +232,9 @@ class RunConfig:
     # model
     model: str = _field("vit_glyph_p4_24", "timm model name")
     weights: str | None = _field(
-        None, "pretrained weights: 'embedded' (our upstream checkpoint), 'embedded_robust' (its "
-              "adversarially pre-trained variant), 'hub' (download), a .safetensors/.pth file, "
-              "or none (random initialization)")
+        None, "pretrained weights: one of our upstream checkpoints (embedded: the weak one; "
+              "embedded_robust: its adversarial variant; converged; converged_robust), 'hub' "
+              "(download), a .safetensors/.pth file, or none (random initialization)")
     model_kwargs: dict = _field(dict, "passed to timm.create_model (e.g. depth=2 in tests)")
     # data
     domain: str | None = _field(
@@ -333,14 +353,15 @@ class RunConfig:
             check_float("eps", e, low=0, high=1)
         if self.domain is not None and not isinstance(self.domain, str):
             raise ConfigError("domain", self.domain, "a domain name or None", "not a name:")
-        if self.weights == "embedded_robust" and not ROBUST_WEIGHTS.is_file():
-            raise ConfigError("weights", self.weights, "a robust upstream model made by python "
-                              f"-m rtlib pretrain --adv-eps ... --out {ROBUST_WEIGHTS}",
+        if (self.weights in UPSTREAM_CHECKPOINTS and self.weights != "embedded"
+                and not checkpoint_file(self.weights).is_file()):
+            raise ConfigError("weights", self.weights, "an upstream model made by python -m "
+                              f"rtlib pretrain ... --out {checkpoint_file(self.weights)}",
                               "not made yet:")
         if self.weights not in NAMED_WEIGHTS:
             if not isinstance(self.weights, str) or not Path(self.weights).is_file():
-                raise ConfigError("weights", self.weights, "none, embedded, embedded_robust, "
-                                  "hub, or an existing file", "file not found:")
+                raise ConfigError("weights", self.weights, "none, " + ", ".join(
+                    UPSTREAM_CHECKPOINTS) + ", hub, or an existing file", "file not found:")
         if self.total_steps() > MAX_STEPS:
             per_epoch = math.ceil(self.planned_train_images() / self.batch_size)
             raise ConfigError("epochs", self.epochs, f"at most {MAX_STEPS:,} steps in all (here "
@@ -712,12 +733,12 @@ def preset_spec(name: str) -> dict[str, Any]:
 
 
 def resolve_weights(weights: str | None) -> str | None:
-    """``"embedded"`` means the committed upstream checkpoint (random init if it is absent),
-    ``"embedded_robust"`` its adversarially pre-trained variant."""
+    """A checkpoint's name (:data:`UPSTREAM_CHECKPOINTS`) means its committed file;
+    ``"embedded"`` without its file means random initialization."""
     if weights == "embedded":
         return str(EMBEDDED_WEIGHTS) if EMBEDDED_WEIGHTS.is_file() else None
-    if weights == "embedded_robust":
-        return str(ROBUST_WEIGHTS)
+    if weights in UPSTREAM_CHECKPOINTS:
+        return str(checkpoint_file(weights))
     return weights
 
 

@@ -121,7 +121,7 @@ def check_weights_file(weights: str | None, backbone=None, field: str = "weights
     (:func:`rtlib.models.check_weights_fit`). Anything else names the file. Read once per file
     version (a grid of runs shares its weights). ``run --weights`` and ``pretrain --init``
     alike."""
-    from .config import NAMED_WEIGHTS, resolve_weights
+    from .config import NAMED_WEIGHTS, UPSTREAM_CHECKPOINTS, resolve_weights
     from .models import WEIGHT_SUFFIXES, check_weights_fit
 
     if weights in (None, "hub", "timm"):
@@ -131,7 +131,7 @@ def check_weights_file(weights: str | None, backbone=None, field: str = "weights
         return
     path = Path(weights)
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ConfigError(field, shown, ["none", "embedded", "embedded_robust", "hub",
+        raise ConfigError(field, shown, ["none", *UPSTREAM_CHECKPOINTS, "hub",
                                          *(f"a *{s} file" for s in WEIGHT_SUFFIXES)],
                           "unsupported file type:")
     if not path.is_file():

@@ -201,3 +201,24 @@ def test_the_ladder_tasks_render_deterministically_as_the_catalog_says():
 
     outline = glyphs.generate("digits", "test", 48, seed=0, domain="outline")[0]
     assert hashlib.sha256(outline.tobytes()).hexdigest()[:12] == "02356d8ed7d5"
+
+
+def test_the_ladder_grid_names_say_script_turn_and_rendering():
+    """<script>[_r90][_<domain>]: the classes are the script's, the rotation and the task's own
+    (trained and tested) domain are what the name says, and its images are that rendering."""
+    specs = glyphs.specs()
+    grid = [n for n in specs if n.split("_")[0] in ("digits", "letters", "greek") and "_" in n]
+    assert {"greek_dots", "greek_r90_dots", "letters_texture", "digits_r90_outline"} <= set(grid)
+    script_classes = {"digits": glyphs.DIGITS, "letters": glyphs.UPPER, "greek": glyphs.GREEK}
+    for name in grid:
+        spec, parts = specs[name], name.split("_")
+        assert spec.classes == tuple(script_classes[parts[0]])
+        assert spec.rotation == (float(parts[1][1:]) if len(parts) > 1 and parts[1][0] == "r"
+                                 and parts[1][1:].isdigit() else 0.0)
+        assert spec.domains == ((parts[-1],) if parts[-1] in glyphs.DOMAINS else ("print",))
+    task = data.load_task("greek_r90_dots", train_size=23, test_size=23)
+    assert task.domain == "dots" and set(task.ood) == set(glyphs.DOMAINS) - {"dots"}
+    # the same glyphs, turned: the texture task's images are not the print task's
+    a = glyphs.generate("letters_texture", "test", 12, seed=0)[0]
+    assert np.array_equal(a, glyphs.generate("letters_texture", "test", 12, seed=0)[0])
+    assert not np.array_equal(a, glyphs.generate("letters_r90_texture", "test", 12, seed=0)[0])

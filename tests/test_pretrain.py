@@ -1,5 +1,7 @@
 """Pre-training the embedded upstream model: a checkpoint that records how it was made, a second
 stage that continues from it, and what the methods chapter reads from them."""
+import pytest
+
 from rtlib import models, pretrain
 from rtlib.config import PretrainConfig
 
@@ -106,3 +108,20 @@ def test_resumed_pretraining_is_bit_identical_to_uninterrupted(tmp_path):
     ha, hb = (pretrain.checkpoint_metadata(p)["history"] for p in (whole, parts))
     assert [(h["step"], h["mean_loss"], h["test_accuracy_2048"]) for h in ha] == \
         [(h["step"], h["mean_loss"], h["test_accuracy_2048"]) for h in hb]
+
+
+def test_every_named_upstream_checkpoint_is_its_file_or_refused_by_name(tmp_path, monkeypatch):
+    from rtlib import config
+    from rtlib.config import ConfigError, RunConfig, UPSTREAM_CHECKPOINTS
+
+    assert set(UPSTREAM_CHECKPOINTS) == {"embedded", "embedded_robust", "converged",
+                                         "converged_robust"}
+    files = {name: config.checkpoint_file(name) for name in UPSTREAM_CHECKPOINTS}
+    assert len(set(files.values())) == len(files)  # one file each
+    for name, path in files.items():
+        if path.is_file():
+            assert config.resolve_weights(name) == str(path)
+    monkeypatch.setattr(config, "CONVERGED_ROBUST_WEIGHTS", tmp_path / "none.safetensors")
+    with pytest.raises(ConfigError, match="^weights: not made yet: .converged_robust.*"
+                                          "none.safetensors"):
+        RunConfig(task="digits", strategy="full", weights="converged_robust").check()

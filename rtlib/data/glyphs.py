@@ -107,6 +107,36 @@ def _covering(fonts: Sequence[str], chars: str) -> tuple[str, ...]:
     return tuple(keep)
 
 
+#: How each rendering is said in a task's description.
+RENDERINGS = {"outline": "as outlines", "texture": "filled with a pattern",
+              "dots": "as halftone dots"}
+
+
+def _grid_specs(named_above: Sequence[str]) -> list[GlyphSpec]:
+    """Digits, capitals and Greek letters, turned by 90 degrees or not, drawn in each rendering
+    no upstream model saw (outline, texture for upstream2, dots): distance from upstream in
+    small steps with the classes held fixed."""
+    greek_fonts = _covering(ALL_FONTS, GREEK)
+    scripts = {"digits": (DIGITS, HELD_OUT_FONTS, "10 digits (seen upstream) in 6 held-out fonts"),
+               "letters": (UPPER, HELD_OUT_FONTS,
+                           "24 capital letters (seen upstream) in 6 held-out fonts"),
+               "greek": (GREEK, greek_fonts, f"23 Greek lower-case letters (unseen upstream) "
+                                             f"in {len(greek_fonts)} fonts")}
+    out = []
+    for script, (chars, fonts, what) in scripts.items():
+        for angle in (0, 90):
+            for domain, words in (("print", ""), *RENDERINGS.items()):
+                name = script + (f"_r{angle}" if angle else "") + (
+                    f"_{domain}" if domain != "print" else "")
+                if name in named_above or (angle == 0 and domain == "print"):
+                    continue
+                turned = f", turned by {angle} degrees" if angle else ""
+                out.append(GlyphSpec(name, tuple(chars), fonts, domains=(domain,),
+                                     rotation=float(angle),
+                                     description=f"{what}{turned}, drawn {words or 'solid'}"))
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def specs() -> dict[str, GlyphSpec]:
     """Every glyph task, the upstream (pre-training) tasks first."""
@@ -149,6 +179,9 @@ def specs() -> dict[str, GlyphSpec]:
         GlyphSpec("greek_r90", tuple(GREEK), _covering(ALL_FONTS, GREEK), rotation=90.0,
                   description="23 Greek lower-case letters (unseen upstream) turned by 90 "
                               "degrees: unseen script and orientation"),
+        # The ladder's grid (issue 33): a script turned or not and drawn in each rendering
+        # upstream2 never saw, named <script>[_r90][_<domain>] (the ones above keep theirs).
+        *_grid_specs(("letters_r90", "greek_r90", "digits_dots", "letters_dots")),
         GlyphSpec("family", tuple(FAMILIES), tuple(f for g in FAMILIES.values() for f in g),
                   kind="group", chars=FONT_ID_TEXT, groups=tuple(FAMILIES.values()),
                   description="which type family (sans-serif, serif, monospace) drew a letter: "
