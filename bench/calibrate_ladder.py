@@ -56,6 +56,8 @@ def finetune(args) -> None:
             steps=args.steps, eps=tuple(args.eps), test_size=args.test_size)
     for config in configs:
         train.run(config, args.store, device="cpu", progress=args.progress)
+        print(calibrate.finetune_summary(store.load(args.store, [config])).round(3)
+              .to_string(index=False, header=False), flush=True)
     summary = calibrate.finetune_summary(store.load(args.store, configs))
     print(summary.round(3).to_string(index=False))
 

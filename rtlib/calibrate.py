@@ -115,3 +115,57 @@ def finetune_summary(frame) -> "pd.DataFrame":
             row[f"robust_end@{label}"] = last[column]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: The ladder's bars (issue 33), each checked on the calibration page.
+LADDER_BARS = dict(min_tasks=5, nearest_at_least=0.90, farthest_at_most=0.45, min_gap=0.08,
+                   learnable=0.80, robust_low=0.15, robust_high=0.85)
+
+
+def ladder_table(probe, tasks: list[str], upstream: str = "converged",
+                 finetune=None, budget: str | None = None):
+    """The ladder as the calibration measured it, near to far: each task's linear-probe
+    validation accuracy with its interval and its gap to the nearer neighbour; with
+    ``finetune`` (:func:`finetune_summary` rows at ``upstream``), the fine-tuned clean accuracy
+    at the end and, at ``budget`` (e.g. "2/255"), robust accuracy at its peak."""
+    import pandas as pd
+
+    rows = probe[(probe.upstream == upstream) & probe.task.isin(tasks)]
+    missing = sorted(set(tasks) - set(rows.task))
+    if missing:
+        raise ValueError(f"no probe of {', '.join(missing)} from {upstream}")
+    table = (rows.drop_duplicates("task", keep="last").set_index("task")
+             .loc[:, ["val_acc", "low", "high", "val_images"]]
+             .sort_values("val_acc", ascending=False))
+    table["gap"] = -table.val_acc.diff()
+    if finetune is not None:
+        tuned = finetune.drop_duplicates("task", keep="last").set_index("task")
+        table["clean"] = tuned.clean_end.reindex(table.index)
+        if budget:
+            table[f"robust peak {budget}"] = tuned[f"robust_peak@{budget}"].reindex(table.index)
+    return table
+
+
+def ladder_bars(table, budget: str | None = None) -> "pd.DataFrame":
+    """Each bar of :data:`LADDER_BARS`: what it asks, what the table measures, met or not."""
+    import pandas as pd
+
+    b = LADDER_BARS
+    gaps = table.gap.dropna()
+    rows = [("tasks", f">= {b['min_tasks']}", len(table), len(table) >= b["min_tasks"]),
+            ("nearest probe", f">= {b['nearest_at_least']}", table.val_acc.max(),
+             table.val_acc.max() >= b["nearest_at_least"]),
+            ("farthest probe", f"<= {b['farthest_at_most']}", table.val_acc.min(),
+             table.val_acc.min() <= b["farthest_at_most"]),
+            ("smallest gap between neighbours", f">= {b['min_gap']}", gaps.min(),
+             bool((gaps.round(6) >= b["min_gap"]).all()))]
+    if "clean" in table:
+        rows.append(("lowest fine-tuned clean accuracy", f">= {b['learnable']}",
+                     table.clean.min(), bool((table.clean >= b["learnable"]).all())))
+    column = f"robust peak {budget}"
+    if budget and column in table:
+        robust = table[column]
+        rows.append((f"robust peak at {budget}", f"in [{b['robust_low']}, {b['robust_high']}]",
+                     f"{robust.min():.3f} to {robust.max():.3f}",
+                     bool(robust.between(b["robust_low"], b["robust_high"]).all())))
+    return pd.DataFrame(rows, columns=["bar", "asks", "measured", "met"]).set_index("bar")

@@ -24,3 +24,30 @@ def test_finetuning_checks_run_on_other_data_than_the_study_and_summarize_the_pe
     for label in ("1/255", "4/255"):
         assert row[f"robust_peak@{label}"] >= row[f"robust_end@{label}"]
         assert row[f"peak_step@{label}"] in set(frame.step)
+
+
+def test_the_ladder_table_orders_near_to_far_and_the_bars_fail_where_they_should():
+    import pandas as pd
+    import pytest
+
+    probe = pd.DataFrame({"upstream": "converged", "task": list("abcdef"),
+                          "val_acc": [0.98, 0.90, 0.40, 0.62, 0.81, 0.50],
+                          "low": 0.0, "high": 1.0, "val_images": 400})
+    finetune = pd.DataFrame({"task": list("abcdef"), "clean_end": [1, 1, .85, .9, .9, .79],
+                             "robust_peak@2/255": [.8, .7, .2, .4, .5, .3]})
+    table = calibrate.ladder_table(probe, list("abcde"), finetune=finetune, budget="2/255")
+    assert list(table.index) == list("abedc")  # near to far
+    assert table.gap.round(2).tolist()[1:] == [0.08, 0.09, 0.19, 0.22]
+    bars = calibrate.ladder_bars(table, "2/255").met
+    assert bars.all() and len(bars) == 6
+    # f sits 0.12 and 0.10 from its neighbours, but its fine-tuned clean accuracy is 0.79
+    bars = calibrate.ladder_bars(calibrate.ladder_table(probe, list("abdecf"), finetune=finetune,
+                                                        budget="2/255"), "2/255").met
+    assert not bars["lowest fine-tuned clean accuracy"] and bars.drop(
+        "lowest fine-tuned clean accuracy").all()
+    probe.loc[probe.task == "d", "val_acc"] = 0.75  # 0.06 from e: too close to tell apart
+    assert not calibrate.ladder_bars(calibrate.ladder_table(probe, list("abcde"))).met[
+        "smallest gap between neighbours"]
+    assert not calibrate.ladder_bars(calibrate.ladder_table(probe, list("abc"))).met["tasks"]
+    with pytest.raises(ValueError, match="no probe of z"):
+        calibrate.ladder_table(probe, ["a", "z"])
