@@ -104,7 +104,8 @@ def finetune_summary(frame) -> "pd.DataFrame":
     for run_id, run in frame.groupby("run_id", sort=False):
         run = run.sort_values("step")
         last = run.iloc[-1]
-        row = {"task": last.task, "strategy": last.strategy, "lr": last.lr,
+        row = {"upstream": last.weights, "task": last.task, "strategy": last.strategy,
+               "lr": last.lr,
                "train_size": last.train_size, "steps": int(last.step),
                "clean_end": last[metrics.TEST_ACC], "train_end": last[metrics.TRAIN_ACC]}
         for column in [c for c in run.columns if c.startswith("robust_acc@")]:
@@ -168,4 +169,6 @@ def ladder_bars(table, budget: str | None = None) -> "pd.DataFrame":
         rows.append((f"robust peak at {budget}", f"in [{b['robust_low']}, {b['robust_high']}]",
                      f"{robust.min():.3f} to {robust.max():.3f}",
                      bool(robust.between(b["robust_low"], b["robust_high"]).all())))
+    rows = [(bar, asks, measured if isinstance(measured, str) else f"{measured:.3g}", met)
+            for bar, asks, measured, met in rows]
     return pd.DataFrame(rows, columns=["bar", "asks", "measured", "met"]).set_index("bar")

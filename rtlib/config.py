@@ -203,6 +203,13 @@ def checkpoint_file(name: str) -> Path:
             "converged": CONVERGED_WEIGHTS, "converged_robust": CONVERGED_ROBUST_WEIGHTS}[name]
 
 
+#: The ladder of downstream tasks (issue 33), near to far from the converged upstream model:
+#: chosen on the calibration page's numbers alone (linear probes on validation splits,
+#: fine-tuning checks on the calibration data; bench/calibrate_ladder.py).
+LADDER = ["greek", "greek_r90", "greek_r90_outline", "digits_texture", "letters_texture",
+          "fonts"]
+
+
 #: Weights that are not a file: random initialization, the hub's, or our checkpoints.
 NAMED_WEIGHTS = (None, "hub", "timm", *UPSTREAM_CHECKPOINTS)
 

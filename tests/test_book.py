@@ -13,6 +13,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHAPTERS = {  # page -> number of charts it must draw at the smoke preset (2 tasks)
     "index.html": 0,
     "book/executed/methods.html": 2,  # the upstream learning curves (standard, robust)
+    "book/executed/calibration.html": 1,  # the upstream models' learning curves
     "book/executed/differences.html": 0,
     "book/executed/rq1_robustness_during_finetuning.html": 2,
     "book/executed/rq2_strategies_and_complexity.html": 4,

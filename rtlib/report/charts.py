@@ -337,6 +337,21 @@ def upstream_curve(curve: pd.DataFrame, final_accuracy: float | None = None,
         width=WIDTH, height=HEIGHT, title=title or "Pre-training the upstream model")
 
 
+def upstream_curves(curves: pd.DataFrame, title: str | None = None) -> alt.Chart:
+    """Several upstream models' test accuracy over their pre-training steps, a line per model
+    (``curves``: :func:`rtlib.pretrain.learning_curve` frames with a ``model`` column); a model
+    made in stages runs on from where its first stage ended."""
+    sel, color, opacity = _legend_filter("model")
+    return alt.Chart(curves).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
+        x=alt.X("step:Q", title="pre-training step (all stages)"),
+        y=alt.Y("accuracy:Q", title="upstream test accuracy (2,048 images)",
+                scale=alt.Scale(domain=[0, 1])),
+        color=color, opacity=opacity,
+        tooltip=["model:N", "stage:Q", "step:Q", alt.Tooltip("accuracy:Q", format=".3f")]
+    ).add_params(sel).properties(width=WIDTH, height=HEIGHT,
+                                 title=title or "Pre-training the upstream models")
+
+
 def selection_gains(selection: pd.DataFrame, title: str | None = None,
                     tasks: Sequence[str] | None = None) -> alt.Chart:
     """Remedies: what choosing the checkpoint on validation gains in test robust accuracy and

@@ -1,0 +1,89 @@
+"""The calibration page (issue 33): the upstream models, each candidate task's distance from
+them, the ladder chosen from those distances with its bars, and the fine-tuning checks, all read
+from the committed calibration store (``calibration/``, written by bench/calibrate_ladder.py).
+
+Every number here is measured on data no study reads a verdict from: the probes on validation
+splits, the fine-tuning checks on the calibration data (rtlib.calibrate.CALIBRATION_DATA_SEED).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .. import calibrate, pretrain, store
+from ..config import (UPSTREAM_CHECKPOINTS, checkout_folder, checkpoint_file, eps_label,
+                      resolve_weights)
+
+#: How the upstream models are attacked on this page: the runs' attack, on images of the
+#: converged model's pre-training task (print and clutter, which every model saw).
+UPSTREAM_ATTACK = dict(images=512, eps=2 / 255, steps=10, task="upstream2")
+
+
+def store_dir(results_dir: str | Path | None = None) -> Path:
+    """The calibration store: ``results_dir``, or the checkout's ``calibration/``."""
+    return Path(results_dir or checkout_folder(calibrate.CALIBRATION_STORE))
+
+
+def probes(results_dir: str | Path | None = None) -> pd.DataFrame | None:
+    """Every probe measured (bench/calibrate_ladder.py probe), or None before any."""
+    path = store_dir(results_dir) / calibrate.PROBE_TABLE
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def probe_matrix(probe: pd.DataFrame, order_by: str = "converged") -> pd.DataFrame:
+    """Linear-probe validation accuracy, a row per task and a column per upstream model, as
+    "acc [low, high]", near to far by ``order_by``'s accuracy."""
+    probe = probe.drop_duplicates(["upstream", "task"], keep="last")
+    text = probe.assign(shown=[f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in
+                               zip(probe.val_acc, probe.low, probe.high)])
+    table = text.pivot(index="task", columns="upstream", values="shown")
+    value = probe.pivot(index="task", columns="upstream", values="val_acc")
+    key = order_by if order_by in value else value.columns[0]
+    table = table.loc[value[key].sort_values(ascending=False).index]
+    table.columns.name = "linear-probe validation accuracy from"
+    return table
+
+
+def finetune(results_dir: str | Path | None = None) -> pd.DataFrame | None:
+    """The fine-tuning checks (:func:`rtlib.calibrate.finetune_summary`), or None before any."""
+    folder = store_dir(results_dir)
+    if not store.runs_dir(folder).is_dir():
+        return None
+    return calibrate.finetune_summary(store.load(folder))
+
+
+def upstream_models(results_dir: str | Path | None = None) -> pd.DataFrame:
+    """Each committed upstream checkpoint: what it was pre-trained on and for how long, its
+    upstream test accuracy as recorded, and its clean and robust accuracy under
+    :data:`UPSTREAM_ATTACK` (kept in the calibration store, so a book build computes nothing
+    once it is committed). Checkpoints not made yet are left out."""
+    rows = []
+    for name, what in UPSTREAM_CHECKPOINTS.items():
+        path = checkpoint_file(name)
+        if not path.is_file():
+            continue
+        meta = pretrain.checkpoint_metadata(path)
+        curve = pretrain.learning_curve(meta)
+        scores = pretrain.upstream_robustness(path, store_dir(results_dir), **UPSTREAM_ATTACK)
+        rows.append({"upstream model": name, "what": what,
+                     "pre-trained on": meta.get("task", "").split("/", 1)[-1],
+                     "steps": int(curve.step.max()) if len(curve) else None,
+                     "recorded accuracy": meta.get("upstream_test_accuracy"),
+                     "clean": scores["clean"], "robust": scores["robust"]})
+    table = pd.DataFrame(rows).set_index("upstream model")
+    a = UPSTREAM_ATTACK
+    table.attrs["attack"] = (f"PGD-{a['steps']} at {eps_label(a['eps'])} on {a['images']:,} "
+                             f"{a['task']} test images")
+    return table
+
+
+def curves() -> pd.DataFrame:
+    """The learning curves of every committed checkpoint, one frame (``model`` column)."""
+    frames = []
+    for name in UPSTREAM_CHECKPOINTS:
+        path = resolve_weights(name)
+        if path and Path(path).is_file():
+            frames.append(pretrain.learning_curve(pretrain.checkpoint_metadata(Path(path)))
+                          .assign(model=name))
+    return pd.concat(frames, ignore_index=True)
