@@ -53,7 +53,8 @@ def finetune(args) -> None:
     for weights in args.weights:
         configs += calibrate.finetune_configs(
             args.tasks, weights, strategy=args.strategy, lr=args.lr, train_size=args.train_size,
-            steps=args.steps, eps=tuple(args.eps), test_size=args.test_size)
+            steps=args.steps, eps=tuple(args.eps), test_size=args.test_size,
+            val_fraction=args.val_fraction)
     for config in configs:
         train.run(config, args.store, device="cpu", progress=args.progress)
         print(calibrate.finetune_summary(store.load(args.store, [config])).round(3)
@@ -78,6 +79,8 @@ def main() -> None:
                         default=[1 / 255, 2 / 255, 4 / 255], help="finetune: budgets, e.g. 2/255")
     parser.add_argument("--test-size", type=int, default=512,
                         help="finetune: calibration images attacked at each point")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="finetune: the share of training images held out for validation")
     parser.add_argument("--store", default=calibrate.CALIBRATION_STORE)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--progress", action="store_true", help="finetune: a bar per run")

@@ -81,7 +81,7 @@ PROBE_TABLE = "probe.csv"
 def finetune_configs(tasks: list[str], weights: str, strategy: str = "full", lr: float = 3e-4,
                      train_size: int = 8000, steps: int = 1000, eps: tuple = (1 / 255, 2 / 255,
                      4 / 255), test_size: int = 512, schedule: str = "log:6",
-                     preset: str = "study") -> list:
+                     val_fraction: float = 0.1, preset: str = "study") -> list:
     """The fine-tuning runs that check a task is learnable and where its robust accuracy lies:
     the preset's recipe at ``weights``, on the calibration data (:data:`CALIBRATION_DATA_SEED`),
     attacked at every budget of ``eps`` (early-exit PGD)."""
@@ -89,7 +89,8 @@ def finetune_configs(tasks: list[str], weights: str, strategy: str = "full", lr:
 
     return sweep.expand(tasks, [strategy], [0], preset=preset, weights=weights, lr=lr,
                         train_size=train_size, steps=steps, eps=tuple(eps), test_size=test_size,
-                        schedule=schedule, attack="pgd_early", data_seed=CALIBRATION_DATA_SEED)
+                        schedule=schedule, val_fraction=val_fraction, attack="pgd_early",
+                        data_seed=CALIBRATION_DATA_SEED)
 
 
 def finetune_summary(frame) -> "pd.DataFrame":

@@ -51,3 +51,32 @@ def test_the_ladder_table_orders_near_to_far_and_the_bars_fail_where_they_should
     assert not calibrate.ladder_bars(calibrate.ladder_table(probe, list("abc"))).met["tasks"]
     with pytest.raises(ValueError, match="no probe of z"):
         calibrate.ladder_table(probe, ["a", "z"])
+
+
+def test_the_calibration_page_reads_probes_checks_and_scores_each_upstream_model_once(
+        tmp_path, monkeypatch):
+    import pandas as pd
+
+    from rtlib import config
+    from rtlib.report import calibration
+
+    assert calibration.probes(tmp_path) is None and calibration.finetune(tmp_path) is None
+    pd.DataFrame({"upstream": ["converged", "converged", "embedded", "embedded"],
+                  "task": ["a", "b", "a", "b"], "val_acc": [0.5, 0.9, 0.6, 0.7],
+                  "low": 0.4, "high": 1.0, "val_images": 400, "train_size": 4000}
+                 ).to_csv(tmp_path / calibrate.PROBE_TABLE, index=False)
+    matrix = calibration.probe_matrix(calibration.probes(tmp_path))
+    assert list(matrix.index) == ["b", "a"] and matrix.loc["a", "embedded"].startswith("0.600 [")
+    assert list(calibration.probe_matrix(calibration.probes(tmp_path), "embedded").index) == [
+        "b", "a"]  # 0.7 > 0.6 there too
+    monkeypatch.setattr(calibration, "UPSTREAM_ATTACK", dict(images=6, eps=2 / 255, steps=1,
+                                                             task="upstream2"))
+    table = calibration.upstream_models(tmp_path)
+    made = [n for n in config.UPSTREAM_CHECKPOINTS if config.checkpoint_file(n).is_file()]
+    assert list(table.index) == made and table.clean.between(0, 1).all()
+    assert (table.robust <= table.clean).all() and "6 upstream2 test images" in table.attrs["attack"]
+    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "upstream").iterdir()}
+    assert len(kept) == len(made)
+    monkeypatch.setattr("rtlib.pretrain._upstream_model", None)  # a second scoring would fail
+    assert calibration.upstream_models(tmp_path).equals(table)  # read back
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "upstream").iterdir()} == kept
