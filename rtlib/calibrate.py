@@ -78,10 +78,10 @@ CALIBRATION_STORE = "calibration"
 PROBE_TABLE = "probe.csv"
 
 
-def finetune_configs(tasks: list[str], weights: str, strategy: str = "full", lr: float = 3e-4,
-                     train_size: int = 8000, steps: int = 1000, eps: tuple = (1 / 255, 2 / 255,
+def finetune_configs(tasks: list[str], weights: str, strategy: str = "full", lr: float = 1e-3,
+                     train_size: int = 20000, steps: int = 2000, eps: tuple = (1 / 255, 2 / 255,
                      4 / 255), test_size: int = 512, schedule: str = "log:6",
-                     val_fraction: float = 0.1, preset: str = "study") -> list:
+                     val_fraction: float = 0.02, preset: str = "study") -> list:
     """The fine-tuning runs that check a task is learnable and where its robust accuracy lies:
     the preset's recipe at ``weights``, on the calibration data (:data:`CALIBRATION_DATA_SEED`),
     attacked at every budget of ``eps`` (early-exit PGD)."""
