@@ -80,3 +80,13 @@ def test_the_calibration_page_reads_probes_checks_and_scores_each_upstream_model
     monkeypatch.setattr("rtlib.pretrain._upstream_model", None)  # a second scoring would fail
     assert calibration.upstream_models(tmp_path).equals(table)  # read back
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "upstream").iterdir()} == kept
+
+
+def test_ood_domains_name_those_the_upstream_model_never_saw():
+    from rtlib.report import calibration
+
+    table = calibration.ood_domains(["greek", "letters_texture"], "embedded")
+    # the weak model pre-trained on print, texture and clutter
+    assert table.loc["greek", "unseen upstream"] == "outline, dots"
+    assert table.loc["letters_texture", "trains on"] == "texture"
+    assert "texture" not in table.loc["letters_texture", "OOD domains"]

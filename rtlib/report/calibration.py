@@ -87,3 +87,18 @@ def curves() -> pd.DataFrame:
             frames.append(pretrain.learning_curve(pretrain.checkpoint_metadata(Path(path)))
                           .assign(model=name))
     return pd.concat(frames, ignore_index=True)
+
+
+def ood_domains(tasks: list[str], upstream: str = "converged") -> pd.DataFrame:
+    """Per task: the domain it trains on, the domains its OOD accuracy is measured on, and
+    which of those the upstream model never saw in pre-training (from its metadata)."""
+    from ..data import glyphs
+
+    seen = set(pretrain.upstream_domains(upstream) or ())
+    rows = []
+    for task in tasks:
+        own = glyphs.specs()[task].domains[0]
+        ood = [d for d in glyphs.DOMAINS if d != own]
+        rows.append({"task": task, "trains on": own, "OOD domains": ", ".join(ood),
+                     "unseen upstream": ", ".join(d for d in ood if d not in seen)})
+    return pd.DataFrame(rows).set_index("task")
