@@ -217,6 +217,20 @@ def learning_curve(meta: dict):
     return pd.DataFrame(rows, columns=["stage", "step", "accuracy", "loss"])
 
 
+def last_fifth_gain(meta: dict) -> float | None:
+    """What the last fifth of pre-training added to upstream test accuracy (2,048 images): the
+    accuracy at the end less the accuracy at 80% of all the steps (interpolated between the
+    recorded checkpoints). Issue 33 calls a model converged when this is under half a point;
+    None without a curve."""
+    import numpy as np
+
+    curve = learning_curve(meta)
+    if len(curve) < 2:
+        return None
+    start = 0.8 * curve.step.max()
+    return float(curve.accuracy.iloc[-1] - np.interp(start, curve.step, curve.accuracy))
+
+
 def _upstream_model(weights: str | Path):
     """The embedded model with the upstream task's head, loaded from checkpoint ``weights``."""
     from safetensors.torch import load_file

@@ -125,3 +125,17 @@ def test_every_named_upstream_checkpoint_is_its_file_or_refused_by_name(tmp_path
     with pytest.raises(ConfigError, match="^weights: not made yet: .converged_robust.*"
                                           "none.safetensors"):
         RunConfig(task="digits", strategy="full", weights="converged_robust").check()
+
+
+def test_the_last_fifth_gain_reads_the_curve_at_80_percent_of_all_stages():
+    def stage(steps, accs, init=None):
+        return {"config": {"steps": steps}, "init": init,
+                "history": [{"step": s, "test_accuracy_2048": a} for s, a in accs]}
+
+    one = stage(1000, [(500, 0.5), (750, 0.7), (1000, 0.9)])
+    # 80% of 1,000 is 800: between 0.7 (750) and 0.9 (1,000), at 0.74
+    assert abs(pretrain.last_fifth_gain(one) - 0.16) < 1e-9
+    # a second stage of 1,000 steps: 80% of 2,000 is step 1,600, inside the second stage
+    two = stage(1000, [(500, 0.91), (1000, 0.95)], init=one)
+    assert abs(pretrain.last_fifth_gain(two) - (0.95 - 0.918)) < 1e-9  # 1,600: 0.91 + 0.2 x 0.04
+    assert pretrain.last_fifth_gain(stage(10, [(10, 0.5)])) is None

@@ -70,6 +70,7 @@ def upstream_models(results_dir: str | Path | None = None) -> pd.DataFrame:
                      "pre-trained on": meta.get("task", "").split("/", 1)[-1],
                      "steps": int(curve.step.max()) if len(curve) else None,
                      "recorded accuracy": meta.get("upstream_test_accuracy"),
+                     "last fifth adds": pretrain.last_fifth_gain(meta),
                      "clean": scores["clean"], "robust": scores["robust"]})
     table = pd.DataFrame(rows).set_index("upstream model")
     a = UPSTREAM_ATTACK
