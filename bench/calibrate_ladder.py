@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from rtlib import calibrate, store, train
-from rtlib.config import UPSTREAM_CHECKPOINTS, parse_budget
+from rtlib.config import LADDER_RUN, UPSTREAM_CHECKPOINTS, parse_budget
 from rtlib.data import glyphs
 
 
@@ -75,12 +75,13 @@ def main() -> None:
                              "validation split; 20,000 for fine-tuning)")
     parser.add_argument("--strategy", default="full", help="finetune: the strategy")
     parser.add_argument("--lr", type=float, default=1e-3, help="finetune: the learning rate")
-    parser.add_argument("--steps", type=int, default=2000, help="finetune: optimizer steps")
+    parser.add_argument("--steps", type=int, default=LADDER_RUN["steps"],
+                        help="finetune: optimizer steps")
     parser.add_argument("--eps", nargs="+", type=parse_budget,
                         default=[1 / 255, 2 / 255, 4 / 255], help="finetune: budgets, e.g. 2/255")
     parser.add_argument("--test-size", type=int, default=512,
                         help="finetune: calibration images attacked at each point")
-    parser.add_argument("--val-fraction", type=float, default=0.02,
+    parser.add_argument("--val-fraction", type=float, default=LADDER_RUN["val_fraction"],
                         help="finetune: the share of training images held out for validation")
     parser.add_argument("--store", default=calibrate.CALIBRATION_STORE)
     parser.add_argument("--threads", type=int, default=1)
@@ -88,7 +89,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.tasks = args.tasks or [t for t in glyphs.specs() if not t.startswith("upstream")]
-    args.train_size = args.train_size or (4000 if args.mode == "probe" else 20000)
+    args.train_size = args.train_size or (4000 if args.mode == "probe"
+                                          else LADDER_RUN["train_size"])
     (probe if args.mode == "probe" else finetune)(args)
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data, models
-from .config import resolve_weights
+from .config import LADDER_RUN, resolve_weights
 from .pareto import wilson_interval
 
 
@@ -79,9 +79,11 @@ PROBE_TABLE = "probe.csv"
 
 
 def finetune_configs(tasks: list[str], weights: str, strategy: str = "full", lr: float = 1e-3,
-                     train_size: int = 20000, steps: int = 2000, eps: tuple = (1 / 255, 2 / 255,
-                     4 / 255), test_size: int = 512, schedule: str = "log:6",
-                     val_fraction: float = 0.02, preset: str = "study") -> list:
+                     train_size: int = LADDER_RUN["train_size"],
+                     steps: int = LADDER_RUN["steps"],
+                     eps: tuple = (1 / 255, 2 / 255, 4 / 255), test_size: int = 512,
+                     schedule: str = "log:6", val_fraction: float = LADDER_RUN["val_fraction"],
+                     preset: str = "study") -> list:
     """The fine-tuning runs that check a task is learnable and where its robust accuracy lies:
     the preset's recipe at ``weights``, on the calibration data (:data:`CALIBRATION_DATA_SEED`),
     attacked at every budget of ``eps`` (early-exit PGD)."""
