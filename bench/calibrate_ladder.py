@@ -8,8 +8,9 @@ the methods chapter reads:
   upstream, its place on the ladder. Appends to ``calibration/probe.csv``.
 - ``finetune``: one fine-tuning run per task (full fine-tuning by default: 2,000 steps of 32
   at 1e-3 on 20,000 images, 400 of them the validation split, so that the farthest task is
-  learned rather than memorized; bench/README.md says how this was found) on the calibration data (data_seed 1: other training, validation and evaluation images than
-  the study's), attacked at several budgets: is the task learnable (clean accuracy at the
+  learned rather than memorized; bench/README.md says how this was found) on the
+  calibration data (data_seed 1: other training, validation and evaluation images than the
+  study's), attacked at several budgets: is the task learnable (clean accuracy at the
   end), and where its robust accuracy peaks at each budget (which budgets are informative).
   Runs are stored like any run (resumable); the summary is printed.
 

@@ -246,9 +246,8 @@ def upstream_robustness(weights: str | Path, results_dir: str | Path | None = No
                         images: int = 512, eps: float = 2 / 255, steps: int = 10,
                         seed: int = 7, task: str = "upstream") -> dict[str, float]:
     """A checkpoint's upstream ``clean`` and ``robust`` accuracy on ``images`` upstream test
-    images of ``task`` (rendered with ``seed``; the same images for every checkpoint; the
-    pre-training task ``upstream2``'s print and clutter were seen by every model), under PGD-``steps`` at
-    ``eps`` (step 0.25 x eps, as the runs attack). With ``results_dir`` it is kept there
+    images of ``task`` (rendered with ``seed``; the same images for every checkpoint; the print
+    and clutter of ``upstream2`` were seen by every model), under PGD-``steps`` at ``eps`` (step 0.25 x eps, as the runs attack). With ``results_dir`` it is kept there
     (``upstream/``, keyed by the checkpoint's bytes and these settings) and read back, so a book
     build that finds it computes nothing."""
     from . import attacks

@@ -74,7 +74,8 @@ def test_the_calibration_page_reads_probes_checks_and_scores_each_upstream_model
     table = calibration.upstream_models(tmp_path)
     made = [n for n in config.UPSTREAM_CHECKPOINTS if config.checkpoint_file(n).is_file()]
     assert list(table.index) == made and table.clean.between(0, 1).all()
-    assert (table.robust <= table.clean).all() and "6 upstream2 test images" in table.attrs["attack"]
+    assert (table.robust <= table.clean).all()
+    assert "6 upstream2 test images" in table.attrs["attack"]
     kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "upstream").iterdir()}
     assert len(kept) == len(made)
     monkeypatch.setattr("rtlib.pretrain._upstream_model", None)  # a second scoring would fail
