@@ -247,9 +247,10 @@ def upstream_robustness(weights: str | Path, results_dir: str | Path | None = No
                         seed: int = 7, task: str = "upstream") -> dict[str, float]:
     """A checkpoint's upstream ``clean`` and ``robust`` accuracy on ``images`` upstream test
     images of ``task`` (rendered with ``seed``; the same images for every checkpoint; the print
-    and clutter of ``upstream2`` were seen by every model), under PGD-``steps`` at ``eps`` (step 0.25 x eps, as the runs attack). With ``results_dir`` it is kept there
-    (``upstream/``, keyed by the checkpoint's bytes and these settings) and read back, so a book
-    build that finds it computes nothing."""
+    and clutter of ``upstream2`` were seen by every model), under PGD-``steps`` at ``eps`` (step
+    0.25 x eps, as the runs attack). With ``results_dir`` it is kept there (``upstream/``, keyed
+    by the checkpoint's bytes and these settings) and read back, so a book build that finds it
+    computes nothing."""
     from . import attacks
     from .data import glyphs
     from .data.split import Split
