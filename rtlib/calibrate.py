@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data, models
-from .config import LADDER_RUN, resolve_weights
+from .config import LADDER_RUN, parse_budget, resolve_weights
 from .pareto import wilson_interval
 
 
@@ -126,14 +126,28 @@ LADDER_BARS = dict(min_tasks=5, nearest_at_least=0.90, farthest_at_most=0.45, mi
                    learnable=0.80, robust_low=0.15, robust_high=0.85)
 
 
-def ladder_table(probe, tasks: list[str], upstream: str = "converged",
-                 finetune=None, budget: str | None = None):
+def headline_budgets(finetune) -> "pd.Series":
+    """Each task's headline budget, chosen on the calibration runs (:func:`finetune_summary`
+    rows): the largest budget measured at which the robust peak is still at least
+    ``LADDER_BARS["robust_low"]``, the strongest attack that leaves something to measure (the
+    smallest budget when none does). A Series of budget labels ("2/255") by task."""
+    import pandas as pd
+
+    labels = sorted((c.split("@", 1)[1] for c in finetune.columns
+                     if c.startswith("robust_peak@")), key=parse_budget)
+    chosen = {}
+    for row in finetune.drop_duplicates("task", keep="last").to_dict("records"):
+        informative = [label for label in labels
+                       if row[f"robust_peak@{label}"] >= LADDER_BARS["robust_low"]]
+        chosen[row["task"]] = informative[-1] if informative else labels[0]
+    return pd.Series(chosen, name="headline budget", dtype=object)
+
+
+def ladder_table(probe, tasks: list[str], upstream: str = "converged", finetune=None):
     """The ladder as the calibration measured it, near to far: each task's linear-probe
     validation accuracy with its interval and its gap to the nearer neighbour; with
     ``finetune`` (:func:`finetune_summary` rows at ``upstream``), the fine-tuned clean accuracy
-    at the end and, at ``budget`` (e.g. "2/255"), robust accuracy at its peak."""
-    import pandas as pd
-
+    at the end, the task's :func:`headline_budgets` and its robust peak there."""
     rows = probe[(probe.upstream == upstream) & probe.task.isin(tasks)]
     missing = sorted(set(tasks) - set(rows.task))
     if missing:
@@ -143,14 +157,17 @@ def ladder_table(probe, tasks: list[str], upstream: str = "converged",
              .sort_values("val_acc", ascending=False))
     table["gap"] = -table.val_acc.diff()
     if finetune is not None:
-        tuned = finetune.drop_duplicates("task", keep="last").set_index("task")
+        tuned = finetune[finetune.upstream == upstream] if "upstream" in finetune else finetune
+        tuned = tuned.drop_duplicates("task", keep="last").set_index("task")
         table["clean"] = tuned.clean_end.reindex(table.index)
-        if budget:
-            table[f"robust peak {budget}"] = tuned[f"robust_peak@{budget}"].reindex(table.index)
+        budgets = headline_budgets(tuned.reset_index()).reindex(table.index)
+        table["headline budget"] = budgets
+        table["robust peak"] = [tuned.loc[t, f"robust_peak@{b}"] if isinstance(b, str) else None
+                                for t, b in budgets.items()]
     return table
 
 
-def ladder_bars(table, budget: str | None = None) -> "pd.DataFrame":
+def ladder_bars(table) -> "pd.DataFrame":
     """Each bar of :data:`LADDER_BARS`: what it asks, what the table measures, met or not."""
     import pandas as pd
 
@@ -166,10 +183,10 @@ def ladder_bars(table, budget: str | None = None) -> "pd.DataFrame":
     if "clean" in table:
         rows.append(("lowest fine-tuned clean accuracy", f">= {b['learnable']}",
                      table.clean.min(), bool((table.clean >= b["learnable"]).all())))
-    column = f"robust peak {budget}"
-    if budget and column in table:
-        robust = table[column]
-        rows.append((f"robust peak at {budget}", f"in [{b['robust_low']}, {b['robust_high']}]",
+    if "robust peak" in table and table["robust peak"].notna().any():
+        robust = table["robust peak"].astype(float)
+        rows.append(("robust peak at each headline budget",
+                     f"in [{b['robust_low']}, {b['robust_high']}]",
                      f"{robust.min():.3f} to {robust.max():.3f}",
                      bool(robust.between(b["robust_low"], b["robust_high"]).all())))
     rows = [(bar, asks, measured if isinstance(measured, str) else f"{measured:.3g}", met)

@@ -34,17 +34,27 @@ def test_the_ladder_table_orders_near_to_far_and_the_bars_fail_where_they_should
                           "val_acc": [0.98, 0.90, 0.40, 0.62, 0.81, 0.50],
                           "low": 0.0, "high": 1.0, "val_images": 400})
     finetune = pd.DataFrame({"task": list("abcdef"), "clean_end": [1, 1, .85, .9, .9, .79],
-                             "robust_peak@2/255": [.8, .7, .2, .4, .5, .3]})
-    table = calibrate.ladder_table(probe, list("abcde"), finetune=finetune, budget="2/255")
+                             "robust_peak@1/255": [.95, .9, .5, .7, .8, .6],
+                             "robust_peak@2/255": [.9, .7, .2, .4, .5, .3],
+                             "robust_peak@4/255": [.6, .4, .1, .2, .3, .1]})
+    table = calibrate.ladder_table(probe, list("abcde"), finetune=finetune)
     assert list(table.index) == list("abedc")  # near to far
     assert table.gap.round(2).tolist()[1:] == [0.08, 0.09, 0.19, 0.22]
-    bars = calibrate.ladder_bars(table, "2/255").met
+    # the strongest budget that leaves at least 0.15: 4/255 where it does, else 2/255
+    assert table["headline budget"].tolist() == ["4/255", "4/255", "4/255", "4/255", "2/255"]
+    assert table["robust peak"].tolist() == [.6, .4, .3, .2, .2]
+    bars = calibrate.ladder_bars(table).met
     assert bars.all() and len(bars) == 6
     # f sits 0.12 and 0.10 from its neighbours, but its fine-tuned clean accuracy is 0.79
-    bars = calibrate.ladder_bars(calibrate.ladder_table(probe, list("abdecf"), finetune=finetune,
-                                                        budget="2/255"), "2/255").met
+    bars = calibrate.ladder_bars(calibrate.ladder_table(probe, list("abdecf"),
+                                                        finetune=finetune)).met
     assert not bars["lowest fine-tuned clean accuracy"] and bars.drop(
         "lowest fine-tuned clean accuracy").all()
+    # a task the attack barely touches at any budget measured fails the robust bar
+    finetune.loc[finetune.task == "a", ["robust_peak@2/255", "robust_peak@4/255"]] = .95, .9
+    assert not calibrate.ladder_bars(calibrate.ladder_table(probe, list("abcde"),
+                                                            finetune=finetune)).met[
+        "robust peak at each headline budget"]
     probe.loc[probe.task == "d", "val_acc"] = 0.75  # 0.06 from e: too close to tell apart
     assert not calibrate.ladder_bars(calibrate.ladder_table(probe, list("abcde"))).met[
         "smallest gap between neighbours"]
