@@ -59,6 +59,12 @@ def test_the_ladder_table_orders_near_to_far_and_the_bars_fail_where_they_should
     assert not calibrate.ladder_bars(calibrate.ladder_table(probe, list("abcde"))).met[
         "smallest gap between neighbours"]
     assert not calibrate.ladder_bars(calibrate.ladder_table(probe, list("abc"))).met["tasks"]
+    # a task not fine-tuned yet leaves the fine-tuning bars unmet, and says so
+    partial = calibrate.ladder_bars(calibrate.ladder_table(probe, list("abcde"),
+                                                           finetune=finetune[finetune.task != "b"]))
+    assert not partial.met["lowest fine-tuned clean accuracy"]
+    assert partial.measured["lowest fine-tuned clean accuracy"].endswith(
+        "(1 of 5 tasks not measured yet)")
     with pytest.raises(ValueError, match="no probe of z"):
         calibrate.ladder_table(probe, ["a", "z"])
 
