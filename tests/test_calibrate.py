@@ -107,3 +107,19 @@ def test_ood_domains_name_those_the_upstream_model_never_saw():
     assert table.loc["greek", "unseen upstream"] == "outline, dots"
     assert table.loc["letters_texture", "trains on"] == "texture"
     assert "texture" not in table.loc["letters_texture", "OOD domains"]
+
+
+def test_the_fine_tuning_view_says_the_recipe_once_and_each_peak_with_its_step():
+    import pandas as pd
+
+    from rtlib.report import calibration
+
+    summary = pd.DataFrame({"upstream": "converged", "task": ["a", "b"], "strategy": "full",
+                            "lr": 1e-3, "train_size": 20000, "steps": 2000,
+                            "clean_end": [0.9, 0.8], "train_end": [1.0, 0.9],
+                            "robust_peak@2/255": [0.5, 0.3], "peak_step@2/255": [752, 2000],
+                            "robust_end@2/255": [0.4, 0.3]})
+    view, recipe = calibration.finetune_view(summary)
+    assert recipe == "full at lr 0.001, 20,000 images, 2,000 steps"
+    assert view.loc["a", "robust 2/255: peak (step) → end"] == "0.500 (752) → 0.400"
+    assert list(view.columns[:2]) == ["clean", "training"]

@@ -59,14 +59,14 @@ def upstream_models(results_dir: str | Path | None = None) -> pd.DataFrame:
     :data:`UPSTREAM_ATTACK` (kept in the calibration store, so a book build computes nothing
     once it is committed). Checkpoints not made yet are left out."""
     rows = []
-    for name, what in UPSTREAM_CHECKPOINTS.items():
+    for name in UPSTREAM_CHECKPOINTS:
         path = checkpoint_file(name)
         if not path.is_file():
             continue
         meta = pretrain.checkpoint_metadata(path)
         curve = pretrain.learning_curve(meta)
         scores = pretrain.upstream_robustness(path, store_dir(results_dir), **UPSTREAM_ATTACK)
-        rows.append({"upstream model": name, "what": what,
+        rows.append({"upstream model": name,
                      "pre-trained on": meta.get("task", "").split("/", 1)[-1],
                      "steps": int(curve.step.max()) if len(curve) else None,
                      "recorded accuracy": meta.get("upstream_test_accuracy"),
@@ -103,3 +103,21 @@ def ood_domains(tasks: list[str], upstream: str = "converged") -> pd.DataFrame:
         rows.append({"task": task, "trains on": own, "OOD domains": ", ".join(ood),
                      "unseen upstream": ", ".join(d for d in ood if d not in seen)})
     return pd.DataFrame(rows).set_index("task")
+
+
+def finetune_view(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The fine-tuning checks as a reader takes them in: a row per task (upstream model too
+    when several), clean and training accuracy at the end, and per budget the robust peak with
+    its step and the value at the end; with the recipe they share, said once."""
+    recipe = summary[["strategy", "lr", "train_size", "steps"]].drop_duplicates()
+    said = "; ".join(f"{r.strategy} at lr {r.lr:g}, {r.train_size:,} images, {r.steps:,} steps"
+                     for r in recipe.itertuples())
+    keys = ["upstream", "task"] if summary.upstream.nunique() > 1 else ["task"]
+    view = summary.set_index(keys)[["clean_end", "train_end"]].rename(
+        columns={"clean_end": "clean", "train_end": "training"})
+    for column in [c for c in summary.columns if c.startswith("robust_peak@")]:
+        label = column.split("@", 1)[1]
+        view[f"robust {label}: peak (step) → end"] = [
+            f"{p:.3f} ({s:,}) → {e:.3f}" for p, s, e in
+            zip(summary[column], summary[f"peak_step@{label}"], summary[f"robust_end@{label}"])]
+    return view.round(3), said
