@@ -111,8 +111,8 @@ def finetune_summary(frame) -> "pd.DataFrame":
                "lr": last.lr,
                "train_size": last.train_size, "steps": int(last.step),
                "clean_end": last[metrics.TEST_ACC], "train_end": last[metrics.TRAIN_ACC]}
-        for column in [c for c in run.columns if c.startswith("robust_acc@")]:
-            label = column.split("@", 1)[1]
+        for column in metrics.robust_columns(run):
+            label = metrics.qualifier(column)
             peak = run[column].idxmax()
             row[f"robust_peak@{label}"] = run.loc[peak, column]
             row[f"peak_step@{label}"] = int(run.loc[peak, "step"])
@@ -126,6 +126,14 @@ LADDER_BARS = dict(min_tasks=5, nearest_at_least=0.90, farthest_at_most=0.45, mi
                    learnable=0.80, robust_low=0.15, robust_high=0.85)
 
 
+def peak_budgets(summary) -> list[str]:
+    """The budgets of a :func:`finetune_summary` by label ("2/255"), smallest first."""
+    from .metrics import qualifier
+
+    return sorted((qualifier(c) for c in summary.columns if c.startswith("robust_peak@")),
+                  key=parse_budget)
+
+
 def headline_budgets(finetune) -> "pd.Series":
     """Each task's headline budget, chosen on the calibration runs (:func:`finetune_summary`
     rows): the largest budget measured at which the robust peak is still at least
@@ -133,8 +141,7 @@ def headline_budgets(finetune) -> "pd.Series":
     smallest budget when none does). A Series of budget labels ("2/255") by task."""
     import pandas as pd
 
-    labels = sorted((c.split("@", 1)[1] for c in finetune.columns
-                     if c.startswith("robust_peak@")), key=parse_budget)
+    labels = peak_budgets(finetune)
     chosen = {}
     for row in finetune.drop_duplicates("task", keep="last").to_dict("records"):
         informative = [label for label in labels
@@ -180,6 +187,7 @@ def ladder_bars(table) -> "pd.DataFrame":
              table.val_acc.min() <= b["farthest_at_most"]),
             ("smallest gap between neighbours", f">= {b['min_gap']}", gaps.min(),
              bool((gaps.round(6) >= b["min_gap"]).all()))]
+
     def unmeasured(values) -> str:  # a task not checked yet leaves its bar unmet
         missing = int(values.isna().sum())
         return f" ({missing} of {len(values)} tasks not measured yet)" if missing else ""

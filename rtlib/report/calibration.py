@@ -12,8 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import calibrate, pretrain, store
-from ..config import (UPSTREAM_CHECKPOINTS, checkout_folder, checkpoint_file, eps_label,
-                      resolve_weights)
+from ..config import UPSTREAM_CHECKPOINTS, checkout_folder, checkpoint_file, eps_label
 
 #: How the upstream models are attacked on this page: the runs' attack, on images of the
 #: converged model's pre-training task (print and clutter, which every model saw).
@@ -53,17 +52,19 @@ def finetune(results_dir: str | Path | None = None) -> pd.DataFrame | None:
     return calibrate.finetune_summary(store.load(folder))
 
 
+def _made() -> dict[str, tuple[Path, dict]]:
+    """The committed upstream checkpoints that exist, by name: their file and metadata."""
+    return {name: (path, pretrain.checkpoint_metadata(path)) for name in UPSTREAM_CHECKPOINTS
+            if (path := checkpoint_file(name)).is_file()}
+
+
 def upstream_models(results_dir: str | Path | None = None) -> pd.DataFrame:
     """Each committed upstream checkpoint: what it was pre-trained on and for how long, its
     upstream test accuracy as recorded, and its clean and robust accuracy under
     :data:`UPSTREAM_ATTACK` (kept in the calibration store, so a book build computes nothing
     once it is committed). Checkpoints not made yet are left out."""
     rows = []
-    for name in UPSTREAM_CHECKPOINTS:
-        path = checkpoint_file(name)
-        if not path.is_file():
-            continue
-        meta = pretrain.checkpoint_metadata(path)
+    for name, (path, meta) in _made().items():
         curve = pretrain.learning_curve(meta)
         scores = pretrain.upstream_robustness(path, store_dir(results_dir), **UPSTREAM_ATTACK)
         rows.append({"upstream model": name,
@@ -81,13 +82,8 @@ def upstream_models(results_dir: str | Path | None = None) -> pd.DataFrame:
 
 def curves() -> pd.DataFrame:
     """The learning curves of every committed checkpoint, one frame (``model`` column)."""
-    frames = []
-    for name in UPSTREAM_CHECKPOINTS:
-        path = resolve_weights(name)
-        if path and Path(path).is_file():
-            frames.append(pretrain.learning_curve(pretrain.checkpoint_metadata(Path(path)))
-                          .assign(model=name))
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat([pretrain.learning_curve(meta).assign(model=name)
+                      for name, (_, meta) in _made().items()], ignore_index=True)
 
 
 def ood_domains(tasks: list[str], upstream: str = "converged") -> pd.DataFrame:
@@ -115,9 +111,9 @@ def finetune_view(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     keys = ["upstream", "task"] if summary.upstream.nunique() > 1 else ["task"]
     view = summary.set_index(keys)[["clean_end", "train_end"]].rename(
         columns={"clean_end": "clean", "train_end": "training"})
-    for column in [c for c in summary.columns if c.startswith("robust_peak@")]:
-        label = column.split("@", 1)[1]
+    for label in calibrate.peak_budgets(summary):
         view[f"robust {label}: peak (step) → end"] = [
             f"{p:.3f} ({s:,}) → {e:.3f}" for p, s, e in
-            zip(summary[column], summary[f"peak_step@{label}"], summary[f"robust_end@{label}"])]
+            zip(summary[f"robust_peak@{label}"], summary[f"peak_step@{label}"],
+                summary[f"robust_end@{label}"])]
     return view.round(3), said
