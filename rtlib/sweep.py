@@ -138,7 +138,7 @@ def run(configs: Sequence[RunConfig | Any], results_dir: str | Path, executor: s
     if not todo:
         computed = []
     elif executor == "ray":
-        computed = _run_ray(todo, results_dir)
+        computed = _run_ray(todo, results_dir, progress, desc)
     elif workers == 1 or len(todo) <= 1:
         from tqdm.auto import tqdm
 
@@ -168,28 +168,41 @@ def _run_pool(configs, results_dir, device, workers, threads, progress, desc="ru
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    from tqdm.auto import tqdm
-
     results_dir = str(Path(results_dir).resolve())
-    outcomes: dict[int, Outcome] = {}
-    t0 = time.perf_counter()
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_run_one_in_worker, c, results_dir, device, threads): i
                    for i, c in enumerate(configs)}
-        for k, future in enumerate(tqdm(as_completed(futures), total=len(futures), desc=desc,
-                                        unit="run", disable=progress is not True), 1):
-            try:
-                outcomes[futures[future]] = future.result()
-            except BrokenProcessPool as err:
-                raise RuntimeError(
-                    "the sweep's worker processes stopped before they could run: a script that "
-                    "calls sweep.run with several workers must guard its top level with `if "
-                    "__name__ == \"__main__\":` (each worker is a new Python that imports the "
-                    "script), or pass workers=1") from err
-            if progress == "lines":
-                print(progress_line(desc, k, len(configs), outcomes[futures[future]], t0),
-                      flush=True)
+
+        def finished():
+            for future in as_completed(futures):
+                try:
+                    yield futures[future], future.result()
+                except BrokenProcessPool as err:
+                    raise RuntimeError(
+                        "the sweep's worker processes stopped before they could run: a script "
+                        "that calls sweep.run with several workers must guard its top level "
+                        "with `if __name__ == \"__main__\":` (each worker is a new Python that "
+                        "imports the script), or pass workers=1") from err
+
+        return _collect(finished(), configs, progress, desc)
+
+
+def _collect(finished, configs, progress, desc) -> list[Outcome]:
+    """Outcomes in the configs' order from ``(index, outcome)`` pairs in the order the runs
+    end; a bar or a line per finished run as ``progress`` asks (see :func:`run`)."""
+    from tqdm.auto import tqdm
+
+    outcomes: dict[int, Outcome] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(configs), desc=desc, unit="run", disable=progress is not True)
+    for k, (i, outcome) in enumerate(finished, 1):
+        outcomes[i] = outcome
+        bar.set_postfix_str(f"{outcome.label} {outcome.status}")
+        bar.update()
+        if progress == "lines":
+            print(progress_line(desc, k, len(configs), outcome, t0), flush=True)
+    bar.close()
     return [outcomes[i] for i in range(len(configs))]
 
 
@@ -209,9 +222,11 @@ def progress_line(desc: str, k: int, n: int, outcome: Outcome, start: float) -> 
             + (f", about {left / 60:.0f} min left" if k < n else ""))
 
 
-def _run_ray(configs: Sequence[RunConfig], results_dir: str | Path) -> list[Outcome]:
+def _run_ray(configs: Sequence[RunConfig], results_dir: str | Path, progress=True,
+             desc: str = "runs") -> list[Outcome]:
     """One Ray task per run (a GPU each where the cluster has GPUs). ``RAY_ADDRESS`` or a
-    ``ray://`` address selects a cluster; without one a local Ray instance starts."""
+    ``ray://`` address selects a cluster; without one a local Ray instance starts. Each run
+    is reported as it ends, like the local executor's."""
     import ray
 
     if not ray.is_initialized():
@@ -219,8 +234,14 @@ def _run_ray(configs: Sequence[RunConfig], results_dir: str | Path) -> list[Outc
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     remote = ray.remote(num_gpus=gpus, max_retries=0)(run_one)
     results_dir = str(Path(results_dir).resolve())
-    refs = [remote.remote(c, results_dir, "auto", False) for c in configs]
-    return ray.get(refs)
+    pending = {remote.remote(c, results_dir, "auto", False): i for i, c in enumerate(configs)}
+
+    def finished():
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            yield pending.pop(ref), ray.get(ref)
+
+    return _collect(finished(), configs, progress, desc)
 
 
 def summarize(summary: pd.DataFrame) -> str:

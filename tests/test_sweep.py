@@ -89,12 +89,17 @@ def test_unwritable_results_directory_is_a_clear_error(tmp_path):
         train.run(config, blocker, progress=False)
 
 
-def test_local_and_ray_executors_give_identical_results(tmp_path):
+def test_local_and_ray_executors_give_identical_results(tmp_path, capsys):
     pytest.importorskip("ray")
     configs = sweep.expand(["synthetic"], ["bitfit", "adapter"], [0, 1], preset="smoke",
                            **SMALL)
     local = sweep.run(configs, tmp_path / "local", progress=False)
-    ray_ = sweep.run(configs, tmp_path / "ray", executor="ray", progress=False)
+    ray_ = sweep.run(configs, tmp_path / "ray", executor="ray", progress="lines")
+    # Ray reports each run as it ends, as the local executor does.
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("runs ")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    named = sorted(line.split(": ")[0].split(" ", 2)[2] for line in lines)
+    assert named == sorted(sweep.label(c) for c in configs)
     assert (local["status"] == "done").all() and (ray_["status"] == "done").all()
     cols = ["run_id", "step", "train_acc", "test_acc", "robust_acc", "ood_acc@shifted"]
     a = store.load(tmp_path / "local")[cols].reset_index(drop=True)
