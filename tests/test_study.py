@@ -339,6 +339,15 @@ def test_ood_that_is_flat_after_the_start_does_not_track():
     track = estimands.ood_tracking(frame, estimands.Resampler(n_boot=200)).set_index("domain")
     assert track.loc["outline", "outcome"] == "does not track"
     assert track.loc["texture", "outcome"] == "tracks"
+    # Against another accuracy (RQ3's exercise 3): texture follows clean accuracy, so it tracks
+    # a robust accuracy that does too, and not one that is noise after the start.
+    rng = np.random.default_rng(9)
+    frame["robust_acc"] = np.where(frame.step == 0, 0.0, 0.3 + rng.normal(0, 0.01, len(frame)))
+    frame["val_acc"] = 0.5 * frame["test_acc"]
+    noise = estimands.ood_tracking(frame, estimands.Resampler(n_boot=200), against="robust_acc")
+    assert noise.set_index("domain").loc["texture", "outcome"] == "does not track"
+    follows = estimands.ood_tracking(frame, estimands.Resampler(n_boot=200), against="val_acc")
+    assert follows.set_index("domain").loc["texture", "r"] > 0.99
 
 
 def test_plateau_reads_the_last_three_points_and_tells_a_trend_from_noise():

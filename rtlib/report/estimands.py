@@ -406,14 +406,17 @@ def above_chance(run: pd.DataFrame, classes: int | None) -> int:
     return int(hits[0]) if len(hits) else len(run)
 
 
-def ood_tracking(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFrame:
+def ood_tracking(frame: pd.DataFrame, rs: Resampler | None = None,
+                 against: str = metrics.TEST_ACC) -> pd.DataFrame:
     """Per task and OOD domain: does OOD accuracy follow in-domain accuracy *within* runs,
     once they are clearly above chance (:func:`above_chance`; step 0's random head cannot
     drive it)? ``r``: the correlation of the changes from point to point of the two
     accuracies, pooled over the runs, with its interval (runs resampled by seed within each
     strategy); ``gap``: OOD minus in-domain accuracy at the runs' end, with its interval;
     ``pairs``: changes counted. ``outcome``: ``tracks`` when r's interval lies above
-    :data:`TRACKING_R`, ``does not track`` when below, else ``undecided``."""
+    :data:`TRACKING_R`, ``does not track`` when below, else ``undecided``. ``against``: the
+    accuracy OOD accuracy is compared with (e.g. a robust accuracy column: do the two kinds of
+    robustness move together?)."""
     rs = rs or Resampler()
     rows = []
     for task, tg in frame.groupby("task", sort=False):
@@ -425,12 +428,13 @@ def ood_tracking(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFra
                 for run in _runs(sg):
                     t0 = above_chance(run, classes)
                     part = run.iloc[t0:]
-                    runs.append((np.diff(part[metrics.TEST_ACC].to_numpy()),
+                    runs.append((np.diff(part[against].to_numpy()),
                                  np.diff(part[col].to_numpy()),
-                                 float(run[col].iloc[-1] - run[metrics.TEST_ACC].iloc[-1])))
+                                 float(run[col].iloc[-1] - run[against].iloc[-1])))
                 per_strategy.append(runs)
             r_reps, gap_reps = [], []
-            rng = rs.rng("ood", task, col)
+            rng = rs.rng("ood", task, col) if against == metrics.TEST_ACC else rs.rng(
+                "ood", task, col, against)
             for b in range(rs.n_boot + 1):
                 picked = [runs if b == 0 else [runs[i] for i in rng.integers(0, len(runs),
                                                                               len(runs))]
