@@ -217,6 +217,9 @@ LADDER_RUN = dict(train_size=20_000, val_fraction=0.02, steps=2_000)
 #: The memorization control: the farthest task with this many times the training images, so
 #: that a fall that persists when the generalization gap shrinks is not memorization.
 MEMORIZATION_CONTROL = dict(task=LADDER[-1], train_size=4 * LADDER_RUN["train_size"])
+#: The tasks the other upstream models are fine-tuned on (issue 34): the nearest, a middle and
+#: the farthest of the ladder.
+LADDER_ARMS = [LADDER[0], LADDER[len(LADDER) // 2], LADDER[-1]]
 
 
 #: Weights that are not a file: random initialization, the hub's, or our checkpoints.
@@ -298,7 +301,8 @@ class RunConfig:
                        maximum=MAX_SEED)
     # evaluation
     schedule: str = _field("log:12", "evaluation points: 'official' (the official code's "
-                                     "should_log), 'log:N' (N points) or 'every:K'")
+                                     "should_log), 'log:N' (N points), 'every:K' or a union "
+                                     "such as 'log:6+every:500'")
     eps: tuple[float, ...] = _field((1 / 255,), "attack budgets in [0, 1] pixel units, e.g. "
                                                 "1/255 2/255")
     attack_steps: int = _field(15, "PGD iterations", minimum=1, maximum=MAX_ATTACK_STEPS)
@@ -452,13 +456,26 @@ def parse_schedule(spec: str, total_steps: int) -> list[int]:
       every 6,000; then every 20,000; plus the last step (its ``on_train_end``);
     - ``log:N``: 0, then N - 1 points spaced evenly in log(step) from ``total_steps // 50`` to
       the last step;
-    - ``every:K``: every K steps, plus the last step.
+    - ``every:K``: every K steps, plus the last step;
+    - ``A+B``: the union of schedules, e.g. ``log:6+every:500`` (log-spaced early, where a run
+      inherits, and evenly late, where robust accuracy may peak and fall).
     """
     allowed = (f"official, log:N (N in [2, {MAX_EVAL_POINTS:,}], at most steps + 1), every:K "
-               f"(K >= 1, at most {MAX_EVAL_POINTS:,} points)")
+               f"(K >= 1, at most {MAX_EVAL_POINTS:,} points), or a union such as "
+               "log:6+every:500")
     if not isinstance(spec, str):
         raise ConfigError("schedule", spec, allowed, "not a schedule:")
-    kind, _, arg = spec.partition(":")
+    if "+" in spec:
+        points = sorted(set().union(*(_schedule_part(part, spec, total_steps, allowed)
+                                      for part in spec.split("+"))))
+        if len(points) > MAX_EVAL_POINTS:
+            raise ConfigError("schedule", spec, allowed, f"{len(points):,} points is too many:")
+        return points
+    return _schedule_part(spec, spec, total_steps, allowed)
+
+
+def _schedule_part(part: str, spec: str, total_steps: int, allowed: str) -> list[int]:
+    kind, _, arg = part.partition(":")
     if kind not in SCHEDULE_KINDS:
         raise ConfigError("schedule", spec, allowed, "unknown schedule")
     if kind == "official":
@@ -711,6 +728,70 @@ PRESETS: dict[str, dict[str, Any]] = {
                           "point, so a checkpoint can be chosen by it (never by the test set)",
         },
     },
+    # The benchmark study (issue 34): the converged upstream model on the ladder (issue 33), the
+    # robust and the weak upstream models as factors, and the memorization control; the recipe
+    # of the ladder's calibration (LADDER_RUN, bench/calibrate_ladder.py), on the study's data.
+    "ladder": {
+        "description": "the benchmark study: the converged upstream model fine-tuned on the "
+                       "ladder of six tasks (near to far), 2,000 steps on 20,000 images, "
+                       "three seeds, 512 evaluation images at 9 points and two budgets, "
+                       "learning rates chosen on the validation split; the robust and the "
+                       "weak upstream models on the nearest, a middle and the farthest task; "
+                       "the farthest task with four times the images (the memorization control)",
+        "run": dict(model="vit_glyph_p4_24", weights="converged", **LADDER_RUN,
+                    test_size=512, train_eval_size=512, batch_size=32, lr=1e-3,
+                    weight_decay=0.01, warmup_steps=50, schedule="log:6+every:500",
+                    eps=(2 / 255, 4 / 255), attack="pgd_early", attack_steps=10,
+                    val_robust=True),
+        "tasks": LADDER,
+        "ood_task": LADDER[0],
+        "seeds": [0, 1, 2],
+        "store": "ladder",
+        # Upstream models as factors: the same grid (at the converged model's rates) from the
+        # robust and from the weak upstream model, on three tasks of the ladder.
+        "arms": {"converged_robust": LADDER_ARMS, "embedded": LADDER_ARMS},
+        "control": MEMORIZATION_CONTROL,
+        # The robust upstream model's runs are the arm's (the same configs, the same runs).
+        "remedies": dict(alphas=[0.0, 0.25, 0.5, 0.75, 1.0], robust_weights="converged_robust",
+                         robust_tasks=LADDER_ARMS),
+        "strategy_overrides": {
+            "full": dict(lr_schedule="linear", warmup_steps=0),
+        },
+        # Three rates per strategy around the first study's choices (a grid whose largest rate
+        # wins is extended upwards and swept again, as there).
+        "lr_grid": {
+            "full": [1e-4, 3e-4, 1e-3],
+            "linear_probe": [1e-2, 3e-2, 1e-1],
+            "bitfit": [3e-3, 1e-2, 3e-2],
+            "lora": [3e-4, 1e-3, 3e-3],
+            "ia3": [1e-3, 3e-3, 1e-2],
+            "adapter": [1e-3, 3e-3, 1e-2],
+            "compacter": [3e-3, 1e-2, 3e-2],
+        },
+        # On a middle and the farthest task: the near ones end at 1.000 at any sensible rate.
+        "selection": dict(tasks=[LADDER[len(LADDER) // 2], LADDER[-1]], seed=0,
+                          run=dict(schedule="log:2", eps=(0.0,), val_robust=False)),
+        "sources": {
+            "tasks": "ours: the ladder (issue 33), chosen on validation probes and calibration "
+                     "runs (the calibration page)",
+            "train_size": "ours: found on the farthest task on the calibration data: with a "
+                          "few thousand images it memorized instead of learning",
+            "lr": "ours: chosen per strategy on the validation split (rtlib.plan; the sweep's "
+                  "runs are in the store)",
+            "schedule": "ours: 6 points spaced in log(step) and every 500 steps (0, 40, 106, "
+                        "283, 500, 752, 1000, 1500, 2000): the calibration runs' robust "
+                        "accuracy peaked late on most tasks and early at 4/255 on the far ones",
+            "test_size": "ours: 512 images, so that a run's peak-to-final difference has a "
+                         "standard error of at most about 2 points (paired over the images)",
+            "eps": "ours: 2/255 and 4/255; each task's headline budget is the larger one that "
+                   "leaves its robust peak at 0.15 or more on the calibration data "
+                   "(rtlib.calibrate.headline_budgets)",
+            "attack": "ours: PGD-10 stopped per image at its first success (the same images "
+                      "fooled; 1.65x cheaper on a whole run, bench/README.md)",
+            "weights": "ours: the converged upstream model (issue 33); the robust and the weak "
+                       "ones on three tasks (arms)",
+        },
+    },
     # Toy size for CI: the same pipeline in seconds.
     "smoke": {
         "description": "toy size for CI: the same pipeline in seconds",
@@ -853,6 +934,19 @@ def preset_description(name: str) -> str:
 
 def preset_ood_task(name: str) -> str:
     return _preset(name)["ood_task"]
+
+
+def preset_arms(name: str) -> dict[str, list[str]]:
+    """Upstream models as factors at preset ``name``: the tasks each other checkpoint (a name
+    of :data:`UPSTREAM_CHECKPOINTS`) is fine-tuned on, with the study's grid and rates."""
+    return {w: list(t) for w, t in _preset(name).get("arms", {}).items()}
+
+
+def preset_control(name: str) -> dict[str, Any] | None:
+    """The memorization control at preset ``name`` (a task and its larger training set), or
+    None."""
+    spec = _preset(name).get("control")
+    return dict(spec) if spec else None
 
 
 def preset_remedies(name: str) -> dict[str, Any]:

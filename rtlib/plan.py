@@ -65,14 +65,19 @@ def choose_lr(frame: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Plan:
-    """A study's runs: the learning-rate sweep's (``selection``) and the study's own
-    (``main``), with the chosen rates (``lrs``: empty when the preset fixes them)."""
+    """A study's runs: the learning-rate sweep's (``selection``), the study's own (``main``),
+    the upstream arms' and the memorization control's, with the chosen rates (``lrs``: empty
+    when the preset fixes them)."""
 
     preset: str
     selection: list[RunConfig]
     main: list[RunConfig]
     lrs: dict[str, float] = field(default_factory=dict)
     choice: pd.DataFrame | None = None
+    #: The study's grid from the other upstream models (:func:`rtlib.config.preset_arms`) and
+    #: the memorization control (:func:`rtlib.config.preset_control`), at the chosen rates.
+    arms: list[RunConfig] = field(default_factory=list)
+    control: list[RunConfig] = field(default_factory=list)
 
     def at_top(self) -> list[str]:
         """The strategies whose chosen rate is the largest of their grid."""
@@ -126,11 +131,33 @@ def plan(preset: str, tasks: Sequence[str] | None = None,
     if lrs:
         main = sweep.expand(tasks, strategies, seeds, preset=preset, strategy_overrides={
             s: {"lr": lr} for s, lr in lrs.items()}, **overrides)
-    return Plan(preset, selection, main, lrs, choice)
+    arms, control = _factors(preset, tasks, strategies, seeds, lrs, **overrides)
+    return Plan(preset, selection, main, lrs, choice, arms, control)
+
+
+def _factors(preset: str, tasks: Sequence[str], strategies: Sequence[str],
+             seeds: Sequence[int], lrs: dict[str, float], **overrides: Any
+             ) -> tuple[list[RunConfig], list[RunConfig]]:
+    """The upstream arms' runs and the memorization control's, on the study's ``tasks`` only
+    (a study narrowed to some tasks keeps the arms of those), at the rates ``lrs``."""
+    from .config import preset_arms, preset_control
+
+    rates = {s: {"lr": lr} for s, lr in lrs.items()}
+    arms = [c for weights, arm_tasks in preset_arms(preset).items()
+            if any(t in tasks for t in arm_tasks)
+            for c in sweep.expand([t for t in arm_tasks if t in tasks], strategies, seeds,
+                                  preset=preset, strategy_overrides=rates,
+                                  **{**overrides, "weights": weights})]
+    spec = preset_control(preset)
+    control = sweep.expand([spec["task"]], strategies, seeds, preset=preset,
+                           strategy_overrides=rates,
+                           **{**overrides, "train_size": spec["train_size"]}
+                           ) if spec and spec["task"] in tasks else []
+    return arms, control
 
 
 #: The parts of a study's store, each a role a loader can ask for alone (:func:`load`).
-ROLES = ("runs", "sweep", "robust")
+ROLES = ("runs", "sweep", "robust", "arms", "control")
 
 
 def load(preset: str = "study", role: str = "runs", results_dir: str | Path | None = None
@@ -138,12 +165,15 @@ def load(preset: str = "study", role: str = "runs", results_dir: str | Path | No
     """One role of a study's store (``store.load`` of the folder returns every run in it, the
     learning-rate sweep's and the robust upstream model's among the study's): ``"runs"``, the
     study's own runs; ``"sweep"``, the learning-rate sweep's; ``"robust"``, the runs from the
-    robust upstream model. Nothing is computed: a run the store lacks is absent."""
+    robust upstream model; ``"arms"``, the study's grid from the other upstream models;
+    ``"control"``, the memorization control's. Nothing is computed: a run the store lacks is
+    absent."""
     check_choice("role", role, ROLES)
     results_dir = Path(results_dir or preset_store(preset))
     study_plan = plan(preset, results_dir=results_dir, compute_selection=False)
     configs = {"runs": lambda: study_plan.main, "sweep": lambda: study_plan.selection,
-               "robust": lambda: remedies_plan(study_plan).robust}[role]()
+               "robust": lambda: remedies_plan(study_plan).robust,
+               "arms": lambda: study_plan.arms, "control": lambda: study_plan.control}[role]()
     return store.load(results_dir, configs)
 
 
@@ -198,8 +228,11 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
     sweep, the study's runs (at the chosen rates once the sweep is complete) and its
     remedies."""
     results_dir = Path(results_dir or preset_store(preset))
-    *_, main, selection = _grids(preset, tasks, strategies, seeds, **overrides)
-    study_plan, chosen = Plan(preset, selection, main), False
+    grid_tasks, grid_strategies, grid_seeds, main, selection = _grids(
+        preset, tasks, strategies, seeds, **overrides)
+    study_plan = Plan(preset, selection, main, {}, None,
+                      *_factors(preset, grid_tasks, grid_strategies, grid_seeds, {}, **overrides))
+    chosen = False
     if selection:
         try:
             study_plan = plan(preset, tasks, strategies, seeds, results_dir,
@@ -211,7 +244,11 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
 
     lines, left, study_pace, todo_all = [], 0.0, None, []
     for (name, role), configs in ((("learning-rate sweep", "lr selection"), selection),
-                                  (("study", "study"), study_plan.main)):
+                                  (("study", "study"), study_plan.main),
+                                  (("upstream arms", "upstream arm"), study_plan.arms),
+                                  (("memorization control", "control"), study_plan.control)):
+        if not configs and role in ("upstream arm", "control"):
+            continue
         records = run_records(results_dir, configs, role)
         done = {r["run_id"] for r in records}
         todo_all += [c for c in configs if c.run_id() not in done]
@@ -233,7 +270,9 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
         lines.append("(the study's runs take the learning rates the sweep chooses; until it is "
                      "complete they are counted at the preset's rate)")
     try:
-        work = remedies_plan(study_plan, path_form=path_form, **overrides).work()
+        arm_ids = {c.run_id() for c in study_plan.arms}  # the robust runs may be an arm's
+        work = [job for job in remedies_plan(study_plan, path_form=path_form, **overrides).work()
+                if job.run_id() not in arm_ids]
         todo = [job for job in work if not sweep.complete(job, results_dir)]
         todo_all += todo
         line = (f"remedies (interpolation paths, robust upstream runs): {len(work) - len(todo)} "
@@ -472,10 +511,14 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
                     "upstream_test_accuracy": meta.get("upstream_test_accuracy"),
                     "command": meta.get("command")}
     runs = (run_records(results_dir, study_plan.selection, "lr selection")
-            + run_records(results_dir, study_plan.main, "study"))
+            + run_records(results_dir, study_plan.main, "study")
+            + run_records(results_dir, study_plan.arms, "upstream arm")
+            + run_records(results_dir, study_plan.control, "control"))
     if remedies is not None:
         runs += (run_records(results_dir, remedies.robust, "robust upstream")
                  + path_records(results_dir, remedies.paths))
+    seen: set[str] = set()  # a run once, in its first role (the robust upstream remedy's
+    runs = [r for r in runs if not (r["run_id"] in seen or seen.add(r["run_id"]))]  # may be an arm's
     manifest = {
         "preset": study_plan.preset,
         "command": invocation["command"],
@@ -485,8 +528,9 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
         "learning_rates": study_plan.lrs,
         "lr_choice": [] if study_plan.choice is None else
         json.loads(study_plan.choice.to_json(orient="records")),
-        "runs_planned": len(study_plan.selection) + len(study_plan.main)
-        + (len(remedies.work()) if remedies is not None else 0),
+        "runs_planned": len({job.run_id() for job in [
+            *study_plan.selection, *study_plan.main, *study_plan.arms, *study_plan.control,
+            *(remedies.work() if remedies is not None else [])]}),
         "runs_complete": len(runs),
         "compute_seconds": round(sum(r["seconds"] for r in runs), 1),
         "runs": runs,
@@ -502,7 +546,8 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
             remedies: bool = True, path_form: str | None = None, **overrides: Any
             ) -> tuple[Plan, pd.DataFrame, Path]:
     """Compute a study (what the store lacks: the learning-rate sweep, then the study's runs,
-    then, with ``remedies``, the remedies chapter's paths and robust upstream runs,
+    the upstream arms' and the memorization control's, then, with ``remedies``, the remedies
+    chapter's paths and robust upstream runs,
     :func:`remedies_plan`) and write its manifest; returns (plan, summary of the study's runs
     and remedies, manifest path). Resumable: an interrupted study resumes from its complete
     runs and each run from its last evaluation point."""
@@ -528,6 +573,12 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
         summary = sweep.run(sorted(study_plan.main, key=lambda c: c.seed), results_dir,
                             device=device, progress=progress, workers=workers,
                             desc="study runs")
+        for runs, desc in ((study_plan.arms, "upstream arms"),
+                           (study_plan.control, "memorization control")):
+            if runs:  # seed by seed too
+                summary = pd.concat([summary, sweep.run(
+                    sorted(runs, key=lambda c: c.seed), results_dir, device=device,
+                    progress=progress, workers=workers, desc=desc)], ignore_index=True)
         if extra is not None and extra.work():
             summary = pd.concat([summary, sweep.run(
                 extra.work(), results_dir, device=device, progress=progress, workers=workers,

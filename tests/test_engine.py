@@ -33,7 +33,10 @@ def test_schedules():
     official = parse_schedule("official", 20_000)
     assert official[:4] == [0, 50, 100, 120] and 8000 in official and official[-1] == 20_000
     assert parse_schedule("official", 120) == [0, 50, 100, 120]
-    for bad in ("log:1", "every:0", "cosine", "log:x", "official:3"):
+    # a union: log-spaced early, even late (the ladder study's)
+    assert parse_schedule("log:6+every:500", 2000) == [0, 40, 106, 283, 500, 752, 1000, 1500,
+                                                        2000]
+    for bad in ("log:1", "every:0", "cosine", "log:x", "official:3", "log:6+", "log:6+every:0"):
         with pytest.raises(ConfigError, match="^schedule"):
             parse_schedule(bad, 100)
 

@@ -182,3 +182,39 @@ def test_a_dry_run_opens_with_the_new_runs_and_their_time(toy, tmp_path, capsys)
     # the sweep's 2 runs and the study's 2 at least, priced at the committed study's pace
     found = re.match(r"^(\d+) new runs.*, about [\d.]+ (s|min|h) of one core", first)
     assert found and int(found.group(1)) >= 4, first
+
+
+def test_upstream_arms_and_the_control_run_at_the_chosen_rates_once_each(toy, tmp_path,
+                                                                          monkeypatch):
+    """The ladder study's shape: the grid from another upstream model (which is also the
+    robust upstream remedy's: the same runs, computed and recorded once) and the memorization
+    control, each at the rates the sweep chose, each a role of its own."""
+    monkeypatch.setitem(config.PRESETS, "toy", {
+        **TOY, "arms": {"embedded_robust": ["digits", "fonts"]},
+        "control": {"task": "digits", "train_size": 192},
+        "remedies": {"alphas": [0.0, 0.5, 1.0], "robust_weights": "embedded_robust",
+                     "robust_tasks": ["digits"]}})
+    two = ["bitfit", "linear_probe"]
+    study_plan, summary, manifest = plan.compute(toy, strategies=two, results_dir=tmp_path,
+                                                 device="cpu", progress=False, command="test")
+    lrs = study_plan.lrs
+    # the arms keep the study's tasks only (fonts is not one here)
+    assert [(c.weights, c.task, c.strategy, c.seed, c.lr) for c in study_plan.arms] == [
+        ("embedded_robust", "digits", s, seed, lrs[s]) for s in two for seed in (0, 1)]
+    assert {(c.train_size, c.weights, c.lr) for c in study_plan.control} == {
+        (192, "embedded", lrs[s]) for s in two}
+    robust = plan.remedies_plan(study_plan).robust
+    assert {c.run_id() for c in robust} == {c.run_id() for c in study_plan.arms}
+    record = json.loads(manifest.read_text())
+    ids = [r["run_id"] for r in record["runs"]]
+    assert len(ids) == len(set(ids)) == record["runs_complete"] == record["runs_planned"] == 18
+    roles = [r["role"] for r in record["runs"]]
+    assert roles == (["lr selection"] * 4 + ["study"] * 4 + ["upstream arm"] * 4
+                     + ["control"] * 4 + ["interpolation"] * 2)
+    for role, configs in (("arms", study_plan.arms), ("control", study_plan.control),
+                          ("runs", study_plan.main)):
+        assert set(plan.load(toy, role, tmp_path).run_id) == {c.run_id() for c in configs}
+    report = "\n".join(plan.progress_report(toy, strategies=two, results_dir=tmp_path))
+    assert "upstream arms: 4 of 4 runs complete" in report
+    assert "memorization control: 4 of 4 runs complete" in report
+    assert "remedies (interpolation paths, robust upstream runs): 2 of 2 complete" in report
