@@ -150,11 +150,14 @@ def headline_budgets(finetune) -> "pd.Series":
     return pd.Series(chosen, name="headline budget", dtype=object)
 
 
-def ladder_table(probe, tasks: list[str], upstream: str = "converged", finetune=None):
+def ladder_table(probe, tasks: list[str], upstream: str = "converged", finetune=None,
+                 recipe: dict | None = None):
     """The ladder as the calibration measured it, near to far: each task's linear-probe
     validation accuracy with its interval and its gap to the nearer neighbour; with
     ``finetune`` (:func:`finetune_summary` rows at ``upstream``), the fine-tuned clean accuracy
-    at the end, the task's :func:`headline_budgets` and its robust peak there."""
+    at the end, the task's :func:`headline_budgets` and its robust peak there, read from the
+    checks made with the ladder's ``recipe`` (default :data:`rtlib.config.LADDER_RUN`'s
+    training images and steps; checks of other recipes are left out)."""
     rows = probe[(probe.upstream == upstream) & probe.task.isin(tasks)]
     missing = sorted(set(tasks) - set(rows.task))
     if missing:
@@ -165,6 +168,9 @@ def ladder_table(probe, tasks: list[str], upstream: str = "converged", finetune=
     table["gap"] = -table.val_acc.diff()
     if finetune is not None:
         tuned = finetune[finetune.upstream == upstream] if "upstream" in finetune else finetune
+        for key, value in (recipe or {k: LADDER_RUN[k] for k in ("train_size", "steps")}).items():
+            if key in tuned:
+                tuned = tuned[tuned[key] == value]
         tuned = tuned.drop_duplicates("task", keep="last").set_index("task")
         table["clean"] = tuned.clean_end.reindex(table.index)
         budgets = headline_budgets(tuned.reset_index()).reindex(table.index)

@@ -65,6 +65,11 @@ def test_the_ladder_table_orders_near_to_far_and_the_bars_fail_where_they_should
     assert not partial.met["lowest fine-tuned clean accuracy"]
     assert partial.measured["lowest fine-tuned clean accuracy"].endswith(
         "(1 of 5 tasks not measured yet)")
+    # the ladder reads the checks of its own recipe: another recipe's row is left out
+    other = pd.concat([finetune.assign(train_size=20000, steps=2000),
+                       finetune.assign(train_size=40000, steps=2000, clean_end=0.1)])
+    assert calibrate.ladder_table(probe, list("abcde"), finetune=other, recipe=dict(
+        train_size=20000, steps=2000)).clean.min() >= 0.85
     with pytest.raises(ValueError, match="no probe of z"):
         calibrate.ladder_table(probe, ["a", "z"])
 
@@ -123,3 +128,9 @@ def test_the_fine_tuning_view_says_the_recipe_once_and_each_peak_with_its_step()
     assert recipe == "full at lr 0.001, 20,000 images, 2,000 steps"
     assert view.loc["a", "robust 2/255: peak (step) → end"] == "0.500 (752) → 0.400"
     assert list(view.columns[:2]) == ["clean", "training"]
+    # two recipes of one task: a row each, keyed by what differs; the rest said once
+    twice = pd.concat([summary, summary.iloc[[1]].assign(train_size=40000, clean_end=0.81)])
+    view, recipe = calibration.finetune_view(twice)
+    assert recipe == "full at lr 0.001, 2,000 steps"
+    assert view.index.names == ["task", "training images"]
+    assert view.loc[("b", 40000), "clean"] == 0.81 and view.loc[("b", 20000), "clean"] == 0.8

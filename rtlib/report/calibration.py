@@ -102,18 +102,24 @@ def ood_domains(tasks: list[str], upstream: str = "converged") -> pd.DataFrame:
 
 
 def finetune_view(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The fine-tuning checks as a reader takes them in: a row per task (upstream model too
-    when several), clean and training accuracy at the end, and per budget the robust peak with
-    its step and the value at the end; with the recipe they share, said once."""
-    recipe = summary[["strategy", "lr", "train_size", "steps"]].drop_duplicates()
-    said = "; ".join(f"{r.strategy} at lr {r.lr:g}, {r.train_size:,} images, {r.steps:,} steps"
-                     for r in recipe.itertuples())
-    keys = ["upstream", "task"] if summary.upstream.nunique() > 1 else ["task"]
+    """The fine-tuning checks as a reader takes them in: a row per check, keyed by the task and
+    by whatever else varies between checks (upstream model, strategy, rate, training images,
+    steps), clean and training accuracy at the end, and per budget the robust peak with its step
+    and the value at the end; with what the checks share, said once."""
+    recipe = {"strategy": "{}", "lr": "lr {:g}", "train_size": "{:,} images",
+              "steps": "{:,} steps"}
+    varying = [c for c in ("upstream", *recipe) if summary[c].nunique() > 1]
+    said = ", ".join(fmt.format(summary[c].iloc[0]) for c, fmt in recipe.items()
+                     if c not in varying).replace("full, lr", "full at lr")
+    keys = [c for c in varying if c == "upstream"] + ["task"] + [c for c in varying
+                                                                 if c != "upstream"]
     view = summary.set_index(keys)[["clean_end", "train_end"]].rename(
         columns={"clean_end": "clean", "train_end": "training"})
+    readable = {"train_size": "training images", "lr": "learning rate"}
+    view.index.names = [readable.get(n, n) for n in view.index.names]
     for label in calibrate.peak_budgets(summary):
         view[f"robust {label}: peak (step) → end"] = [
             f"{p:.3f} ({s:,}) → {e:.3f}" for p, s, e in
             zip(summary[f"robust_peak@{label}"], summary[f"peak_step@{label}"],
                 summary[f"robust_end@{label}"])]
-    return view.round(3), said
+    return view.sort_index(level="task", sort_remaining=False).round(3), said
