@@ -444,3 +444,29 @@ def test_an_interval_does_not_depend_on_what_was_asked_before():
     pd.testing.assert_frame_equal(first, again)
     other_seed = estimands.aupf(frame, rs=estimands.Resampler(n_boot=100, seed=1)).table
     assert not other_seed["aupf_low"].equals(first["aupf_low"])
+
+
+def test_a_verdict_depends_on_the_upstream_model_only_when_two_models_decide_apart():
+    assert verdicts.depends(["holds", "does not hold"]) == "yes"
+    assert verdicts.depends(["holds", "holds", "holds"]) == "no"
+    assert verdicts.depends(["holds", "undecided"]) == "cannot tell"
+    assert verdicts.depends(["undecided", "undecided"]) == "cannot tell"
+
+
+def test_the_scorecard_per_upstream_model_judges_the_tasks_they_share():
+    # the same numbers from two models, the second also on a task the first lacks
+    a = make_frame(fall=0.3, best_near="bitfit", best_far="compacter", ood_noise=0.01)
+    b = make_frame(fall=0.0, best_near="lora", best_far="full", ood_noise=0.01)
+    runs = pd.concat([a[a.task != "mid"].assign(upstream="weak"), b.assign(upstream="robust")])
+    table = verdicts.by_upstream(runs, estimands.Resampler(n_boot=200))
+    assert list(table.columns) == ["weak", "robust", "depends on the upstream model"]
+    assert table.attrs["tasks"] == ["near", "far"]  # mid is left out of both
+    rise = table.loc[table.index.str.startswith("RQ1")].iloc[0]
+    assert (rise.weak, rise.robust) == ("holds", "does not hold")
+    assert rise["depends on the upstream model"] == "yes"
+    near = table.loc[table.index.str.startswith("RQ2: on simple tasks")].iloc[0]
+    assert (near.weak, near.robust, near["depends on the upstream model"]) == (
+        "holds", "does not hold", "yes")
+    # judged alone, the robust model's own scorecard on the shared tasks says the same
+    alone = judged(b[b.task != "mid"])[1].set_index("claim")["verdict"]
+    assert table["robust"].to_dict() == alone.to_dict()

@@ -342,3 +342,22 @@ def cost_summary(frame: pd.DataFrame, cost: pd.DataFrame) -> str:
             f"**{eval_s / (train_s + eval_s):.0%}** of it evaluating. {saving}"
             "`bench/continuous_eval.py` measures the whole saving against a loop written the "
             "official code's way.")
+
+
+def upstream_runs(chapter: Chapter, results_dir: str | Path | None = None) -> pd.DataFrame:
+    """The study's runs from every upstream model it fine-tuned from, with an ``upstream``
+    column (the checkpoint's name, :data:`rtlib.config.UPSTREAM_CHECKPOINTS`): the chapter's
+    own runs, the upstream arms' (:attr:`rtlib.plan.Plan.arms`) and the robust upstream
+    remedy's (:func:`rtlib.plan.remedies_plan`), each as far as the store holds them. Nothing
+    is computed."""
+    from ..config import ConfigError, preset_store
+
+    study_plan = chapter.plan
+    results_dir = results_dir or preset_store(study_plan.preset)
+    try:
+        robust = plan.remedies_plan(study_plan).robust
+    except ConfigError:  # no robust upstream model in this setting
+        robust = []
+    extra = list({c.run_id(): c for c in [*study_plan.arms, *robust]}.values())
+    runs = pd.concat([chapter.frame, store.load(results_dir, extra)], ignore_index=True)
+    return runs.assign(upstream=runs["weights"].astype(str))

@@ -313,11 +313,12 @@ def verdict_table(cards: Sequence[Verdict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def styled(card: pd.DataFrame):
-    """A verdict table as the book shows it: no index, each verdict on its colour."""
+def styled(card: pd.DataFrame, columns: Sequence[str] = ("verdict",)):
+    """A verdict table as the book shows it: no index, each verdict (in ``columns``) on its
+    colour."""
     return card.style.hide(axis="index").map(
         lambda v: f"background-color: {VERDICT_COLOURS[v]}; color: #222"
-        if v in VERDICT_COLOURS else "", subset=["verdict"])
+        if v in VERDICT_COLOURS else "", subset=list(columns))
 
 
 def what_we_found(cards: Sequence[Verdict], prefix: str) -> str:
@@ -325,3 +326,34 @@ def what_we_found(cards: Sequence[Verdict], prefix: str) -> str:
     ``"RQ2"``) as Markdown bullets, verdict first."""
     return "\n".join(f"- **{c.verdict}**: {c.claim.split(': ', 1)[-1]}. *Ours:* {c.ours}."
                      for c in cards if c.claim.startswith(prefix))
+
+
+# -- the upstream model as a factor -------------------------------------------------------------
+def depends(verdicts: Sequence[str]) -> str:
+    """Whether a claim's verdict depends on the upstream model: ``yes`` when it holds from one
+    model and does not hold from another, ``no`` when every model gives the same decided
+    verdict, ``cannot tell`` otherwise (an undecided verdict could go either way)."""
+    decided = {v for v in verdicts if v in (HOLDS, FAILS)}
+    if decided == {HOLDS, FAILS}:
+        return "yes"
+    if len(set(verdicts)) == 1 and decided:
+        return "no"
+    return "cannot tell"
+
+
+def by_upstream(runs: pd.DataFrame, rs: E.Resampler | None = None) -> pd.DataFrame:
+    """The scorecard per upstream model (``runs``: with an ``upstream`` column, e.g.
+    :func:`rtlib.report.remedies.by_upstream`), each judged on the tasks *every* model was
+    fine-tuned on (so that the models answer the same question), one column per model, and
+    whether the verdict depends on the model (:func:`depends`)."""
+    rs = rs or E.Resampler()
+    common = set.intersection(*(set(g.task) for _, g in runs.groupby("upstream")))
+    columns = {}
+    for upstream, g in runs[runs.task.isin(common)].groupby("upstream", sort=False):
+        g = g.drop(columns="upstream")
+        columns[upstream] = {c.claim: c.verdict for c in scorecard(g, rs=rs)}
+    table = pd.DataFrame(columns).rename_axis("claim")
+    table["depends on the upstream model"] = [depends(list(row)) for row in
+                                              table.fillna(UNTESTABLE).itertuples(index=False)]
+    table.attrs["tasks"] = [t for t in E.order(runs) if t in common]
+    return table.fillna(UNTESTABLE)
