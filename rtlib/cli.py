@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune one run and print each evaluation point as it is measured "
                     "(clean and robust accuracy as bars), then where robust accuracy peaked "
                     "(chosen on the validation split), where it ended and the fall between them "
-                    "with its 95%% interval, and draw the run as a PNG. A run the store holds "
+                    "with its 95% interval, and draw the run as a PNG. A run the store holds "
                     "already is shown at once.")
     from .config import DEMO, PRESETS
 
@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show", help="draw a stored run: its points, peak, end and fall, to the terminal and a PNG",
         description="Print a stored run's evaluation points as bars, where robust accuracy "
                     "peaked (chosen on the validation split where the run has it) and ended, "
-                    "and the fall with its 95%% interval; with --png, draw it.")
+                    "and the fall with its 95% interval; with --png, draw it.")
     p.add_argument("run", help="the run's id, or a prefix of it (python -m rtlib show 3fa2)")
     p.add_argument("--results-dir", default=None,
                    help="the store (default: the committed study, study/)")

@@ -255,3 +255,16 @@ def test_a_skeleton_on_the_meta_device_counts_like_the_built_model():
     skeleton = models.skeleton("vit_glyph_p4_24", 10)
     assert next(skeleton.parameters()).is_meta
     assert strategies.summary(skeleton) == built
+
+
+def test_every_help_text_reads_as_written():
+    """A literal '%%' or an unfilled '%(' in a --help page is a formatting slip."""
+    import argparse
+
+    from rtlib import cli
+
+    parser = cli.build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        assert "%%" not in text and "%(" not in text, name
