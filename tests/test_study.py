@@ -90,6 +90,9 @@ def test_tables_read_in_the_charts_order():
                          "upstream": ["standard", "robust"], "v": [1.0, 2.0]})
     assert list(study.ordered_table(ties, frame).index.get_level_values("upstream")) == [
         "standard", "robust"]
+    # a key no row fills (the source domain of runs on the default one) is not a level
+    unfilled = study.ordered_table(shuffled.assign(domain=None), frame)
+    assert unfilled.index.names == ["task", "strategy", "seed"] and "domain" not in unfilled
 
 
 def test_the_rq2_verdicts_are_judged_again_under_each_reading_and_budget():

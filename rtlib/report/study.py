@@ -158,6 +158,8 @@ def ordered_table(table: pd.DataFrame, frame: pd.DataFrame,
     farthest (:func:`rtlib.report.estimands.order` of ``frame``), strategies in the one order
     (:func:`rtlib.strategies.ordered`), then seeds; indexed by those of :data:`TABLE_KEYS` it
     has (rows that tie keep their order), ``columns`` kept, numbers rounded to ``digits``."""
+    # A key no row fills (e.g. the source domain of runs on the default one) says nothing.
+    table = table.drop(columns=[k for k in TABLE_KEYS if k in table and table[k].isna().all()])
     keys = [k for k in TABLE_KEYS if k in table.columns]
     rank = {"task": lambda: {t: i for i, t in enumerate(E.order(frame))},
             "strategy": lambda: {s: i for i, s in enumerate(strategies.ordered(table["strategy"]))}}
