@@ -283,8 +283,11 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
             per_run, per_point, training = study_pace
             extra = sum(per_point * len([a for a in job.alphas if a not in
                                          interpolate.run_ends(job.strategy, job.form)])
-                        + (0.0 if store.weights_path(results_dir, job.config).is_file()
-                           else training)
+                        # its run retrained only where the run is stored without its weights
+                        # (a run still to come is followed by its path, weights at hand)
+                        + (training if store.complete_run(results_dir, job.config) is not None
+                           and not store.weights_path(results_dir, job.config).is_file()
+                           else 0.0)
                         if isinstance(job, interpolate.PathJob) else per_run for job in todo)
             left += extra
             line += f"; at the study's pace, about {duration(extra)} of one core left"
@@ -539,6 +542,20 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
     return store.write_text(path, json.dumps(manifest, indent=1, default=str) + "\n")
 
 
+def with_paths(runs: Sequence[RunConfig], paths: Sequence[Any]) -> list:
+    """``runs`` seed by seed, each task's linear probe first, each run followed by its
+    interpolation paths (``paths``: :class:`rtlib.interpolate.PathJob`; a path needs its run's
+    and its probe's final weights, which a study keeps locally only), then any path whose run
+    is not among ``runs``."""
+    by_run: dict[str, list] = {}
+    for job in paths:
+        by_run.setdefault(job.config.run_id(), []).append(job)
+    out = []
+    for config in sorted(runs, key=lambda c: (c.seed, c.strategy != "linear_probe")):
+        out += [config, *by_run.pop(config.run_id(), [])]
+    return out + [job for jobs in by_run.values() for job in jobs]
+
+
 def compute(preset: str = "study", tasks: Sequence[str] | None = None,
             strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             results_dir: str | Path | None = None, device: str = "auto",
@@ -570,18 +587,24 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
                   f"{', '.join(study_plan.at_top())}: the best rate may lie beyond it (extend "
                   f"the preset's lr_grid and rerun)", flush=True)
         # Seed by seed: a study stopped part-way holds whole seeds (a one-seed study first).
-        summary = sweep.run(sorted(study_plan.main, key=lambda c: c.seed), results_dir,
-                            device=device, progress=progress, workers=workers,
-                            desc="study runs")
+        # In one process, each run's interpolation path comes right after it, while the
+        # run's weights (kept locally, not committed) are still there to interpolate.
+        paths = extra.paths if extra is not None and workers == 1 else []
+        summary = sweep.run(with_paths(study_plan.main, paths), results_dir, device=device,
+                            progress=progress, workers=workers,
+                            desc="study runs" + (" and their paths" if paths else ""))
         for runs, desc in ((study_plan.arms, "upstream arms"),
                            (study_plan.control, "memorization control")):
             if runs:  # seed by seed too
                 summary = pd.concat([summary, sweep.run(
                     sorted(runs, key=lambda c: c.seed), results_dir, device=device,
                     progress=progress, workers=workers, desc=desc)], ignore_index=True)
-        if extra is not None and extra.work():
+        done_ids = {job.run_id() for job in [*paths, *study_plan.arms]}
+        rest = [job for job in (extra.work() if extra is not None else [])
+                if job.run_id() not in done_ids]
+        if rest:
             summary = pd.concat([summary, sweep.run(
-                extra.work(), results_dir, device=device, progress=progress, workers=workers,
+                rest, results_dir, device=device, progress=progress, workers=workers,
                 desc="remedies (paths, robust upstream runs)")], ignore_index=True)
         if extra is not None:  # the methods chapter's scores of the two upstream models
             from .pretrain import upstream_table

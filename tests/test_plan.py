@@ -218,3 +218,24 @@ def test_upstream_arms_and_the_control_run_at_the_chosen_rates_once_each(toy, tm
     assert "upstream arms: 4 of 4 runs complete" in report
     assert "memorization control: 4 of 4 runs complete" in report
     assert "remedies (interpolation paths, robust upstream runs): 2 of 2 complete" in report
+
+
+def test_each_run_is_followed_by_its_path_and_each_probe_leads_its_seed(toy):
+    """In one process a path is computed right after its run, while the run's and the probe's
+    weights (kept locally, not committed) are at hand: nothing is trained twice."""
+    from rtlib import interpolate, sweep
+
+    runs = sweep.expand(["digits", "fonts"], ["bitfit", "linear_probe", "lora"], [1, 0],
+                        preset=toy)
+    paths = interpolate.jobs(runs)
+    order = plan.with_paths(runs, paths)
+    assert len(order) == len(runs) + len(paths) == 12 + 8
+    names = [("path " if isinstance(j, interpolate.PathJob) else "") + f"{j.task}/{j.strategy}"
+             f"/{j.seed}" for j in order]
+    assert names[:2] == ["digits/linear_probe/0", "fonts/linear_probe/0"]
+    assert names[2:4] == ["digits/bitfit/0", "path digits/bitfit/0"]
+    assert [n.rsplit("/", 1)[1] for n in names] == ["0"] * 10 + ["1"] * 10  # seed by seed
+    for k, job in enumerate(order):
+        if isinstance(job, interpolate.PathJob):
+            before = {j.run_id() for j in order[:k]}
+            assert job.config.run_id() in before and job.probe.run_id() in before
