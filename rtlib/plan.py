@@ -283,11 +283,7 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
             per_run, per_point, training = study_pace
             extra = sum(per_point * len([a for a in job.alphas if a not in
                                          interpolate.run_ends(job.strategy, job.form)])
-                        # its run retrained only where the run is stored without its weights
-                        # (a run still to come is followed by its path, weights at hand)
-                        + (training if store.complete_run(results_dir, job.config) is not None
-                           and not store.weights_path(results_dir, job.config).is_file()
-                           else 0.0)
+                        + (training if retrains(job, results_dir) else 0.0)
                         if isinstance(job, interpolate.PathJob) else per_run for job in todo)
             left += extra
             line += f"; at the study's pace, about {duration(extra)} of one core left"
@@ -357,6 +353,15 @@ def _pace(results_dir: str, version: tuple[int, int], run_ids: tuple[str, ...] |
     return {key: (statistics.median(t), statistics.median(e)) for key, (t, e) in rates.items()}
 
 
+def retrains(path_job: Any, results_dir: str | Path) -> bool:
+    """Whether an interpolation path must train its run again: the run is stored but its final
+    weights are not (they are kept locally, not committed). A run still to come is computed
+    right before its path (:func:`with_paths`), its weights at hand."""
+    config = path_job.config
+    return (store.complete_run(results_dir, config) is not None
+            and not store.weights_path(results_dir, config).is_file())
+
+
 def estimate(jobs: Sequence[Any], results_dir: str | Path, paces: dict | None = None
              ) -> float | None:
     """Seconds of one core the ``jobs`` (runs, interpolation paths) will take, at the pace the
@@ -376,8 +381,7 @@ def estimate(jobs: Sequence[Any], results_dir: str | Path, paces: dict | None = 
         if isinstance(job, interpolate.PathJob):  # its points; its run again if not kept
             points = len([a for a in job.alphas
                           if a not in interpolate.run_ends(job.strategy, job.form)])
-            retrain = not store.weights_path(results_dir, config).is_file()
-            seconds += (train_work * rates[0] if retrain else 0.0) + \
+            seconds += (train_work * rates[0] if retrains(job, results_dir) else 0.0) + \
                 points * rates[1] * eval_work / len(config.eval_steps())
         else:
             seconds += train_work * rates[0] + eval_work * rates[1]

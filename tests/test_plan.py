@@ -218,6 +218,13 @@ def test_upstream_arms_and_the_control_run_at_the_chosen_rates_once_each(toy, tm
     assert "upstream arms: 4 of 4 runs complete" in report
     assert "memorization control: 4 of 4 runs complete" in report
     assert "remedies (interpolation paths, robust upstream runs): 2 of 2 complete" in report
+    # A path retrains its run only where the run is stored without its weights.
+    job = plan.remedies_plan(study_plan).paths[0]
+    assert not plan.retrains(job, tmp_path)
+    store.weights_path(tmp_path, job.config).unlink()
+    assert plan.retrains(job, tmp_path)
+    store.complete_run(tmp_path, job.config).unlink()  # a run still to come: its path follows it
+    assert not plan.retrains(job, tmp_path)
 
 
 def test_each_run_is_followed_by_its_path_and_each_probe_leads_its_seed(toy):
