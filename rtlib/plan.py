@@ -149,9 +149,8 @@ def _factors(preset: str, tasks: Sequence[str], strategies: Sequence[str],
                                   preset=preset, strategy_overrides=rates,
                                   **{**overrides, "weights": weights})]
     spec = preset_control(preset)
-    control = sweep.expand([spec["task"]], strategies, seeds, preset=preset,
-                           strategy_overrides=rates,
-                           **{**overrides, "train_size": spec["train_size"]}
+    control = sweep.expand([spec.pop("task")], strategies, seeds, preset=preset,
+                           strategy_overrides=rates, **{**overrides, **spec}
                            ) if spec and spec["task"] in tasks else []
     return arms, control
 
