@@ -250,9 +250,14 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
             continue
         records = run_records(results_dir, configs, role)
         done = {r["run_id"] for r in records}
-        todo_all += [c for c in configs if c.run_id() not in done]
+        todo = [c for c in configs if c.run_id() not in done]
+        todo_all += todo
         line = (f"{name}: {len(records)} of {len(configs)} runs complete in "
                 f"{shown_path(results_dir)}")
+        guess = estimate(todo, results_dir) if todo and not records else None
+        if guess:  # none of this part's runs yet: the stored runs' pace of the same model
+            left += guess
+            line += f"; about {duration(guess)} of one core at the stored runs' pace"
         if records:
             pace = sum(r["seconds"] for r in records) / len(records)
             if role == "study":  # the remedies' pace: a run's, an evaluation point's, and a

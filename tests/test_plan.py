@@ -90,13 +90,18 @@ def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path
                          f"({plan.duration((pace + per_point) / 2)} with two workers)")
     assert plan.duration(5400) == "1.5 h" and plan.duration(150) == "2 min"
     # Without a complete study run there is no pace to project the remedies at (the sweep's
-    # runs evaluate clean accuracy only): they are counted, not projected.
+    # runs evaluate clean accuracy only): they are counted, not projected; the study's runs
+    # are projected at the stored runs' pace of the same model, and "in all" counts them.
     for config in again.main:
         if store.complete_run(tmp_path, config) is not None:
             store.complete_run(tmp_path, config).unlink()
     report = plan.progress_report(toy, strategies=["bitfit", "linear_probe"],
                                   results_dir=tmp_path)
-    assert report[3].endswith("complete") and not any(r.startswith("in all") for r in report)
+    guess = plan.estimate(again.main, tmp_path)
+    assert report[2].endswith(f"about {plan.duration(guess)} of one core at the stored runs' "
+                              "pace")
+    assert report[3].endswith("complete")
+    assert report[4].startswith(f"in all: about {plan.duration(guess)} of one core left")
 
 
 def test_a_missing_sweep_is_an_error_where_nothing_may_be_computed(toy, tmp_path):
