@@ -772,7 +772,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "compacter": [3e-3, 1e-2, 3e-2],
         },
         # On a middle and the farthest task: the near ones end at 1.000 at any sensible rate.
-        "selection": dict(tasks=[LADDER[len(LADDER) // 2], LADDER[-1]], seed=0,
+        "selection": dict(tasks=LADDER_ARMS[1:], seed=0,
                           run=dict(schedule="log:2", eps=(0.0,), val_robust=False)),
         "sources": {
             "tasks": "ours: the ladder (issue 33), chosen on validation probes and calibration "

@@ -148,10 +148,10 @@ def _factors(preset: str, tasks: Sequence[str], strategies: Sequence[str],
             for c in sweep.expand([t for t in arm_tasks if t in tasks], strategies, seeds,
                                   preset=preset, strategy_overrides=rates,
                                   **{**overrides, "weights": weights})]
-    spec = preset_control(preset)
-    control = sweep.expand([spec.pop("task")], strategies, seeds, preset=preset,
-                           strategy_overrides=rates, **{**overrides, **spec}
-                           ) if spec and spec["task"] in tasks else []
+    spec = preset_control(preset) or {}
+    task = spec.pop("task", None)  # the rest are run fields (a larger train_size, ...)
+    control = sweep.expand([task], strategies, seeds, preset=preset, strategy_overrides=rates,
+                           **{**overrides, **spec}) if task in tasks else []
     return arms, control
 
 
@@ -194,6 +194,14 @@ class RemediesPlan:
             return getattr(job, "config", job).seed
 
         return sorted(list(self.paths) + list(self.robust), key=seed)  # stable: paths first
+
+
+def beyond_arms(remedies: RemediesPlan, study_plan: Plan) -> list:
+    """The remedies' work (:meth:`RemediesPlan.work`) that is not one of the study's upstream
+    arm runs: the robust upstream remedy's runs may be an arm's (the same configs, so the same
+    runs), computed and counted once, as the arm's."""
+    arm_ids = {c.run_id() for c in study_plan.arms}
+    return [job for job in remedies.work() if job.run_id() not in arm_ids]
 
 
 def remedies_plan(study_plan: Plan, alphas: Sequence[float] | None = None,
@@ -274,9 +282,8 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
         lines.append("(the study's runs take the learning rates the sweep chooses; until it is "
                      "complete they are counted at the preset's rate)")
     try:
-        arm_ids = {c.run_id() for c in study_plan.arms}  # the robust runs may be an arm's
-        work = [job for job in remedies_plan(study_plan, path_form=path_form, **overrides).work()
-                if job.run_id() not in arm_ids]
+        work = beyond_arms(remedies_plan(study_plan, path_form=path_form, **overrides),
+                           study_plan)
         todo = [job for job in work if not sweep.complete(job, results_dir)]
         todo_all += todo
         line = (f"remedies (interpolation paths, robust upstream runs): {len(work) - len(todo)} "
@@ -607,9 +614,9 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
                 summary = pd.concat([summary, sweep.run(
                     sorted(runs, key=lambda c: c.seed), results_dir, device=device,
                     progress=progress, workers=workers, desc=desc)], ignore_index=True)
-        done_ids = {job.run_id() for job in [*paths, *study_plan.arms]}
-        rest = [job for job in (extra.work() if extra is not None else [])
-                if job.run_id() not in done_ids]
+        computed = {job.run_id() for job in paths}
+        rest = [job for job in (beyond_arms(extra, study_plan) if extra is not None else [])
+                if job.run_id() not in computed]
         if rest:
             summary = pd.concat([summary, sweep.run(
                 rest, results_dir, device=device, progress=progress, workers=workers,

@@ -343,7 +343,7 @@ def depends(verdicts: Sequence[str]) -> str:
 
 def by_upstream(runs: pd.DataFrame, rs: E.Resampler | None = None) -> pd.DataFrame:
     """The scorecard per upstream model (``runs``: with an ``upstream`` column, e.g.
-    :func:`rtlib.report.remedies.by_upstream`), each judged on the tasks *every* model was
+    :func:`rtlib.report.study.upstream_runs`), each judged on the tasks *every* model was
     fine-tuned on (so that the models answer the same question), one column per model, and
     whether the verdict depends on the model (:func:`depends`)."""
     rs = rs or E.Resampler()
