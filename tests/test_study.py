@@ -1,6 +1,7 @@
 """The scorecard's verdicts follow from the numbers: change the numbers, the verdict changes."""
 import numpy as np
 import pandas as pd
+import pytest
 
 from rtlib import metrics, pareto
 from rtlib.report import estimands, study, verdicts
@@ -473,3 +474,20 @@ def test_the_scorecard_per_upstream_model_judges_the_tasks_they_share():
     # judged alone, the robust model's own scorecard on the shared tasks says the same
     alone = judged(b[b.task != "mid"])[1].set_index("claim")["verdict"]
     assert table["robust"].to_dict() == alone.to_dict()
+
+
+def test_a_chapter_judges_its_own_claims_from_each_upstream_model():
+    a = make_frame(fall=0.3, best_near="bitfit", best_far="compacter", ood_noise=0.01)
+    b = make_frame(fall=0.0, best_near="lora", best_far="full", ood_noise=0.01)
+    runs = pd.concat([a.assign(upstream="weak"), b.assign(upstream="robust")])
+    rs = estimands.Resampler(n_boot=200)
+    rq1 = verdicts.by_upstream(runs, rs, chapter="RQ1")
+    assert list(rq1.index) == [c.claim for c in verdicts.CHAPTER_CLAIMS["RQ1"](a, rs)]
+    whole = verdicts.by_upstream(runs, rs)
+    assert rq1.loc[rq1.index[0], "weak"] == whole.loc[rq1.index[0], "weak"] == "holds"
+    text = verdicts.found_by_upstream(runs, "RQ1", rs)
+    assert "`weak` **holds**, `robust` **does not hold**" in text
+    assert "depends on the upstream model: **yes**" in text
+    assert "one upstream model only" in verdicts.found_by_upstream(a.assign(upstream="w"), "RQ1")
+    with pytest.raises(ValueError, match="RQ1, RQ2, RQ3"):
+        verdicts.by_upstream(runs, rs, chapter="RQ4")

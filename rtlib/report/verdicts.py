@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -341,19 +341,53 @@ def depends(verdicts: Sequence[str]) -> str:
     return "cannot tell"
 
 
-def by_upstream(runs: pd.DataFrame, rs: E.Resampler | None = None) -> pd.DataFrame:
+#: Each chapter's claims (by the prefix their names start with) and the rule that judges them.
+CHAPTER_CLAIMS: dict[str, Callable[[pd.DataFrame, E.Resampler], list[Verdict]]] = {
+    "RQ1": lambda frame, rs: [rise_then_fall(frame, rs)],
+    "RQ2": lambda frame, rs: rq2(frame, rs),
+    "RQ3": lambda frame, rs: ood_claims(frame, rs),
+}
+
+
+def by_upstream(runs: pd.DataFrame, rs: E.Resampler | None = None,
+                chapter: str | None = None) -> pd.DataFrame:
     """The scorecard per upstream model (``runs``: with an ``upstream`` column, e.g.
     :func:`rtlib.report.study.upstream_runs`), each judged on the tasks *every* model was
     fine-tuned on (so that the models answer the same question), one column per model, and
-    whether the verdict depends on the model (:func:`depends`)."""
+    whether the verdict depends on the model (:func:`depends`). ``chapter`` (a key of
+    :data:`CHAPTER_CLAIMS`): that chapter's claims only; None: the whole scorecard."""
     rs = rs or E.Resampler()
+    if chapter is not None and chapter not in CHAPTER_CLAIMS:
+        raise ValueError(f"chapter must be one of {', '.join(CHAPTER_CLAIMS)}; got {chapter!r}")
+    judge = CHAPTER_CLAIMS[chapter] if chapter else (lambda frame, r: scorecard(frame, rs=r))
     common = set.intersection(*(set(g.task) for _, g in runs.groupby("upstream")))
     columns = {}
     for upstream, g in runs[runs.task.isin(common)].groupby("upstream", sort=False):
         g = g.drop(columns="upstream")
-        columns[upstream] = {c.claim: c.verdict for c in scorecard(g, rs=rs)}
+        columns[upstream] = {c.claim: c.verdict for c in judge(g, rs)}
     table = pd.DataFrame(columns).rename_axis("claim")
     table["depends on the upstream model"] = [depends(list(row)) for row in
                                               table.fillna(UNTESTABLE).itertuples(index=False)]
     table.attrs["tasks"] = [t for t in E.order(runs) if t in common]
     return table.fillna(UNTESTABLE)
+
+
+def found_by_upstream(runs: pd.DataFrame, chapter: str, rs: E.Resampler | None = None) -> str:
+    """A chapter's claims judged from each upstream model (:func:`by_upstream`) as Markdown
+    bullets, and whether each verdict depends on the model; one sentence when the setting
+    fine-tuned from one model only."""
+    if runs["upstream"].nunique() < 2:
+        return "This setting fine-tunes from one upstream model only."
+    table = by_upstream(runs, rs, chapter)
+    models = list(table.columns[:-1])
+    from ..config import UPSTREAM_CHECKPOINTS
+
+    lines = [f"From each upstream model ("
+             + "; ".join(f"`{m}`: {UPSTREAM_CHECKPOINTS.get(m, m)}" for m in models)
+             + f"), judged on the tasks all of them were fine-tuned on "
+             f"({', '.join(table.attrs['tasks'])}):", ""]
+    for claim, row in table.iterrows():
+        said = ", ".join(f"`{m}` **{row[m]}**" for m in models)
+        lines.append(f"- {claim.split(': ', 1)[-1]}: {said}; depends on the upstream model: "
+                     f"**{row.iloc[-1]}**.")
+    return "\n".join(lines)
