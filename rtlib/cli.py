@@ -186,6 +186,11 @@ def run_overrides(args: argparse.Namespace) -> dict:
         given.pop(structured, None)
     if "eps" in given:
         given["eps"] = tuple(given["eps"])
+    if getattr(args, "no_weights", False):  # one or the other: the last would win silently
+        if "weights" in given:
+            raise ConfigError("--weights", given["weights"], "--weights or --no-weights, not "
+                              "both", "given together with --no-weights:")
+        given["weights"] = None
     return given
 
 
@@ -489,8 +494,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     if hasattr(p, "_negative_number_matcher"):
         p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(/\d*\.?\d+)?$")
     add_field_options(p, RunConfig, skip=("task", "strategy"))
-    p.add_argument("--no-weights", dest="weights", action="store_const", const=None,
-                   default=argparse.SUPPRESS, help="random initialization (as --weights none)")
+    p.add_argument("--no-weights", action="store_true", default=argparse.SUPPRESS,
+                   help="random initialization (as --weights none; not with --weights)")
     p.add_argument("--results-dir", default=checkout_folder("results"),
                    help="results store (default: results/ of the checkout you are in, wherever "
                         "in it; outside a checkout, of the working directory)")

@@ -18,6 +18,7 @@ most 1% of the images; the training loss by 1e-3 relative.
 """
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,56 +26,86 @@ import pytest
 from rtlib import interpolate, metrics, plan, store, train
 from rtlib.config import ConfigError, RunConfig, preset_defaults
 
-STUDY = Path(__file__).resolve().parents[1] / "study"
+ROOT = Path(__file__).resolve().parents[1]
+#: The committed stores and the presets that compute them: the first study (the weak upstream
+#: model) and the ladder study (issue 34: the converged model, with its upstream arms).
+STORES = {"study": ROOT / "study", "ladder": ROOT / "ladder"}
+STUDY = STORES["study"]
 MANIFEST = STUDY / plan.MANIFEST
 ACC_TOLERANCE, MASK_TOLERANCE = 0.005, 0.01
 
 committed = pytest.mark.skipif(not MANIFEST.is_file(),
                                reason="no committed study (python -m rtlib study writes it)")
+#: The stores committed in this checkout.
+COMMITTED = [name for name, folder in STORES.items() if (folder / plan.MANIFEST).is_file()]
+#: The roles of a manifest whose runs are evaluated along their whole length (the sweep's
+#: runs of a study may be evaluated at their end only: replaying their second point would
+#: retrain them whole).
+REPLAYED_ROLES = ("study", "upstream arm", "robust upstream", "control")
+#: The roles whose runs are fine-tuned from another upstream model than the study's.
+OTHER_UPSTREAM = ("upstream arm", "robust upstream")
 
 
-def _replay_picks(count: int = 3) -> list[str]:
-    """The committed runs to re-execute: on the first task, seed 0, full fine-tuning and two
-    strategies of other mechanisms (reparameterize, add)."""
-    if not MANIFEST.is_file():
-        return []
-    runs = json.loads(MANIFEST.read_text())["runs"]
-    main = [r for r in runs if r["role"] == "study" and r["seed"] == 0]
-    first_task = main[0]["task"] if main else None
-    wanted = ("full", "lora", "compacter")
-    picks = [r["run_id"] for s in wanted for r in main
-             if r["task"] == first_task and r["strategy"] == s]
-    return picks[:count]
+def _replay_picks(count: int = 3) -> list[tuple[str, str]]:
+    """The committed runs to re-execute, as (store, run id): in each committed store, on its
+    first task and seed 0, full fine-tuning and two strategies of other mechanisms
+    (reparameterize, add) from the study's upstream model, and full fine-tuning on its first
+    task from every other upstream model it fine-tuned from (its arms, the robust remedy's)."""
+    picks = []
+    for name in COMMITTED:
+        runs = json.loads((STORES[name] / plan.MANIFEST).read_text())["runs"]
+        main = [r for r in runs if r["role"] in REPLAYED_ROLES and r["seed"] == 0]
+        first_task = main[0]["task"] if main else None
+        wanted = ("full", "lora", "compacter")
+        ids = [r["run_id"] for s in wanted for r in main if r["role"] == "study"
+               and r["task"] == first_task and r["strategy"] == s][:count]
+        arms = [r for r in main if r["role"] in OTHER_UPSTREAM and r["strategy"] == "full"]
+        by_model = {}
+        for r in arms:
+            weights = store.read_run(STORES[name] / "runs" / f"{r['run_id']}.parquet")[0][
+                "config"]["weights"]
+            by_model.setdefault(weights, r["run_id"])
+        picks += [(name, i) for i in [*ids, *by_model.values()]]
+    return picks
 
 
-@committed
-def test_committed_runs_are_todays_and_a_complete_study_has_every_run():
+def _known_ids(preset: str, folder: Path, manifest: dict) -> tuple[set[str], bool, Any]:
+    """The run ids today's code gives the ``preset``'s study (its sweep; once the sweep is
+    stored, its runs, arms, control and robust upstream runs), whether the sweep is complete,
+    and the study's plan (None before)."""
+    from rtlib.strategies import PAPER_STRATEGIES
+
+    selection = plan.selection_configs(preset, list(PAPER_STRATEGIES))
+    known = {c.run_id() for c in selection}
+    swept = all(store.complete_run(folder, c) is not None for c in selection)
+    study_plan = None
+    if swept:  # the chosen rates are known: so are the study's run ids
+        study_plan = plan.plan(preset, results_dir=folder, compute_selection=False)
+        known |= {c.run_id() for c in [*study_plan.main, *study_plan.arms, *study_plan.control,
+                                        *plan.remedies_plan(study_plan).robust]}
+        if manifest["learning_rates"]:
+            assert manifest["learning_rates"] == study_plan.lrs
+    return known, swept, study_plan
+
+
+@pytest.mark.parametrize("preset", COMMITTED)
+def test_committed_runs_are_todays_and_a_complete_study_has_every_run(preset):
     """A study is computed over several sessions and committed at the end of each: no committed
     run may be orphaned by a change of identity; once the manifest says it is complete, every
     run must be there and the chosen learning rates must be the manifest's."""
-    from rtlib.strategies import PAPER_STRATEGIES
-
-    manifest = json.loads(MANIFEST.read_text())
-    selection = plan.selection_configs("study", list(PAPER_STRATEGIES))
-    known = {c.run_id() for c in selection}
-    swept = all(store.complete_run(STUDY, c) is not None for c in selection)
-    study_plan = None
-    if swept:  # the chosen rates are known: so are the study's run ids
-        study_plan = plan.plan("study", results_dir=STUDY, compute_selection=False)
-        known |= {c.run_id() for c in study_plan.main}
-        known |= {c.run_id() for c in plan.remedies_plan(study_plan).robust}
-        if manifest["learning_rates"]:
-            assert manifest["learning_rates"] == study_plan.lrs
-    committed_ids = {p.stem for p in (STUDY / "runs").glob("*.parquet")}
+    folder = STORES[preset]
+    manifest = json.loads((folder / plan.MANIFEST).read_text())
+    known, swept, study_plan = _known_ids(preset, folder, manifest)
+    committed_ids = {p.stem for p in (folder / "runs").glob("*.parquet")}
     orphans = sorted(committed_ids - known)
     assert not orphans, (f"{len(orphans)} committed runs are not runs of today's study (e.g. "
                          f"{orphans[0]}): a change of identity; remake the study (make study) "
                          "or restore the configuration")
     # The same for the interpolation paths (keyed by their runs and coefficients)
-    committed_paths = {p.stem for p in (STUDY / "interpolation").glob("*.parquet")}
+    committed_paths = {p.stem for p in (folder / "interpolation").glob("*.parquet")}
     if committed_paths:
         assert swept, "interpolation paths are committed, but the sweep's runs are missing"
-        # the preset's form, and the update form its paths are being recomputed in
+        # the preset's form, and the other (the first study's paths are being recomputed)
         paths = {job.run_id() for form in interpolate.FORMS
                  for job in plan.remedies_plan(study_plan, path_form=form).paths}
         orphans = sorted(committed_paths - paths)
@@ -82,9 +113,10 @@ def test_committed_runs_are_todays_and_a_complete_study_has_every_run():
                              f"today's study (e.g. {orphans[0]}): remake them (make study)")
     if manifest["runs_complete"] == manifest["runs_planned"]:
         assert swept, "the manifest says complete, but the sweep's runs are missing"
-        missing = [c for c in study_plan.main if store.complete_run(STUDY, c) is None]
+        wanted = [*study_plan.main, *study_plan.arms, *study_plan.control]
+        missing = [c for c in wanted if store.complete_run(folder, c) is None]
         assert not missing, (
-            f"{len(missing)} of {len(study_plan.main)} runs of the study are not in {STUDY} "
+            f"{len(missing)} of {len(wanted)} runs of the study are not in {folder} "
             f"under today's run ids (e.g. {missing[0].task}/{missing[0].strategy}/seed "
             f"{missing[0].seed}): remake the study (make study) or restore the configuration")
 
@@ -137,16 +169,39 @@ def _assert_replays(config: RunConfig, stored, fresh: list[dict]) -> None:
                                                             rel=1e-3)
 
 
-@committed
-@pytest.mark.parametrize("run_id", _replay_picks())
-def test_committed_run_reproduces_its_first_two_points(run_id):
-    meta, table = store.read_run(STUDY / "runs" / f"{run_id}.parquet")
+@pytest.mark.parametrize("store_name,run_id", _replay_picks())
+def test_committed_run_reproduces_its_first_two_points(store_name, run_id):
+    meta, table = store.read_run(STORES[store_name] / "runs" / f"{run_id}.parquet")
     config = RunConfig.from_dict({**meta["config"], "eps": tuple(meta["config"]["eps"])})
     assert config.run_id() == run_id, "the stored configuration hashes to another run id"
-    whole = run_id == _replay_picks()[0]
+    whole = (store_name, run_id) == _replay_picks()[0]
     fresh = train.replay(config, points=2, device="cpu",
                          test_images=None if whole else PREFIX_IMAGES)
     _assert_replays(config, table.to_pandas().head(2), fresh)
+
+
+@pytest.mark.parametrize("preset", COMMITTED)
+def test_a_committed_path_ends_at_its_runs_last_points(preset):
+    """A path's ends are its runs' own last evaluation points, copied from the store (its
+    interior points are not replayed here: each needs its run's final weights, which are not
+    committed, so a whole run retrained; the mechanism is tested in test_interpolate)."""
+    from rtlib.report import estimands
+
+    folder = STORES[preset]
+    files = sorted((folder / "interpolation").glob("*.parquet"))
+    if not files:
+        pytest.skip(f"no interpolation path committed in {preset}/ yet")
+    runs = {p.stem: store.read_run(p)[1].to_pandas() for p in (folder / "runs").glob("*.parquet")}
+    for file in files[:: max(1, len(files) // 6)]:  # six paths, spread over the store
+        path = store.read_table(file)
+        for alpha, run_id in ((1.0, path.run_id.iloc[0]), (0.0, path.probe_run_id.iloc[0])):
+            end = path[path.alpha == alpha].iloc[0]
+            if end.computed:  # alpha 0 of a path in the parameters' form, for a strategy that
+                assert alpha == 0.0  # does not start as the identity, is its own model
+                continue
+            last = estimands.last_points(runs[run_id].assign(run_id=run_id))
+            for col in (metrics.TEST_ACC, metrics.TEST_MASK, metrics.STEP):
+                assert end[col] == last[col].iloc[0], (file.stem, alpha, col)
 
 
 def test_replay_gives_the_first_rows_of_a_run(tmp_path):

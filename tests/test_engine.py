@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from rtlib import metrics, preflight, store, train
+from rtlib.config import ConfigError
 from rtlib.config import ConfigError, RunConfig, parse_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,6 +197,14 @@ def test_cli_options_reach_the_run_config():
     assert config.eps == (1 / 255, 4 / 255)
     assert (config.steps, config.hparams, config.weights) == (7, {"rank": 4}, None)
     assert (config.precision, config.compile, config.merge_for_eval) == ("auto", False, True)
+    # --no-weights beside --weights: an error naming both, not the last one silently winning
+    # (a run from random weights that was meant to start from an upstream model)
+    for order in (["--weights", "converged", "--no-weights"],
+                  ["--no-weights", "--weights", "converged"]):
+        args = cli.build_parser().parse_args(
+            ["run", "--task", "fonts", "--strategy", "full", "--preset", "smoke", *order])
+        with pytest.raises(ConfigError, match="--weights.*--no-weights"):
+            cli.run_config_from_args(args)
     args = cli.build_parser().parse_args(
         ["sweep", "--tasks", "fonts", "--preset", "smoke", "--precision", "bf16", "--compile",
          "--no-merge-eval"])
