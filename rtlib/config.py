@@ -598,8 +598,9 @@ class PretrainConfig:
 #: Sizes and sources of each scale. ``run``: RunConfig fields; ``tasks``: the tasks the book
 #: studies at this scale; ``seeds``; ``strategy_overrides``: RunConfig fields per strategy (e.g.
 #: its learning rate); ``lr_grid`` (optional): per strategy, the learning rates a validation
-#: sweep chooses from (:mod:`rtlib.plan`), with ``selection``: the tasks and seed it runs on;
-#: ``store``: the results folder the book reads it from; ``sources``: where each value comes
+#: sweep chooses from (:mod:`rtlib.plan`), with ``selection``: the tasks and seed it runs on,
+#: and ``lr_extensions`` (optional, default 0): how many times a grid whose largest rate wins
+#: is extended upwards and swept again before the study's runs start; ``store``: the results folder the book reads it from; ``sources``: where each value comes
 #: from (the book's page on differences from the official code reads it); ``description``: what
 #: the scale is for. Nothing downstream branches on a preset's name.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -760,8 +761,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "strategy_overrides": {
             "full": dict(lr_schedule="linear", warmup_steps=0),
         },
-        # Three rates per strategy around the first study's choices (a grid whose largest rate
-        # wins is extended upwards and swept again, as there).
+        # Three rates per strategy around the first study's choices. A grid whose largest rate
+        # wins is extended one step upwards and swept again (rtlib.plan.sweep_state), at most
+        # twice, before the study's runs start: the first study's grids were extended by hand.
+        "lr_extensions": 2,
         "lr_grid": {
             "full": [1e-4, 3e-4, 1e-3],
             "linear_probe": [1e-2, 3e-2, 1e-1],

@@ -28,11 +28,13 @@ def lr_grid(preset: str) -> dict[str, list[float]]:
     return {k: list(v) for k, v in preset_spec(preset).get("lr_grid", {}).items()}
 
 
-def selection_configs(preset: str, strategies: Sequence[str], **overrides: Any
+def selection_configs(preset: str, strategies: Sequence[str],
+                      grid: dict[str, list[float]] | None = None, **overrides: Any
                       ) -> list[RunConfig]:
-    """The learning-rate sweep's runs for ``strategies`` (those with a grid), with the study's
-    ``overrides`` (so a study of 400 steps chooses among 400-step runs)."""
-    grid = lr_grid(preset)
+    """The learning-rate sweep's runs for ``strategies`` (those with a grid; ``grid``: the
+    preset's), with the study's ``overrides`` (so a study of 400 steps chooses among 400-step
+    runs)."""
+    grid = lr_grid(preset) if grid is None else grid
     spec = preset_spec(preset).get("selection")
     chosen = [s for s in strategies if s in grid]
     if not spec or not chosen:
@@ -61,6 +63,37 @@ def choose_lr(frame: pd.DataFrame) -> pd.DataFrame:
     table["at_top"] = table["chosen"] & (table["lr"] == table.groupby("strategy")["lr"]
                                          .transform("max"))
     return table
+
+
+def next_rate(grid: Sequence[float]) -> float:
+    """The rate one step above a grid's largest, at the grid's own step: a grid of half
+    decades (1e-4, 3e-4, 1e-3) goes on with 3e-3, then 1e-2; another, by its last ratio."""
+    below, top = sorted(grid)[-2:]
+    return float(f"{10 * below if 10 * below > top else top * top / below:.2g}")
+
+
+def sweep_state(preset: str, strategies: Sequence[str], results_dir: str | Path,
+                **overrides: Any) -> tuple[list[RunConfig], pd.DataFrame | None, bool]:
+    """The learning-rate sweep as far as the store decides it: the grid's runs and, where a
+    strategy's largest rate wins, the runs of the rate above it (:func:`next_rate`; at most
+    the preset's ``lr_extensions`` times; the best rate may lie beyond the grid). Returns (the
+    sweep's runs, the choice on them or None, whether the store holds all of them): an
+    extension is known only once the runs before it are stored."""
+    limit = int(preset_spec(preset).get("lr_extensions", 0))
+    grid = {s: sorted(v) for s, v in lr_grid(preset).items() if s in strategies}
+    configs = selection_configs(preset, strategies, grid, **overrides)
+    for extension in range(limit + 1):
+        if any(store.complete_run(results_dir, c) is None for c in configs):
+            return configs, None, False
+        choice = choose_lr(store.load(results_dir, configs))
+        top = [s for s in choice.loc[choice["at_top"], "strategy"] if len(grid[s]) > 1]
+        if not top or extension == limit:
+            return configs, choice, True
+        above = {s: [next_rate(grid[s])] for s in top}
+        for s, rate in above.items():
+            grid[s] += rate
+        configs += selection_configs(preset, top, above, **overrides)
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -114,20 +147,21 @@ def plan(preset: str, tasks: Sequence[str] | None = None,
     tasks, strategies, seeds, main, selection = _grids(preset, tasks, strategies, seeds,
                                                        **overrides)
     lrs, choice = {}, None
-    if selection:
+    while selection:  # the grid, then each extension of it the store's choice calls for
+        selection, choice, complete = sweep_state(preset, strategies, results_dir, **overrides)
+        if complete:
+            lrs = {r.strategy: float(r.lr) for r in choice[choice.chosen].itertuples()}
+            break
         missing = [c for c in selection if store.complete_run(results_dir, c) is None]
-        if missing and not compute_selection:
+        if not compute_selection:
             raise ConfigError("results_dir", str(results_dir), "a store holding the "
                               "learning-rate sweep", f"{len(missing)} of its runs are missing "
                               "from")
-        if missing:
-            summary = sweep.run(selection, results_dir, executor=executor, workers=workers,
-                                progress=progress, device=device, desc="learning-rate sweep")
-            failed = summary[summary.status == "failed"]
-            if len(failed):
-                raise RuntimeError("the learning-rate sweep failed:\n" + sweep.summarize(summary))
-        choice = choose_lr(store.load(results_dir, selection))
-        lrs = {r.strategy: float(r.lr) for r in choice[choice.chosen].itertuples()}
+        summary = sweep.run(missing, results_dir, executor=executor, workers=workers,
+                            progress=progress, device=device, desc="learning-rate sweep")
+        failed = summary[summary.status == "failed"]
+        if len(failed):
+            raise RuntimeError("the learning-rate sweep failed:\n" + sweep.summarize(summary))
     if lrs:
         main = sweep.expand(tasks, strategies, seeds, preset=preset, strategy_overrides={
             s: {"lr": lr} for s, lr in lrs.items()}, **overrides)
@@ -240,7 +274,8 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
     study_plan = Plan(preset, selection, main, {}, None,
                       *_factors(preset, grid_tasks, grid_strategies, grid_seeds, {}, **overrides))
     chosen = False
-    if selection:
+    if selection:  # the grid and the extensions the stored runs call for so far
+        selection = sweep_state(preset, grid_strategies, results_dir, **overrides)[0]
         try:
             study_plan = plan(preset, tasks, strategies, seeds, results_dir,
                               compute_selection=False, **overrides)

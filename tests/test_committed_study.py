@@ -75,9 +75,8 @@ def _known_ids(preset: str, folder: Path, manifest: dict) -> tuple[set[str], boo
     and the study's plan (None before)."""
     from rtlib.strategies import PAPER_STRATEGIES
 
-    selection = plan.selection_configs(preset, list(PAPER_STRATEGIES))
-    known = {c.run_id() for c in selection}
-    swept = all(store.complete_run(folder, c) is not None for c in selection)
+    selection, _, swept = plan.sweep_state(preset, list(PAPER_STRATEGIES), folder)
+    known = {c.run_id() for c in selection}  # the grid and its extensions called for so far
     study_plan = None
     if swept:  # the chosen rates are known: so are the study's run ids
         study_plan = plan.plan(preset, results_dir=folder, compute_selection=False)

@@ -251,3 +251,31 @@ def test_each_run_is_followed_by_its_path_and_each_probe_leads_its_seed(toy):
         if isinstance(job, interpolate.PathJob):
             before = {j.run_id() for j in order[:k]}
             assert job.config.run_id() in before and job.probe.run_id() in before
+
+
+def test_a_grid_whose_largest_rate_wins_is_extended_before_the_study_runs(toy, tmp_path,
+                                                                          monkeypatch):
+    assert plan.next_rate([1e-4, 3e-4, 1e-3]) == 3e-3
+    assert plan.next_rate([3e-4, 1e-3, 3e-3]) == 1e-2
+    assert plan.next_rate([1e-3, 1e-2]) == 0.1
+    # A grid of a tiny rate and a workable one, so that the larger wins on six steps
+    monkeypatch.setitem(config.PRESETS, "toy", {**TOY, "lr_grid": {"bitfit": [3e-3, 3e-2]},
+                                                "lr_extensions": 1})
+    study_plan = plan.plan(toy, strategies=["bitfit"], results_dir=tmp_path, device="cpu")
+    rates = sorted({c.lr for c in study_plan.selection})
+    assert rates == [3e-3, 3e-2, 0.3]  # one extension, swept, then no more (the limit)
+    first = plan.choose_lr(store.load(tmp_path, study_plan.selection[:1 + 1]))
+    assert first.set_index("lr").loc[3e-2, "at_top"]  # why it was extended
+    assert store.load(tmp_path, study_plan.selection)["lr"].nunique() == 3
+    assert study_plan.lrs["bitfit"] == study_plan.choice.query("chosen").lr.iloc[0]
+    assert {c.lr for c in study_plan.main} == {study_plan.lrs["bitfit"]}
+    # read back without computing: the same plan; the state says the sweep is complete
+    again = plan.plan(toy, strategies=["bitfit"], results_dir=tmp_path, compute_selection=False)
+    assert again.lrs == study_plan.lrs and len(again.selection) == 3
+    assert plan.sweep_state(toy, ["bitfit"], tmp_path)[2]
+    # without the extension's run, the store cannot decide: an error where nothing may compute
+    store.complete_run(tmp_path, study_plan.selection[-1]).unlink()
+    configs, choice, complete = plan.sweep_state(toy, ["bitfit"], tmp_path)
+    assert (len(configs), choice, complete) == (3, None, False)
+    with pytest.raises(ConfigError, match="1 of its runs are missing"):
+        plan.plan(toy, strategies=["bitfit"], results_dir=tmp_path, compute_selection=False)
