@@ -297,13 +297,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import preflight
-    from .config import RunConfig, checkout_folder, preset_defaults
+    from .config import checkout_folder, demo_config
     from .report import demo
 
     _check_device_syntax(args.device)
-    config = RunConfig(task=args.task, strategy=args.strategy, **{
-        **preset_defaults(args.preset, args.strategy), "steps": args.steps,
-        "test_size": args.test_size, "schedule": args.schedule})
+    config = demo_config(args.task, args.strategy, args.preset, args.weights, steps=args.steps,
+                         test_size=args.test_size, schedule=args.schedule)
     preflight.check(config)
     results_dir = args.results_dir or checkout_folder("results/demo")
     from .store import check_results_dir
@@ -531,8 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--schedule", default=DEMO["schedule"],
                    help="evaluation points (default: %(default)s)")
-    p.add_argument("--preset", default="embedded", choices=sorted(PRESETS),
-                   help="sizes and sources of the rest (default: %(default)s)")
+    p.add_argument("--weights", default=None,
+                   help=f"the upstream model (default: {DEMO['run']['weights']}; e.g. "
+                        "converged_robust, to see what a robust start changes)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="sizes and sources of the rest (default: the embedded preset with "
+                        "the demo's own: " + ", ".join(
+                            f"{k} {v}" for k, v in DEMO["run"].items() if k != "eps")
+                        + ", at 2/255; a preset named here stands as it is)")
     p.add_argument("--results-dir", default=None,
                    help="where the run is kept (default: results/demo of the checkout)")
     p.add_argument("--png", default=None, help="the drawing (default: beside the run)")

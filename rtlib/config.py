@@ -172,8 +172,22 @@ ATTACKS = ("pgd", "pgd_early", "apgd", "autoattack")
 #: every strategy) or "parameters" (the trainable parameters' straight line).
 PATH_FORMS = ("update", "parameters")
 #: The class demo's run (python -m rtlib demo): the far task, full fine-tuning, short and
-#: evaluated on few images so that it finishes in minutes on two CPU cores (it prints its time).
-DEMO = dict(task="fonts", strategy="full", steps=400, test_size=384, schedule="log:8")
+#: evaluated on few images so that it finishes in about two minutes on two CPU cores (it prints
+#: its time). ``run``: the fields it sets over the ``embedded`` preset's (the converged upstream
+#: model, the ladder's attack, robust accuracy on the validation split so that the peak is
+#: chosen there). Chosen on the calibration draw of the glyph world (data seed 1), two training
+#: seeds each: at the ladder's rate (1e-3) robust accuracy at 2/255 fell 6.0 and 5.5 points
+#: from its peak (95% lower bounds 1.6 and 1.0), at 2e-3 6.0 and 5.5 (lower bounds 2.3 and
+#: 2.1), with 1,000 training images 3.4 and 3.1 (undecided); the rate with the larger smallest
+#: lower bound, 2e-3, is the demo's. (Tried first on the demo's own draw at 1e-3, before the
+#: second seed: no fall, 0.219 -> 0.219.)
+DEMO = dict(task="fonts", strategy="full", steps=400, test_size=384, schedule="log:8",
+            run=dict(weights="converged", train_size=2000, val_fraction=0.1, lr=2e-3,
+                     lr_schedule="linear", warmup_steps=0, eps=(2 / 255,), attack="pgd_early",
+                     val_robust=True))
+#: Where the book keeps the demo's run (the RQ1 chapter shows it from there; a change of its
+#: parameters computes a new one beside it).
+DEMO_STORE = "demo"
 #: The glyph world's pre-training tasks (rtlib.data.glyphs): the weak model's ("upstream": print,
 #: texture and clutter) and the converged model's ("upstream2": print and clutter).
 UPSTREAM_TASKS = ("upstream", "upstream2")
@@ -925,6 +939,21 @@ def preset_store(name: str) -> str:
     starts (a notebook run with ``--cwd notebooks`` reads the committed study, and does not
     start a new one beside it); elsewhere it is relative to the working directory."""
     return checkout_folder(_preset(name).get("store", "results"))
+
+
+def demo_config(task: str | None = None, strategy: str | None = None,
+                preset: str | None = None, weights: str | None = None, **fields: Any
+                ) -> "RunConfig":
+    """The class demo's run (:data:`DEMO`): ``task`` and ``strategy`` (None: the demo's),
+    ``preset``'s fields (None: the embedded preset's with the demo's own over them), then
+    ``weights`` and ``fields`` (steps, test_size, schedule: None keeps the demo's)."""
+    strategy = strategy or DEMO["strategy"]
+    base = {**preset_defaults(preset or "embedded", strategy),
+            **(DEMO["run"] if preset is None else {})}
+    given = {k: DEMO[k] if v is None else v for k, v in fields.items()}
+    return RunConfig(task=task or DEMO["task"], strategy=strategy, **{
+        **base, **{k: DEMO[k] for k in ("steps", "test_size", "schedule")}, **given,
+        **({"weights": weights} if weights else {})})
 
 
 def checkout_folder(folder: str) -> str:

@@ -53,3 +53,32 @@ def test_the_picture_is_the_farthest_tasks_full_fine_tuning(tmp_path):
     png, story = demo.picture(pd.DataFrame(rows), tmp_path)
     assert png == tmp_path / "tradeoff.png" and png.read_bytes()[:4] == b"\x89PNG"
     assert story.startswith("Clean accuracy rose from 0.100 to 0.500")  # far, full, seed 0
+
+
+def test_the_book_shows_the_committed_demo_run_and_computes_nothing(tmp_path):
+    """RQ1's demo cell reads the run kept in demo/: it must be the demo's configuration of
+    today (else the book would train for a minute and a half), and read back without training,
+    saying so."""
+    from rtlib.config import DEMO, DEMO_STORE, checkout_folder, demo_config
+    from rtlib.report import demo
+
+    config = demo_config()
+    assert (config.task, config.weights, config.lr, config.val_robust) == (
+        DEMO["task"], "converged", DEMO["run"]["lr"], True)
+    folder = checkout_folder(DEMO_STORE)
+    assert store.complete_run(folder, config) is not None, "recompute: python -m rtlib demo " \
+        f"--results-dir {DEMO_STORE}"
+    lines = []
+    run = demo.live(config, folder, png=tmp_path / "d.png", echo=lines.append)
+    assert lines[0].startswith("(read from") and len(run) == len(config.eval_steps())
+    assert sum(line.startswith("step ") for line in lines) == len(run)
+    assert not lines[-1].endswith(" s")  # no time: nothing was trained
+
+
+def test_a_named_preset_stands_as_it_is_and_weights_change_the_start():
+    from rtlib.config import DEMO, demo_config, preset_defaults
+
+    smoke = demo_config("digits", "lora", preset="smoke", steps=8)
+    assert (smoke.model, smoke.steps) == (preset_defaults("smoke", "lora")["model"], 8)
+    assert demo_config(weights="converged_robust").weights == "converged_robust"
+    assert demo_config(steps=None).steps == DEMO["steps"]

@@ -111,13 +111,19 @@ def live(config, results_dir: str | Path, png: str | Path | None = None,
 
     robust_col = metrics.robust(config.eps[0])
     t0 = time.perf_counter()
+    stored = store.complete_run(results_dir, config) is not None
     train.run(config, results_dir, device=device, progress=False,
               on_point=lambda row: echo(point_line(row, robust_col)))
     run = store.load(results_dir, [config])
+    if stored:  # nothing was trained: say so, and show the points as they were measured
+        echo(f"(read from {results_dir}: computed earlier; delete the run to compute it again)")
+        for row in run.sort_values(metrics.STEP).to_dict("records"):
+            echo(point_line(row, robust_col))
     echo(describe(run, robust_col).replace("**", ""))
     if png is not None:
         echo(f"wrote {draw(run, robust_col, png)}")
-    echo(f"{time.perf_counter() - t0:.0f} s")
+    if not stored:
+        echo(f"{time.perf_counter() - t0:.0f} s")
     return run
 
 
