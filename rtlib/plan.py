@@ -673,8 +673,11 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
             invocation["summary"] = summary["status"].value_counts().to_dict()
         if study_plan is None:  # interrupted in the sweep: record its runs (no rates yet)
             try:
-                *_, main, selection = _grids(preset, tasks, strategies, seeds, **{
-                    k: v for k, v in overrides.items() if v is not None})
+                given = {k: v for k, v in overrides.items() if v is not None}
+                _, grid_strategies, _, main, selection = _grids(preset, tasks, strategies,
+                                                                seeds, **given)
+                if selection:  # with the extensions the stored runs called for
+                    selection = sweep_state(preset, grid_strategies, results_dir, **given)[0]
                 study_plan = Plan(preset, selection, main)
             except ConfigError:  # bad options: nothing ran, nothing to record
                 pass
