@@ -950,7 +950,7 @@ def demo_config(task: str | None = None, strategy: str | None = None,
     strategy = strategy or DEMO["strategy"]
     base = {**preset_defaults(preset or "embedded", strategy),
             **(DEMO["run"] if preset is None else {})}
-    given = {k: DEMO[k] if v is None else v for k, v in fields.items()}
+    given = {k: v for k, v in fields.items() if v is not None}
     return RunConfig(task=task or DEMO["task"], strategy=strategy, **{
         **base, **{k: DEMO[k] for k in ("steps", "test_size", "schedule")}, **given,
         **({"weights": weights} if weights else {})})

@@ -261,6 +261,20 @@ def remedies_plan(study_plan: Plan, alphas: Sequence[float] | None = None,
     return RemediesPlan(interpolate.jobs(study_plan.main, alphas, form), robust)
 
 
+def unchosen(preset: str, tasks: Sequence[str] | None, strategies: Sequence[str] | None,
+             seeds: Sequence[int] | None, results_dir: str | Path, **overrides: Any) -> Plan:
+    """A study's plan before its sweep has chosen the rates: the sweep's runs as far as the
+    store calls for them (the grid and the extensions so far, :func:`sweep_state`), the
+    study's, the arms' and the control's runs at the preset's rates. Computes nothing."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    tasks, strategies, seeds, main, selection = _grids(preset, tasks, strategies, seeds,
+                                                       **overrides)
+    if selection:
+        selection = sweep_state(preset, strategies, results_dir, **overrides)[0]
+    return Plan(preset, selection, main, {}, None,
+                *_factors(preset, tasks, strategies, seeds, {}, **overrides))
+
+
 def progress_report(preset: str, tasks: Sequence[str] | None = None,
                     strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                     results_dir: str | Path | None = None, path_form: str | None = None,
@@ -269,13 +283,9 @@ def progress_report(preset: str, tasks: Sequence[str] | None = None,
     sweep, the study's runs (at the chosen rates once the sweep is complete) and its
     remedies."""
     results_dir = Path(results_dir or preset_store(preset))
-    grid_tasks, grid_strategies, grid_seeds, main, selection = _grids(
-        preset, tasks, strategies, seeds, **overrides)
-    study_plan = Plan(preset, selection, main, {}, None,
-                      *_factors(preset, grid_tasks, grid_strategies, grid_seeds, {}, **overrides))
-    chosen = False
-    if selection:  # the grid and the extensions the stored runs call for so far
-        selection = sweep_state(preset, grid_strategies, results_dir, **overrides)[0]
+    study_plan = unchosen(preset, tasks, strategies, seeds, results_dir, **overrides)
+    selection, chosen = study_plan.selection, False
+    if selection:
         try:
             study_plan = plan(preset, tasks, strategies, seeds, results_dir,
                               compute_selection=False, **overrides)
@@ -635,7 +645,7 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
         if study_plan.at_top() and progress:
             print(f"note: the sweep chose the largest rate of the grid for "
                   f"{', '.join(study_plan.at_top())}: the best rate may lie beyond it (extend "
-                  f"the preset's lr_grid and rerun)", flush=True)
+                  f"the preset's lr_grid, or raise its lr_extensions, and rerun)", flush=True)
         # Seed by seed: a study stopped part-way holds whole seeds (a one-seed study first).
         # In one process, each run's interpolation path comes right after it, while the
         # run's weights (kept locally, not committed) are still there to interpolate.
@@ -673,12 +683,9 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
             invocation["summary"] = summary["status"].value_counts().to_dict()
         if study_plan is None:  # interrupted in the sweep: record its runs (no rates yet)
             try:
-                given = {k: v for k, v in overrides.items() if v is not None}
-                _, grid_strategies, _, main, selection = _grids(preset, tasks, strategies,
-                                                                seeds, **given)
-                if selection:  # with the extensions the stored runs called for
-                    selection = sweep_state(preset, grid_strategies, results_dir, **given)[0]
-                study_plan = Plan(preset, selection, main)
+                sweep_so_far = unchosen(preset, tasks, strategies, seeds, results_dir,
+                                        **overrides)
+                study_plan = Plan(preset, sweep_so_far.selection, sweep_so_far.main)
             except ConfigError:  # bad options: nothing ran, nothing to record
                 pass
         manifest = (write_manifest(results_dir, study_plan, invocation, extra) if study_plan

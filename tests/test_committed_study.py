@@ -16,6 +16,7 @@ gradient for 10 steps, so an image near the boundary under attack can end on the
 So accuracies may differ by at most 0.5 points (5 of 1,024 images) and the per-image masks by at
 most 1% of the images; the training loss by 1e-3 relative.
 """
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ REPLAYED_ROLES = ("study", "upstream arm", "robust upstream", "control")
 OTHER_UPSTREAM = ("upstream arm", "robust upstream")
 
 
+@functools.lru_cache(maxsize=None)  # read at collection and again by the test: once
 def _replay_picks(count: int = 3) -> list[tuple[str, str]]:
     """The committed runs to re-execute, as (store, run id): in each committed store, on its
     first task and seed 0, full fine-tuning and two strategies of other mechanisms
@@ -62,7 +64,7 @@ def _replay_picks(count: int = 3) -> list[tuple[str, str]]:
         arms = [r for r in main if r["role"] in OTHER_UPSTREAM and r["strategy"] == "full"]
         by_model = {}
         for r in arms:
-            weights = store.read_run(STORES[name] / "runs" / f"{r['run_id']}.parquet")[0][
+            weights = store.read_meta(STORES[name] / "runs" / f"{r['run_id']}.parquet")[
                 "config"]["weights"]
             by_model.setdefault(weights, r["run_id"])
         picks += [(name, i) for i in [*ids, *by_model.values()]]
@@ -190,7 +192,6 @@ def test_a_committed_path_ends_at_its_runs_last_points(preset):
     files = sorted((folder / "interpolation").glob("*.parquet"))
     if not files:
         pytest.skip(f"no interpolation path committed in {preset}/ yet")
-    runs = {p.stem: store.read_run(p)[1].to_pandas() for p in (folder / "runs").glob("*.parquet")}
     for file in files[:: max(1, len(files) // 6)]:  # six paths, spread over the store
         path = store.read_table(file)
         for alpha, run_id in ((1.0, path.run_id.iloc[0]), (0.0, path.probe_run_id.iloc[0])):
@@ -198,7 +199,8 @@ def test_a_committed_path_ends_at_its_runs_last_points(preset):
             if end.computed:  # alpha 0 of a path in the parameters' form, for a strategy that
                 assert alpha == 0.0  # does not start as the identity, is its own model
                 continue
-            last = estimands.last_points(runs[run_id].assign(run_id=run_id))
+            run = store.read_run(folder / "runs" / f"{run_id}.parquet")[1].to_pandas()
+            last = estimands.last_points(run.assign(run_id=run_id))
             for col in (metrics.TEST_ACC, metrics.TEST_MASK, metrics.STEP):
                 assert end[col] == last[col].iloc[0], (file.stem, alpha, col)
 

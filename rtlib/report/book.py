@@ -182,11 +182,10 @@ def missing_work(parameters: Mapping[str, Any] | None = None, remedies: bool = T
                                compute_selection=False, **runs.overrides)
         sweep_todo = []
     except ConfigError:  # the sweep's runs are missing: the sweep first, then the study's
-        _, strategies, _, main, _ = plan._grids(runs.preset, tasks, runs.strategies,
-                                                runs.seeds, **runs.overrides)
-        selection = plan.sweep_state(runs.preset, strategies, results_dir, **runs.overrides)[0]
-        study_plan = plan.Plan(runs.preset, selection, main)  # at the preset's rates
-        sweep_todo = [c for c in selection if store.complete_run(results_dir, c) is None]
+        study_plan = plan.unchosen(runs.preset, tasks, runs.strategies, runs.seeds,
+                                   results_dir, **runs.overrides)  # at the preset's rates
+        sweep_todo = [c for c in study_plan.selection
+                      if store.complete_run(results_dir, c) is None]
     configs = [c for c in study_plan.main if c.task in runs.tasks or runs.domain is None]
     if runs.domain is not None:  # the OOD chapter fine-tunes its task on this domain
         configs += [c.replace(domain=runs.domain) for c in study_plan.main

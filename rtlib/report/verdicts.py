@@ -376,12 +376,12 @@ def found_by_upstream(runs: pd.DataFrame, chapter: str, rs: E.Resampler | None =
     """A chapter's claims judged from each upstream model (:func:`by_upstream`) as Markdown
     bullets, and whether each verdict depends on the model; one sentence when the setting
     fine-tuned from one model only."""
+    from ..config import UPSTREAM_CHECKPOINTS
+
     if runs["upstream"].nunique() < 2:
         return "This setting fine-tunes from one upstream model only."
     table = by_upstream(runs, rs, chapter)
     models = list(table.columns[:-1])
-    from ..config import UPSTREAM_CHECKPOINTS
-
     lines = [f"From each upstream model ("
              + "; ".join(f"`{m}`: {UPSTREAM_CHECKPOINTS.get(m, m)}" for m in models)
              + f"), judged on the tasks all of them were fine-tuned on "
