@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from rtlib import store
+from rtlib import metrics, store
 
 
 def _cli(*args, cwd=None):
@@ -73,6 +73,13 @@ def test_the_book_shows_the_committed_demo_run_and_computes_nothing(tmp_path):
     assert lines[0].startswith("(read from") and len(run) == len(config.eval_steps())
     assert sum(line.startswith("step ") for line in lines) == len(run)
     assert not lines[-1].endswith(" s")  # no time: nothing was trained
+    assert lines[0] == f"(read from {DEMO_STORE}: computed earlier; delete the run to compute " \
+        "it again)"  # the checkout's folder, not this machine's path
+    # the book's cell: the story to its own channel (Markdown, kept whole), the points to echo
+    told, points = [], []
+    demo.live(config, folder, png=tmp_path / "d.png", echo=points.append, story=told.append)
+    assert told == [demo.describe(run, metrics.robust(config.eps[0]))]
+    assert "**falls**" in told[0] and not any("wrote" in p for p in points)
 
 
 def test_a_named_preset_stands_as_it_is_and_weights_change_the_start():

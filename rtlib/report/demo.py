@@ -71,6 +71,7 @@ def draw(run: pd.DataFrame, robust_col: str, png: str | Path, title: str | None 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     from ..pareto import wilson_interval
 
@@ -90,6 +91,9 @@ def draw(run: pd.DataFrame, robust_col: str, png: str | Path, title: str | None 
     axes[1].plot([s["final_step"]], [s["final"]], "s", color="C2", ms=8, label="end")
     axes[1].legend(loc="lower right")
     axes[1].set_xscale("symlog", linthresh=max(1, int(steps[1]) if len(steps) > 1 else 1))
+    # ticks at the evaluation steps, plainly (symlog's own put 0 and 10^0 on top of each other)
+    axes[1].set_xticks(steps, [str(int(s)) for s in steps])
+    axes[1].xaxis.set_minor_locator(NullLocator())
     axes[1].set_xlabel("fine-tuning step")
     first = run.iloc[0]
     fig.suptitle(title or f"{first['task']} / {first['strategy']}: fall {s['drop']:+.3f} "
@@ -103,11 +107,14 @@ def draw(run: pd.DataFrame, robust_col: str, png: str | Path, title: str | None 
 
 
 def live(config, results_dir: str | Path, png: str | Path | None = None,
-         echo: Callable[[str], None] = print, device: str | None = "auto") -> pd.DataFrame:
+         echo: Callable[[str], None] = print, device: str | None = "auto",
+         story: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Fine-tune ``config`` (a :class:`rtlib.config.RunConfig`), echoing each evaluation point
-    as it is measured, then the run's story and, with ``png``, its drawing. Returns the run's
-    rows. A run the store already holds is shown at once."""
+    as it is measured, then the run's story (to ``story``; None: ``echo``, as plain text) and,
+    with ``png``, its drawing. Returns the run's rows. A run the store already holds is shown
+    at once."""
     from .. import store, train
+    from ..config import shown_path
 
     robust_col = metrics.robust(config.eps[0])
     t0 = time.perf_counter()
@@ -116,14 +123,29 @@ def live(config, results_dir: str | Path, png: str | Path | None = None,
               on_point=lambda row: echo(point_line(row, robust_col)))
     run = store.load(results_dir, [config])
     if stored:  # nothing was trained: say so, and show the points as they were measured
-        echo(f"(read from {results_dir}: computed earlier; delete the run to compute it again)")
+        echo(f"(read from {shown_path(results_dir)}: computed earlier; delete the run to "
+             "compute it again)")
         for row in run.sort_values(metrics.STEP).to_dict("records"):
             echo(point_line(row, robust_col))
-    echo(describe(run, robust_col).replace("**", ""))
+    told = describe(run, robust_col)
+    story(told) if story else echo(told.replace("**", ""))
     if png is not None:
-        echo(f"wrote {draw(run, robust_col, png)}")
+        drawn = draw(run, robust_col, png)
+        if story is None:
+            echo(f"wrote {drawn}")
     if not stored:
         echo(f"{time.perf_counter() - t0:.0f} s")
+    return run
+
+
+def cell(config, results_dir: str | Path, png: str | Path) -> pd.DataFrame:
+    """The book's demo cell: each point printed as it is measured (or read back), then the
+    run's story as Markdown under them and its drawing."""
+    from IPython.display import Image, Markdown, display
+
+    run = live(config, results_dir, png, echo=lambda line: print(line, flush=True),
+               story=lambda text: display(Markdown(text)))
+    display(Image(filename=str(png)))
     return run
 
 
