@@ -72,6 +72,7 @@ def test_the_book_shows_the_committed_demo_run_and_computes_nothing(tmp_path):
     run = demo.live(config, folder, png=tmp_path / "d.png", echo=lines.append)
     assert lines[0].startswith("(read from") and len(run) == len(config.eval_steps())
     assert sum(line.startswith("step ") for line in lines) == len(run)
+    assert all(len(line) <= 75 for line in lines if line.startswith("step "))  # a page's column
     assert not lines[-1].endswith(" s")  # no time: nothing was trained
     assert lines[0] == f"(read from {DEMO_STORE}: computed earlier; delete the run to compute " \
         "it again)"  # the checkout's folder, not this machine's path

@@ -18,7 +18,7 @@ import pandas as pd
 from .. import metrics
 from . import estimands as E
 
-BAR = 30
+BAR = 16  # a point line fits a book page's code column (about 75 characters)
 
 
 def bar(value: float, width: int = BAR) -> str:
@@ -143,7 +143,7 @@ def cell(config, results_dir: str | Path, png: str | Path) -> pd.DataFrame:
     run's story as Markdown under them and its drawing."""
     from IPython.display import Image, Markdown, display
 
-    run = live(config, results_dir, png, echo=lambda line: print(line, flush=True),
+    run = live(config, results_dir, png, echo=print,  # one output box (a flush would split it)
                story=lambda text: display(Markdown(text)))
     display(Image(filename=str(png)))
     return run
