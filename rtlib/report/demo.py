@@ -138,10 +138,19 @@ def live(config, results_dir: str | Path, png: str | Path | None = None,
     return run
 
 
-def cell(config, results_dir: str | Path, png: str | Path) -> pd.DataFrame:
+def cell(config=None, results_dir: str | Path | None = None, png: str | Path | None = None
+         ) -> pd.DataFrame:
     """The book's demo cell: each point printed as it is measured (or read back), then the
-    run's story as Markdown under them and its drawing."""
+    run's story as Markdown under them and its drawing. Defaults: the demo's run
+    (:func:`rtlib.config.demo_config`), kept in the checkout's :data:`rtlib.config.DEMO_STORE`,
+    drawn beside the book's executed pages."""
     from IPython.display import Image, Markdown, display
+
+    from ..config import DEMO_STORE, checkout_folder, demo_config
+
+    config = config or demo_config()
+    results_dir = results_dir or checkout_folder(DEMO_STORE)
+    png = png or Path(checkout_folder("book/executed")) / "demo.png"
 
     run = live(config, results_dir, png, echo=print,  # one output box (a flush would split it)
                story=lambda text: display(Markdown(text)))
