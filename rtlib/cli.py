@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(chosen on the validation split), where it ended and the fall between them "
                     "with its 95% interval, and draw the run as a PNG. A run the store holds "
                     "already is shown at once.")
-    from .config import DEMO, PRESETS
+    from .config import DEMO, DEMO_PRESET, PRESETS, preset_defaults
 
     p.add_argument("--task", default=DEMO["task"], help="task (default: %(default)s)")
     p.add_argument("--strategy", default=DEMO["strategy"], help="strategy (default: %(default)s)")
@@ -530,14 +530,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--schedule", default=DEMO["schedule"],
                    help="evaluation points (default: %(default)s)")
+    demo_run = preset_defaults(DEMO_PRESET, DEMO["strategy"])
     p.add_argument("--weights", default=None,
-                   help=f"the upstream model (default: {DEMO['run']['weights']}; e.g. "
+                   help=f"the upstream model (default: {demo_run['weights']}; e.g. "
                         "converged_robust, to see what a robust start changes)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="sizes and sources of the rest (default: the embedded preset with "
-                        "the demo's own: " + ", ".join(
-                            f"{k} {v}" for k, v in DEMO["run"].items() if k != "eps")
-                        + ", at 2/255; a preset named here stands as it is)")
+                   help=f"sizes and sources of the rest (default: {DEMO_PRESET}, the quick "
+                        f"class setting: " + ", ".join(
+                            f"{k} {demo_run[k]}" for k in ("train_size", "val_fraction", "lr",
+                                                           "lr_schedule", "attack"))
+                        + ", at 2/255)")
     p.add_argument("--results-dir", default=None,
                    help="where the run is kept (default: results/demo of the checkout)")
     p.add_argument("--png", default=None, help="the drawing (default: beside the run)")

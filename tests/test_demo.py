@@ -59,12 +59,14 @@ def test_the_book_shows_the_committed_demo_run_and_computes_nothing(tmp_path):
     """RQ1's demo cell reads the run kept in demo/: it must be the demo's configuration of
     today (else the book would train for a minute and a half), and read back without training,
     saying so."""
-    from rtlib.config import DEMO, DEMO_STORE, checkout_folder, demo_config
+    from rtlib.config import DEMO, DEMO_PRESET, DEMO_STORE, checkout_folder, demo_config
+    from rtlib.config import preset_defaults, preset_tasks
     from rtlib.report import demo
 
-    config = demo_config()
+    config = demo_config()  # the quick setting's far-task full fine-tuning, densely evaluated
     assert (config.task, config.weights, config.lr, config.val_robust) == (
-        DEMO["task"], "converged", DEMO["run"]["lr"], True)
+        DEMO["task"], "converged", preset_defaults(DEMO_PRESET, "full")["lr"], True)
+    assert config.task in preset_tasks(DEMO_PRESET)
     folder = checkout_folder(DEMO_STORE)
     assert store.complete_run(folder, config) is not None, "recompute: python -m rtlib demo " \
         f"--results-dir {DEMO_STORE}"
