@@ -710,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path-form", default=None, choices=PATH_FORMS,
                    help="how the interpolation paths scale the learned update: update "
                         "(linearly, for every strategy) or parameters (the trainable "
-                        "parameters' straight line, as the committed study's paths were made); "
+                        "parameters' straight line, as the first study's paths were first made); "
                         "default: the preset's")
     p.add_argument("--json", action="store_true",
                    help="with --dry-run: print the report as JSON (summary, parts)")

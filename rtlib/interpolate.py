@@ -20,8 +20,8 @@ That is the ``"update"`` form of a path (:data:`FORMS`). The ``"parameters"`` fo
 straight line in the strategy's trainable parameters, ``init + alpha * (final - init)``: the
 same for full fine-tuning, BitFit and (IA)^3, but not linear in the update for LoRA (``alpha
 B1 (A0 + alpha (A1 - A0))``, quadratic), DoRA, Adapter and Compacter (whose alpha 0 keeps
-their own random start). It is kept, by name, for the committed study's paths computed with it
-until they are recomputed (a preset says which form its paths take).
+their own random start). It is kept, by name, for the first study's paths first computed with it
+(issue 30: committed beside their update-form recomputation, for comparison).
 
 A path's rows go to the store (``interpolation/``), keyed by the two runs, the coefficients and
 (for strategies whose update is not linear in their parameters) the form: computed once, read

@@ -106,7 +106,7 @@ def test_committed_runs_are_todays_and_a_complete_study_has_every_run(preset):
     committed_paths = {p.stem for p in (folder / "interpolation").glob("*.parquet")}
     if committed_paths:
         assert swept, "interpolation paths are committed, but the sweep's runs are missing"
-        # the preset's form, and the other (the first study's paths are being recomputed)
+        # the preset's form, and the other (the first study's first paths, kept for comparison)
         paths = {job.run_id() for form in interpolate.FORMS
                  for job in plan.remedies_plan(study_plan, path_form=form).paths}
         orphans = sorted(committed_paths - paths)

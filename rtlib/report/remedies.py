@@ -389,8 +389,7 @@ def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
         + ("the learned update scaled linearly for every strategy; " if form == "update" else
            "**each the trainable parameters' straight line**, which for LoRA, Adapter and "
            "Compacter is not a straight line in the update they learned (LoRA's is quadratic in "
-           "the coefficient): these paths are being recomputed with the update scaled "
-           "linearly; ")
+           "the coefficient; the update form, every preset's, scales it linearly); ")
         + f"coefficients "
         f"({', '.join(f'{a:g}' for a in alphas)}), "
         f"{int((path_summary.status == 'done').sum())} computed now. Robust upstream model: "
