@@ -716,12 +716,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "store": "study",
         # The remedies chapter (issue 17): 5 coefficients per path; the robust upstream model
         # fine-tuned on the near and the far task (42 runs: the other two are an exercise).
-        # path_form "parameters": the committed paths were computed as the trainable parameters'
-        # straight line (not linear in the update for LoRA, Adapter, Compacter; issue 30); their
-        # "update" paths are being recomputed (python -m rtlib study --path-form update), and
-        # this switches to "update" when all of them are in the store.
-        "remedies": dict(alphas=[0.0, 0.25, 0.5, 0.75, 1.0], robust_tasks=["digits", "fonts"],
-                         path_form="parameters"),
+        # Its paths scale the learned update linearly (path_form "update"); the first paths of
+        # LoRA, Adapter and Compacter, the trainable parameters' straight line (issue 30), stay
+        # in the store beside them (python -m rtlib study --path-form parameters reads them).
+        "remedies": dict(alphas=[0.0, 0.25, 0.5, 0.75, 1.0], robust_tasks=["digits", "fonts"]),
         "strategy_overrides": {
             "full": dict(lr_schedule="linear", warmup_steps=0),
         },
