@@ -171,6 +171,9 @@ ATTACKS = ("pgd", "pgd_early", "apgd", "autoattack")
 #: How an interpolation path scales the learned update (rtlib.interpolate): "update" (linearly,
 #: every strategy) or "parameters" (the trainable parameters' straight line).
 PATH_FORMS = ("update", "parameters")
+#: Each form in a reader's words (the scorecard's readings of the interpolation claim).
+PATH_FORM_LABELS = {"update": "paths scaling the update",
+                    "parameters": "paths on the parameters' straight line"}
 #: The class demo's run (python -m rtlib demo): the quick setting's (``DEMO_PRESET``) full
 #: fine-tuning on its far task, evaluated at 8 points on 384 test images so that the fall shows
 #: beyond its interval, in about two minutes on two CPU cores (it prints its time).

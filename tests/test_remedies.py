@@ -142,6 +142,13 @@ def test_what_helps_states_its_verdicts_by_their_rules():
     assert mixed.verdict == "undecided" and "in every seed on 0 of 2" in mixed.ours
     assert "on 2 of 2" in mixed.ours  # both widen the frontier
     assert "by validation robust accuracy at 2/255" in mixed.rule
+    assert mixed.sensitivity == {}  # one form of paths: no other reading
+    # The same paths in another form that beats both ends in no seed: its verdict beside
+    first = interpolation.assign(beats_both=False)
+    _, both = remedies.what_helps(frame, interpolation, other_forms={"parameters": first})
+    assert both.sensitivity == {"paths scaling the update": "undecided",
+                                "paths on the parameters' straight line": "does not hold"}
+    assert (both.verdict, both.ours) == (mixed.verdict, mixed.ours)
     assert remedies.what_helps(None, None) == []
     flat = pd.concat([frame[frame.strategy == "lora"],
                       frame[frame.strategy == "lora"].assign(strategy="bitfit")])
@@ -207,6 +214,7 @@ def test_the_chapter_computes_paths_and_robust_upstream_runs_once(tmp_path, monk
     comparison = out.upstream()
     assert set(comparison["upstream"]) == {"standard", "robust"} and len(comparison) == 4
     assert [v.claim.split()[0] for v in out.verdicts()] == ["Choosing", "Interpolating", "A"]
+    assert out.other_forms == {}  # full fine-tuning's two forms are one path
     again = remedies.compute(**kwargs)
     assert "0 computed now" in again.status and "0 trained now." in again.status
     pd.testing.assert_frame_equal(again.paths, out.paths)

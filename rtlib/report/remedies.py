@@ -7,13 +7,14 @@ gained and cost.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from .. import metrics, pareto, store
+from ..config import PATH_FORM_LABELS
 from . import estimands as E
 from .study import Chapter, chapter, failures, signed
 from .verdicts import Verdict, majority
@@ -211,16 +212,31 @@ def upstream_comparison(runs: pd.DataFrame, col: str = metrics.ROBUST,
 SMALL_COST = 0.02
 
 
+def _interpolation_pairs(interpolation: pd.DataFrame, small_cost: float
+                         ) -> tuple[pd.DataFrame, pd.Series, str]:
+    """Per (task, strategy) pair of :func:`interpolation_summary`: whether it beats both ends in
+    every seed or in none; the pairs that count (every seed, small clean cost); the outcome."""
+    pairs = interpolation.groupby(["task", "strategy"]).agg(
+        every_seed=("beats_both", "all"), no_seed=("beats_both", lambda b: not b.any()),
+        clean_cost=("clean_cost", "mean"), aupf_gain=("aupf_gain", "mean"))
+    hits = pairs["every_seed"] & (pairs["clean_cost"] <= small_cost)
+    return pairs, hits, majority(int(hits.sum()), int(pairs["no_seed"].sum()), len(pairs))
+
+
 def what_helps(frame: pd.DataFrame | None, interpolation: pd.DataFrame | None,
                runs: pd.DataFrame | None = None, small_cost: float = SMALL_COST,
-               rs: E.Resampler | None = None) -> list[Verdict]:
+               rs: E.Resampler | None = None,
+               form: str = "update", other_forms: Mapping[str, pd.DataFrame] | None = None
+               ) -> list[Verdict]:
     """The scorecard's section "What helps": one verdict per remedy measured, over (task,
     strategy) pairs, each pair decided by intervals (three outcomes, :mod:`verdicts`).
 
     ``frame``: the study's runs (the checkpoint chosen on validation: its gain over the last
     point is the fall of :func:`rtlib.report.estimands.falls`, its cost the clean accuracy
     gained after it); ``interpolation``: :func:`interpolation_summary`; ``runs``: the runs from
-    both upstream models (:func:`by_upstream`)."""
+    both upstream models (:func:`by_upstream`); ``form``: the paths' form
+    (:data:`rtlib.interpolate.FORMS`); ``other_forms``: {form: the summary of the same paths in
+    another form}, whose verdicts the interpolation claim shows as its other readings."""
     rs = rs or E.Resampler()
     cards = []
     if frame is not None and len(frame):
@@ -240,11 +256,10 @@ def what_helps(frame: pd.DataFrame | None, interpolation: pd.DataFrame | None,
             f"below {100 * E.MIN_FALL:.0f} points or the cost's above {small_cost:.0%}; holds "
             f"if more than half of the pairs are helped"))
     if interpolation is not None and len(interpolation):
-        pairs = interpolation.groupby(["task", "strategy"]).agg(
-            every_seed=("beats_both", "all"), no_seed=("beats_both", lambda b: not b.any()),
-            clean_cost=("clean_cost", "mean"), aupf_gain=("aupf_gain", "mean"))
-        hits = pairs["every_seed"] & (pairs["clean_cost"] <= small_cost)
+        pairs, hits, outcome = _interpolation_pairs(interpolation, small_cost)
         wider = int((pairs["aupf_gain"] > 0).sum())
+        readings = {PATH_FORM_LABELS[name]: _interpolation_pairs(other, small_cost)[2]
+                    for name, other in (other_forms or {}).items()}
         cards.append(Verdict(
             "Interpolating the weights (probe to fine-tuned) beats both ends on robust accuracy "
             "at a small clean cost",
@@ -252,12 +267,13 @@ def what_helps(frame: pd.DataFrame | None, interpolation: pd.DataFrame | None,
             f"beats both ends in every seed on {int(hits.sum())} of {len(pairs)} task x "
             f"strategy pairs, in no seed on {int(pairs['no_seed'].sum())}; the path widens the "
             f"run's frontier (a larger AUPF than its checkpoints) on {wider} of {len(pairs)}",
-            majority(int(hits.sum()), int(pairs["no_seed"].sum()), len(pairs)),
+            outcome,
             f"the coefficient is chosen by {metrics.describe(interpolation['by'].iloc[0])}; a "
             f"pair counts if it beats both ends on test robust accuracy in every seed at a "
             f"seed-mean clean cost of at most {small_cost:.0%}, against if it beats them in no "
             f"seed; holds if more than half of the pairs count (an interval over seeds only: "
-            f"the paths keep no per-image masks of their ends' better choice)"))
+            f"the paths keep no per-image masks of their ends' better choice)",
+            {PATH_FORM_LABELS[form]: outcome, **readings} if readings else {}))
     if runs is not None and len(runs) and set(runs["upstream"]) >= {"standard", "robust"}:
         gain = E.end_difference(runs[runs.upstream == "robust"], runs[runs.upstream == "standard"],
                                 metrics.ROBUST, rs)
@@ -299,6 +315,10 @@ class Remedies:
     interpolation: pd.DataFrame
     robust: pd.DataFrame
     status: str
+    #: The paths' form, and {form: :func:`interpolation_summary`} of the same paths in the other
+    #: form where the store holds all of them (the first study's first paths, issue 30).
+    form: str = "update"
+    other_forms: dict = field(default_factory=dict)
 
     def upstream_runs(self) -> pd.DataFrame:
         """The robust tasks' runs from both upstream models (:func:`by_upstream`); empty when
@@ -314,7 +334,8 @@ class Remedies:
     def verdicts(self) -> list[Verdict]:
         """The scorecard's "What helps" (:func:`what_helps`) for these remedies."""
         runs = self.upstream_runs() if len(self.robust) else None
-        return what_helps(self.chapter.frame, self.interpolation, runs)
+        return what_helps(self.chapter.frame, self.interpolation, runs, form=self.form,
+                          other_forms=self.other_forms)
 
 
 def _serves(base: Chapter, tasks: Sequence[str], strategies: Sequence[str],
@@ -396,4 +417,21 @@ def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
         f"{len(robust_configs)} runs on {', '.join(robust_tasks) or 'no task'}, "
         f"{int((robust_summary.status == 'done').sum())} trained now."
     ) + failures(pd.concat([path_summary, robust_summary]), "paths or runs")
-    return Remedies(base, selection, paths, interpolation, robust, status)
+    return Remedies(base, selection, paths, interpolation, robust, status, form,
+                    _other_forms(path_jobs, results_dir, base.frame))
+
+
+def _other_forms(path_jobs: Sequence[Any], results_dir: str | Path, frame: pd.DataFrame
+                 ) -> dict[str, pd.DataFrame]:
+    """{form: :func:`interpolation_summary`} of ``path_jobs`` in each other form whose paths
+    differ and are all in the store (nothing is computed for them)."""
+    from .. import interpolate, sweep
+
+    out = {}
+    for other in interpolate.FORMS:
+        jobs = [replace(job, form=other) for job in path_jobs]
+        if (path_jobs and other != path_jobs[0].form
+                and any(j.run_id() != k.run_id() for j, k in zip(jobs, path_jobs))
+                and all(sweep.complete(j, results_dir) for j in jobs)):
+            out[other] = interpolation_summary(interpolate.load(results_dir, jobs), frame)
+    return out
