@@ -4,7 +4,7 @@ For each task, prints final clean accuracy and robust accuracy at each budget, a
 robust / clean. A budget is informative for a task when that ratio lies between 0.1 and 0.9
 and clean accuracy is below 1. The chosen budgets live in ``rtlib.config.PRESETS``.
 
-    python bench/calibrate_embedded.py [--preset embedded|study] [--strategy full] [--steps 200]
+    python bench/calibrate_embedded.py [--preset embedded|study] [--strategy full] [--steps N]
 
 The rule looks only at where the final robust accuracy lies relative to clean accuracy, never at
 the trajectory (whether robust accuracy rises and falls is the question, not the criterion).
