@@ -123,6 +123,20 @@ def test_committed_runs_are_todays_and_a_complete_study_has_every_run(preset):
 
 
 @committed
+def test_the_quick_setting_takes_the_first_studys_chosen_rates():
+    """The quick setting's rates are typed in its preset as "the rates the first study chose on
+    its validation split": they must be the ones the committed sweep chooses (full fine-tuning
+    excepted: the class demo's rate, chosen on the calibration draw)."""
+    from rtlib.config import preset_defaults
+    from rtlib.strategies import PAPER_STRATEGIES
+
+    chosen = plan.plan("study", results_dir=STORES["study"], compute_selection=False).lrs
+    for strategy in PAPER_STRATEGIES:
+        if strategy != "full":
+            assert preset_defaults("embedded", strategy)["lr"] == chosen[strategy], strategy
+
+
+@committed
 def test_the_book_default_reads_the_committed_study_and_computes_nothing():
     """`make book` renders the committed study in minutes only if the store holds every run,
     path and robust upstream run the chapters read at their default parameters."""

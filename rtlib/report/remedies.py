@@ -418,20 +418,19 @@ def compute(preset: str | None = None, tasks: Sequence[str] | None = None,
         f"{int((robust_summary.status == 'done').sum())} trained now."
     ) + failures(pd.concat([path_summary, robust_summary]), "paths or runs")
     return Remedies(base, selection, paths, interpolation, robust, status, form,
-                    _other_forms(path_jobs, results_dir, base.frame))
+                    _other_forms(path_jobs, form, results_dir, base.frame))
 
 
-def _other_forms(path_jobs: Sequence[Any], results_dir: str | Path, frame: pd.DataFrame
-                 ) -> dict[str, pd.DataFrame]:
-    """{form: :func:`interpolation_summary`} of ``path_jobs`` in each other form whose paths
-    differ and are all in the store (nothing is computed for them)."""
+def _other_forms(path_jobs: Sequence[Any], form: str, results_dir: str | Path,
+                 frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{form: :func:`interpolation_summary`} of ``path_jobs`` (made in ``form``) in each other
+    form whose paths differ and are all in the store (nothing is computed for them)."""
     from .. import interpolate, sweep
 
     out = {}
-    for other in interpolate.FORMS:
+    for other in (f for f in interpolate.FORMS if f != form):
         jobs = [replace(job, form=other) for job in path_jobs]
-        if (path_jobs and other != path_jobs[0].form
-                and any(j.run_id() != k.run_id() for j, k in zip(jobs, path_jobs))
+        if (any(j.run_id() != k.run_id() for j, k in zip(jobs, path_jobs))
                 and all(sweep.complete(j, results_dir) for j in jobs)):
             out[other] = interpolation_summary(interpolate.load(results_dir, jobs), frame)
     return out
