@@ -390,7 +390,8 @@ def run_files(results_dir: str | Path) -> list[Path]:
 
 
 CONFIG_COLUMNS = ("task", "strategy", "model", "weights", "domain", "seed", "steps", "lr",
-                  "batch_size", "train_size", "val_fraction", "attack", "attack_steps")
+                  "batch_size", "train_size", "val_fraction", "train_eval_size", "attack",
+                  "attack_steps")
 
 
 def with_first_budget(frame: pd.DataFrame, eps: float) -> pd.DataFrame:

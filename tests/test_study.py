@@ -491,3 +491,56 @@ def test_a_chapter_judges_its_own_claims_from_each_upstream_model():
     assert "one upstream model only" in verdicts.found_by_upstream(a.assign(upstream="w"), "RQ1")
     with pytest.raises(ValueError, match="RQ1, RQ2, RQ3"):
         verdicts.by_upstream(runs, rs, chapter="RQ4")
+
+
+def _control_frame(prefix, curve, train_acc, train_size, strategy="full"):
+    rows = []
+    for s in range(3):
+        for row in _masked_run(f"{prefix}{s}", s, curve):
+            rows.append({**row, "strategy": strategy, "train_acc": train_acc,
+                         "train_size": train_size, "train_eval_size": 512})
+    return pd.DataFrame(rows)
+
+
+def test_the_memorization_control_reads_whether_a_fall_persists_with_more_images():
+    falling = [(0, 0.1), (10, 0.5), (100, 0.45), (1000, 0.35)]
+    rising = [(0, 0.1), (10, 0.3), (100, 0.4), (1000, 0.42)]
+    rs = estimands.Resampler(n_boot=300)
+    base = _control_frame("b", falling, train_acc=1.0, train_size=20_000)  # gap 1.0 - 0.9
+    persists = estimands.memorization(
+        base, _control_frame("c", falling, train_acc=0.9, train_size=80_000), rs=rs).iloc[0]
+    assert persists.reading == estimands.PERSISTS and persists.gap_shrinks
+    assert abs(persists.gap_change + 0.1) < 1e-9 and persists.gap_change_high < 0
+    assert abs(persists.drop_change) < 1e-9 and persists.control_images == 80_000
+    card = verdicts.memorization_claim(pd.DataFrame([persists]))
+    assert card.verdict == verdicts.HOLDS and "1 of 1 strategies fall" in card.ours
+
+    vanishes = estimands.memorization(
+        base, _control_frame("c", rising, train_acc=0.9, train_size=80_000), rs=rs)
+    assert vanishes.iloc[0].reading == estimands.VANISHES
+    assert vanishes.iloc[0].drop_change_high < 0
+    assert verdicts.memorization_claim(vanishes).verdict == verdicts.FAILS
+
+    # a fall that persists while the gap does not shrink does not show the claim
+    same_gap = estimands.memorization(
+        base, _control_frame("c", falling, train_acc=1.0, train_size=80_000), rs=rs)
+    assert not same_gap.iloc[0].gap_shrinks
+    assert verdicts.memorization_claim(same_gap).verdict == verdicts.UNDECIDED
+
+    nothing = estimands.memorization(
+        _control_frame("b", rising, 1.0, 20_000),
+        _control_frame("c", rising, 0.9, 80_000), rs=rs)
+    assert nothing.iloc[0].reading == estimands.NO_FALL
+    assert verdicts.memorization_claim(nothing).verdict == verdicts.UNTESTABLE
+
+
+def test_the_memorization_findings_say_what_the_store_lacks(tmp_path):
+    from rtlib import config, plan
+
+    control = config.RunConfig(task="greek_dots", strategy="full", train_size=80_000)
+    chapter = study.Chapter(pd.DataFrame(), pd.DataFrame(), "",
+                            plan.Plan("ladder", [], [], {}, None, [], [control]))
+    text, table = study.memorization_findings(chapter, tmp_path)
+    assert "not all in the store yet (0 of 1)" in text and table.empty
+    chapter.plan.control = []
+    assert "no memorization control" in study.memorization_findings(chapter, tmp_path)[0]

@@ -342,6 +342,75 @@ def end_difference(a: pd.DataFrame, b: pd.DataFrame, col: str, rs: Resampler | N
     return pd.DataFrame(rows, columns=["task", "strategy", "estimate", "low", "high"])
 
 
+# -- the memorization control -----------------------------------------------------------------
+#: What the control says of each strategy whose study runs fall (:func:`memorization`).
+PERSISTS, VANISHES, NO_FALL = "persists", "vanishes", "no fall to explain"
+
+
+def generalization_gap(frame: pd.DataFrame, rs: Resampler) -> dict[tuple, np.ndarray]:
+    """Per (task, strategy): accuracy on the training images scored at each point (the first
+    ``train_eval_size`` of the training set) minus on the test images, at the runs' end, seed
+    mean, as (1 + n_boot,) replicates: the test side under the task's image draw, the training
+    side redrawn from its binomial (no per-image mask is kept for it)."""
+    gaps = {}
+    for key, group in frame.groupby(["task", "strategy"], sort=False):
+        per_run = []
+        for run in _runs(group):
+            n_train = int(min(run["train_eval_size"].iloc[0], run["train_size"].iloc[0]))
+            train = rs.binomial(run[metrics.TRAIN_ACC].to_numpy()[-1:], n_train, *key,
+                                run["run_id"].iloc[0], metrics.TRAIN_ACC)[0]
+            per_run.append(train - curve(run, metrics.TEST_ACC, rs)[-1])
+        gaps[key] = rs.seed_mean(np.stack(per_run), *key, "gap")
+    return gaps
+
+
+def memorization(study: pd.DataFrame, control: pd.DataFrame, col: str = metrics.ROBUST,
+                 rs: Resampler | None = None) -> pd.DataFrame:
+    """The memorization control read per (task, strategy) in both: the fall of robust accuracy
+    (:func:`falls`) with the study's training set (``study``) and with the control's larger
+    one (``control``: the same task, test images and recipe), and the generalization gap
+    (:func:`generalization_gap`) of each, with the control-minus-study change of both and
+    their intervals (one image draw serves both: the test images are the same).
+
+    ``reading``: :data:`PERSISTS` where the study's runs fall and the control's fall too (so
+    the fall is not the memorization of a small training set), :data:`VANISHES` where the
+    control's runs do not fall, ``"undecided"`` where the control's fall is undecided, and
+    :data:`NO_FALL` where the study's runs do not fall. ``gap_shrinks``: the gap change's
+    interval lies below 0 (the control did what it is for)."""
+    rs = rs or Resampler()
+    base, more = falls(study, col, rs=rs), falls(control, col, rs=rs)
+    gaps, control_gaps = generalization_gap(study, rs), generalization_gap(control, rs)
+    images = {name: f.groupby(["task", "strategy"])["train_size"].first()
+              for name, f in (("study", study), ("control", control))}
+    rows = []
+    for _, b in base.iterrows():
+        key = (b.task, b.strategy)
+        m = more[(more.task == b.task) & (more.strategy == b.strategy)]
+        if not len(m):
+            continue
+        m = m.iloc[0]
+        change, gap, gap_c = _summary(m["_drop"] - b["_drop"]), _summary(gaps[key]), \
+            _summary(control_gaps[key])
+        gap_change = _summary(control_gaps[key] - gaps[key])
+        reading = (NO_FALL if b.outcome != "falls" else PERSISTS if m.outcome == "falls" else
+                   VANISHES if m.outcome == "does not fall" else "undecided")
+        rows.append({"task": b.task, "strategy": b.strategy, "reading": reading,
+                     "images": int(images["study"][key]),
+                     "control_images": int(images["control"][key]), "drop": b["drop"],
+                     "drop_low": b.drop_low, "drop_high": b.drop_high,
+                     "outcome": b.outcome, "control_drop": m["drop"],
+                     "control_drop_low": m.drop_low, "control_drop_high": m.drop_high,
+                     "control_outcome": m.outcome, "drop_change": change["estimate"],
+                     "drop_change_low": change["low"], "drop_change_high": change["high"],
+                     "gap": gap["estimate"], "gap_low": gap["low"], "gap_high": gap["high"],
+                     "control_gap": gap_c["estimate"], "control_gap_low": gap_c["low"],
+                     "control_gap_high": gap_c["high"], "gap_change": gap_change["estimate"],
+                     "gap_change_low": gap_change["low"],
+                     "gap_change_high": gap_change["high"],
+                     "gap_shrinks": bool(gap_change["high"] < 0)})
+    return pd.DataFrame(rows)
+
+
 # -- distance from upstream ------------------------------------------------------------------
 def distance(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFrame:
     """The tasks from nearest to farthest from upstream, read on the validation split: the

@@ -363,3 +363,27 @@ def upstream_runs(chapter: Chapter, results_dir: str | Path | None = None) -> pd
     extra = list({c.run_id(): c for c in [*study_plan.arms, *robust]}.values())
     runs = pd.concat([chapter.frame, store.load(results_dir, extra)], ignore_index=True)
     return runs.assign(upstream=runs["weights"].astype(str))
+
+
+def memorization_findings(chapter: Chapter, results_dir: str | Path | None = None,
+                          rs: E.Resampler | None = None) -> tuple[str, pd.DataFrame]:
+    """The memorization control (:attr:`rtlib.plan.Plan.control`: the farthest task with four
+    times the training images) against the chapter's runs of that task, as far as the store
+    holds them: (the verdict as a Markdown bullet, the table of
+    :func:`rtlib.report.estimands.memorization`). Nothing is computed."""
+    from ..config import preset_store
+    from .verdicts import memorization_claim, what_we_found
+
+    configs = chapter.plan.control if chapter.plan else []
+    if not configs:
+        return ("This setting has no memorization control (the `ladder` study has one: its "
+                "farthest task with four times the training images).", pd.DataFrame())
+    control = store.load(results_dir or preset_store(chapter.plan.preset), configs)
+    have = control["run_id"].nunique() if len(control) else 0
+    if have < len(configs):
+        return (f"The memorization control's runs are not all in the store yet ({have} of "
+                f"{len(configs)}): `python -m rtlib study --preset {chapter.plan.preset}` "
+                "computes them.", pd.DataFrame())
+    study = chapter.frame[chapter.frame.task.isin(set(control.task))]
+    table = E.memorization(study, control, rs=rs)
+    return what_we_found([memorization_claim(table)], "Ours"), table

@@ -23,6 +23,10 @@ LABELS = {
     "strategy minus domain", "by_domain": "domain share", "by_strategy": "strategy share",
     "by_interaction": "interaction share", "aupf": "AUPF", "relative": "relative AUPF",
     "r": "correlation r", "gap": "gap", "pairs": "pairs", "outcome": "outcome",
+    "images": "training images", "control_images": "control's images",
+    "control_drop": "fall (control)", "control_outcome": "outcome (control)",
+    "drop_change": "change of the fall", "control_gap": "gap (control)",
+    "gap_change": "change of the gap", "gap_shrinks": "gap shrinks",
 }
 #: Suffixes of an interval's ends, and how the joined cell reads.
 INTERVALS = (("_low", "_high", "{} [{}, {}]", " (95% interval)"),
