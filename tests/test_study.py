@@ -544,3 +544,16 @@ def test_the_memorization_findings_say_what_the_store_lacks(tmp_path):
     assert "not all in the store yet (0 of 1)" in text and table.empty
     chapter.plan.control = []
     assert "no memorization control" in study.memorization_findings(chapter, tmp_path)[0]
+
+
+def test_a_tasks_own_domain_is_not_judged_as_its_ood_domain():
+    """A task rendered in a domain (digits_texture) has no OOD column for it: the column is
+    empty for its runs and must not enter RQ3 as a domain with no values."""
+    frame = make_frame(0.0, "bitfit", "compacter", ood_noise=0.01)
+    frame.loc[frame.task == "far", "ood_acc@b"] = np.nan
+    rs = estimands.Resampler(n_boot=100)
+    tracking = estimands.ood_tracking(frame, rs)
+    assert set(tracking[tracking.task == "far"].domain) == {"a"}
+    assert tracking.r.notna().all()
+    shares = estimands.ood_variance(frame, rs)
+    assert shares[["by_domain", "by_strategy"]].notna().all().all()
