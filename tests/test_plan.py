@@ -228,6 +228,19 @@ def test_upstream_arms_and_the_control_run_at_the_chosen_rates_once_each(toy, tm
     assert not plan.retrains(job, tmp_path)
     store.weights_path(tmp_path, job.config).unlink()
     assert plan.retrains(job, tmp_path)
+    # Read beside another setting, nothing computed: the other five strategies are missing.
+    from rtlib.report import estimands, study, verdicts
+    shown = study.stored(toy, tmp_path)
+    assert shown.frame.run_id.nunique() == 4 and "4 of 14 runs" in shown.status
+    assert "10 are not in it" in shown.status
+    # The memorization control read against the study's runs of its task, on real runs.
+    chapter = study.Chapter(plan.load(toy, "runs", tmp_path), pd.DataFrame(), "", study_plan)
+    text, table = study.memorization_findings(chapter, tmp_path,
+                                              estimands.Resampler(n_boot=50))
+    assert sorted(table.strategy) == sorted(two) and (table.images == 96).all()
+    assert (table.control_images == 192).all() and text.startswith("- **")
+    assert set(table.reading) <= {estimands.PERSISTS, estimands.VANISHES, estimands.NO_FALL,
+                                  verdicts.UNDECIDED}
     store.complete_run(tmp_path, job.config).unlink()  # a run still to come: its path follows it
     assert not plan.retrains(job, tmp_path)
 

@@ -557,3 +557,12 @@ def test_a_tasks_own_domain_is_not_judged_as_its_ood_domain():
     assert tracking.r.notna().all()
     shares = estimands.ood_variance(frame, rs)
     assert shares[["by_domain", "by_strategy"]].notna().all().all()
+
+
+def test_settings_beside_each_other_keep_each_verdict_and_fill_what_one_lacks():
+    a = [verdicts.Verdict("RQ1: x", "", "", verdicts.HOLDS, ""),
+         verdicts.Verdict("RQ2: y", "", "", verdicts.UNDECIDED, "")]
+    b = [verdicts.Verdict("RQ1: x", "", "", verdicts.FAILS, "")]
+    table = verdicts.beside({"ladder": a, "study": b})
+    assert table.loc["RQ1: x"].tolist() == [verdicts.HOLDS, verdicts.FAILS]
+    assert table.loc["RQ2: y"].tolist() == [verdicts.UNDECIDED, verdicts.UNTESTABLE]

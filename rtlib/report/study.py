@@ -91,6 +91,24 @@ def chapter(preset: str | None = None, tasks: Sequence[str] | None = None,
     return Chapter(frame, summary, status, study_plan)
 
 
+def stored(preset: str, results_dir: str | Path | None = None) -> Chapter:
+    """A setting's runs as far as its store holds them, computing nothing (not even a missing
+    learning-rate sweep run: that is an error naming it): for reading one setting beside
+    another. The status line says how many of the setting's runs the store holds."""
+    from ..config import preset_description, preset_store, shown_path
+
+    results_dir = results_dir or preset_store(preset)
+    study_plan = plan.plan(preset, results_dir=results_dir, compute_selection=False)
+    frame = store.load(results_dir, study_plan.main)
+    have = frame["run_id"].nunique() if len(frame) else 0
+    status = (f"**Setting: `{preset}`**, {preset_description(preset)}: {have} of "
+              f"{len(study_plan.main)} runs read from the store `{shown_path(results_dir)}`"
+              + (", nothing computed." if have == len(study_plan.main) else
+                 f"; **{len(study_plan.main) - have} are not in it**, and its verdicts "
+                 "read the others."))
+    return Chapter(frame, pd.DataFrame(), status, study_plan)
+
+
 def failures(summary: pd.DataFrame, what: str) -> str:
     """The status line's account of what failed in a summary of :func:`rtlib.sweep.run`
     (empty when nothing did)."""

@@ -353,6 +353,14 @@ def styled(card: pd.DataFrame, columns: Sequence[str] = ("verdict",)):
         if v in VERDICT_COLOURS else "", subset=list(columns))
 
 
+def beside(cards: dict[str, Sequence[Verdict]]) -> pd.DataFrame:
+    """Verdicts of several settings side by side (``cards``: setting -> its scorecard): one
+    row per claim, one column per setting; a claim a setting does not judge is not testable
+    there."""
+    table = pd.DataFrame({name: {c.claim: c.verdict for c in cs} for name, cs in cards.items()})
+    return table.rename_axis("claim").fillna(UNTESTABLE)
+
+
 def what_we_found(cards: Sequence[Verdict], prefix: str) -> str:
     """A chapter's opening: its claims (those whose name starts with ``prefix``, e.g.
     ``"RQ2"``) as Markdown bullets, verdict first."""
