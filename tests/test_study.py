@@ -566,3 +566,15 @@ def test_settings_beside_each_other_keep_each_verdict_and_fill_what_one_lacks():
     table = verdicts.beside({"ladder": a, "study": b})
     assert table.loc["RQ1: x"].tolist() == [verdicts.HOLDS, verdicts.FAILS]
     assert table.loc["RQ2: y"].tolist() == [verdicts.UNDECIDED, verdicts.UNTESTABLE]
+
+
+def test_a_curve_is_recomputed_for_other_masks_under_the_same_run_id():
+    """Curves are cached per resampler by the masks themselves, not by the run's name: two
+    runs called alike (synthetic frames, a rerun) never share a curve."""
+    rs = estimands.Resampler(n_boot=20)
+    falling = pd.DataFrame(_masked_run("r", 0, [(0, 0.1), (10, 0.5), (100, 0.3)]))
+    rising = pd.DataFrame(_masked_run("r", 0, [(0, 0.1), (10, 0.3), (100, 0.5)]))
+    a = estimands.curve(falling, metrics.ROBUST, rs)
+    b = estimands.curve(rising, metrics.ROBUST, rs)
+    assert np.allclose(a[:, 0], [0.1, 0.5, 0.3]) and np.allclose(b[:, 0], [0.1, 0.3, 0.5])
+    assert estimands.curve(falling, metrics.ROBUST, rs) is a  # asked again: not recomputed

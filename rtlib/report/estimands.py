@@ -85,6 +85,9 @@ class Resampler:
     n_boot: int = N_BOOT
     seed: int = 0
     _images: dict = field(default_factory=dict)
+    #: Curves recomputed from masks, keyed by the masks themselves (a chapter asks for the
+    #: same run's curve for every estimand: the fall, each AUPF reading, steepness).
+    _curves: dict = field(default_factory=dict)
 
     def rng(self, *key) -> np.random.Generator:
         digest = hashlib.sha256(repr((self.seed, *map(str, key))).encode()).digest()
@@ -126,8 +129,13 @@ def curve(run: pd.DataFrame, col: str, rs: Resampler) -> np.ndarray:
         mask_col = None
     masks = run[mask_col].tolist() if mask_col in run else []
     if masks and all(isinstance(m, str) for m in masks):
-        m = np.stack([metrics.unpack(x, n) for x in masks]).astype(np.float64)
-        return m @ rs.image_weights(str(run["task"].iloc[0]), n)
+        task = str(run["task"].iloc[0])
+        key = (task, n, tuple(masks))
+        if key not in rs._curves:
+            m = np.stack([metrics.unpack(x, n) for x in masks]).astype(np.float64)
+            rs._curves[key] = m @ rs.image_weights(task, n)
+            rs._curves[key].flags.writeable = False  # shared: a caller must not change it
+        return rs._curves[key]
     run_id = run["run_id"].iloc[0] if "run_id" in run else run["seed"].iloc[0]
     return rs.binomial(run[col].to_numpy(), n, run["task"].iloc[0], run_id, col)
 
