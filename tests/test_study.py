@@ -578,3 +578,17 @@ def test_a_curve_is_recomputed_for_other_masks_under_the_same_run_id():
     b = estimands.curve(rising, metrics.ROBUST, rs)
     assert np.allclose(a[:, 0], [0.1, 0.5, 0.3]) and np.allclose(b[:, 0], [0.1, 0.3, 0.5])
     assert estimands.curve(falling, metrics.ROBUST, rs) is a  # asked again: not recomputed
+
+
+def test_the_pooled_correlation_of_a_draw_is_that_of_the_picked_runs_concatenated():
+    rng = np.random.default_rng(3)
+    per_strategy = [[(rng.normal(size=k), rng.normal(size=k), rng.normal()) for k in (4, 6, 5)]
+                    for _ in range(3)]
+    r, gaps = estimands._pooled_correlations(per_strategy, np.random.default_rng(7), 30)
+    draws = np.random.default_rng(7)
+    for b in range(31):
+        flat = [x for runs in per_strategy for x in
+                (runs if b == 0 else [runs[i] for i in draws.integers(0, len(runs), len(runs))])]
+        x, y = np.concatenate([f[0] for f in flat]), np.concatenate([f[1] for f in flat])
+        assert abs(r[b] - np.corrcoef(x, y)[0, 1]) < 1e-12
+        assert abs(gaps[b] - np.mean([f[2] for f in flat])) < 1e-12

@@ -509,20 +509,10 @@ def ood_tracking(frame: pd.DataFrame, rs: Resampler | None = None,
                                  np.diff(part[col].to_numpy()),
                                  float(run[col].iloc[-1] - run[against].iloc[-1])))
                 per_strategy.append(runs)
-            r_reps, gap_reps = [], []
             rng = rs.rng("ood", task, col) if against == metrics.TEST_ACC else rs.rng(
                 "ood", task, col, against)
-            for b in range(rs.n_boot + 1):
-                picked = [runs if b == 0 else [runs[i] for i in rng.integers(0, len(runs),
-                                                                              len(runs))]
-                          for runs in per_strategy]
-                flat = [x for runs in picked for x in runs]
-                din = np.concatenate([x[0] for x in flat])
-                dood = np.concatenate([x[1] for x in flat])
-                ok = len(din) > 2 and din.std() > 0 and dood.std() > 0
-                r_reps.append(float(np.corrcoef(din, dood)[0, 1]) if ok else np.nan)
-                gap_reps.append(float(np.mean([x[2] for x in flat])))
-            r, gap = _summary(np.array(r_reps)), _summary(np.array(gap_reps))
+            r_reps, gap_reps = _pooled_correlations(per_strategy, rng, rs.n_boot)
+            r, gap = _summary(r_reps), _summary(gap_reps)
             outcome = ("tracks" if r["low"] > TRACKING_R else
                        "does not track" if r["high"] < TRACKING_R else "undecided")
             rows.append({"task": task, "domain": metrics.qualifier(col), "r": r["estimate"],
@@ -531,6 +521,33 @@ def ood_tracking(frame: pd.DataFrame, rs: Resampler | None = None,
                          "gap": gap["estimate"], "gap_low": gap["low"],
                          "gap_high": gap["high"], "outcome": outcome})
     return pd.DataFrame(rows)
+
+
+def _pooled_correlations(per_strategy: list[list[tuple]], rng: np.random.Generator,
+                         n_boot: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ood_tracking`'s replicates: per draw (column 0 as measured, then runs resampled
+    by seed within each strategy), the correlation of the pooled changes and the mean end gap.
+    Each draw is a count per run, so the pooled correlation comes from per-run sums of the
+    changes, their squares and products (the draws are those of concatenating the picked
+    runs' changes, in the same order)."""
+    runs = [x for group in per_strategy for x in group]
+    counts = np.zeros((n_boot + 1, len(runs)))
+    counts[0] = 1
+    for b in range(1, n_boot + 1):
+        offset = 0
+        for group in per_strategy:
+            np.add.at(counts[b], offset + rng.integers(0, len(group), len(group)), 1)
+            offset += len(group)
+    moments = np.array([[len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]
+                        for x, y, _ in runs]).reshape(len(runs), 6)
+    n, sx, sy, sxx, syy, sxy = (counts @ moments).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var_x, var_y = sxx - sx * sx / n, syy - sy * sy / n
+        ok = (n > 2) & (var_x > 1e-12 * np.maximum(sxx, 1e-300)) & \
+            (var_y > 1e-12 * np.maximum(syy, 1e-300))
+        r = np.where(ok, (sxy - sx * sy / n) / np.sqrt(var_x * var_y), np.nan)
+    gaps = counts @ np.array([g for _, _, g in runs]) / counts.sum(1)
+    return r, gaps
 
 
 def _classes(task: str) -> int | None:
