@@ -592,3 +592,13 @@ def test_the_pooled_correlation_of_a_draw_is_that_of_the_picked_runs_concatenate
         x, y = np.concatenate([f[0] for f in flat]), np.concatenate([f[1] for f in flat])
         assert abs(r[b] - np.corrcoef(x, y)[0, 1]) < 1e-12
         assert abs(gaps[b] - np.mean([f[2] for f in flat])) < 1e-12
+
+
+def test_spearman_over_replicates_is_pandas_column_by_column():
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(5, 200)).round(1)  # ties within columns
+    values[:, 3] = 1.0  # constant: NaN
+    values[2, 7] = np.nan  # a missing replicate: its complete pairs
+    x = np.array([0, 1, 2, 3, 4])
+    want = [pd.Series(x).corr(pd.Series(values[:, b]), method="spearman") for b in range(200)]
+    np.testing.assert_allclose(estimands.spearman(x, values), want, atol=1e-12)

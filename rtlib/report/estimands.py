@@ -166,6 +166,20 @@ def _runs(group: pd.DataFrame) -> list[pd.DataFrame]:
             group.sort_values(["seed", metrics.STEP]).groupby(key, sort=False)]
 
 
+def spearman(x: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The Spearman correlation of ``x`` (items) with each column of ``values`` (items x
+    replicates), as pandas computes it (ties ranked by their average; a column with NaNs on
+    its complete pairs only; a constant one gives NaN), all complete columns at once."""
+    ranks = pd.DataFrame(values).rank(axis=0).to_numpy()
+    rx = pd.Series(x).rank().to_numpy()[:, None]
+    dx, dv = rx - rx.mean(), ranks - ranks.mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = (dx * dv).sum(0) / np.sqrt((dx ** 2).sum() * (dv ** 2).sum(0))
+    for b in np.flatnonzero(np.isnan(values).any(0)):
+        rho[b] = pd.Series(x).corr(pd.Series(values[:, b]), method="spearman")
+    return rho
+
+
 def _summary(values: np.ndarray) -> dict[str, float]:
     lo, hi = interval(values[1:])
     return {"estimate": float(values[0]), "low": lo, "high": hi}

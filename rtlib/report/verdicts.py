@@ -251,8 +251,7 @@ def steepness_claim(frame: pd.DataFrame, rs: E.Resampler) -> Verdict:
     names = list(per_task)
     values = np.stack([per_task[t] for t in names])  # tasks x replicates
     distance = np.arange(len(names))
-    rhos = np.array([pd.Series(distance).corr(pd.Series(values[:, b]), method="spearman")
-                     for b in range(values.shape[1])])
+    rhos = E.spearman(distance, values)
     lo, hi = E.interval(rhos[1:])
     outcome = HOLDS if lo > 0 else FAILS if hi < 0 else UNDECIDED
     return Verdict(claim, paper,
