@@ -394,8 +394,9 @@ def memorization(study: pd.DataFrame, control: pd.DataFrame, col: str = metrics.
     (:func:`generalization_gap`) of each, with the control-minus-study change of both and
     their intervals (one image draw serves both: the test images are the same).
 
-    ``reading``: :data:`PERSISTS` where the study's runs fall and the control's fall too (so
-    the fall is not the memorization of a small training set), :data:`VANISHES` where the
+    ``reading``: :data:`PERSISTS` where the study's runs fall and the control's fall too (with
+    ``gap_shrinks``, the fall is then not the memorization of a small training set; without
+    it the control did not test that), :data:`VANISHES` where the
     control's runs do not fall, ``"undecided"`` where the control's fall is undecided, and
     :data:`NO_FALL` where the study's runs do not fall. ``gap_shrinks``: the gap change's
     interval lies below 0 (the control did what it is for)."""

@@ -139,10 +139,10 @@ def memorization_claim(table: pd.DataFrame) -> Verdict:
         "not tested (the paper fine-tunes on each dataset's whole training set)", ours,
         majority(shown, vanish, len(falling)),
         f"over the strategies whose runs fall (the RQ1 rule, at the first budget): one shows "
-        f"the claim if the control's runs fall too while its generalization gap's interval "
-        f"lies below the study's, the opposite if the control's runs do not fall (their fall's "
-        f"interval below {100 * E.MIN_FALL:.0f} points); the claim holds if more than half show "
-        f"it")
+        f"the claim if the control's runs fall too while the interval of its generalization "
+        f"gap minus the study's lies below 0, the opposite if the control's runs do not fall "
+        f"(their fall's interval below {100 * E.MIN_FALL:.0f} points); the claim holds if more "
+        f"than half show it")
 
 
 # -- RQ2 ---------------------------------------------------------------------------------------
