@@ -147,6 +147,28 @@ def test_ood_shares_split_domain_strategy_and_interaction():
     assert row.by_domain > 0.5 and row.method_minus_domain_high < 0
 
 
+def test_ood_shares_of_each_replicate_are_the_sums_of_squares_of_its_layout():
+    """The shares are computed for every replicate at once: each equals the two-way sums of
+    squares of its own long table (observation by observation, unequal seeds included)."""
+    rng = np.random.default_rng(11)
+    cells = {s: rng.random((4, n, 3)) for s, n in (("a", 2), ("b", 3), ("c", 4))}
+    shares = estimands._shares(cells)
+    for b in range(4):
+        long = pd.DataFrame([{"strategy": s, "domain": d, "y": v[b, i, d]} for s, v in
+                             cells.items() for i in range(v.shape[1]) for d in range(3)])
+        dev = {k: ((long.groupby(k)["y"].transform("mean") - long.y.mean()) ** 2).sum()
+               for k in ("strategy", "domain")}
+        cell = ((long.groupby(["strategy", "domain"])["y"].transform("mean")
+                 - long.y.mean()) ** 2).sum()
+        total = ((long.y - long.y.mean()) ** 2).sum()
+        assert abs(shares["domain"][b] - dev["domain"] / total) < 1e-12
+        assert abs(shares["strategy"][b] - dev["strategy"] / total) < 1e-12
+        assert abs(shares["interaction"][b]
+                   - max(cell - dev["domain"] - dev["strategy"], 0) / total) < 1e-12
+    flat = estimands._shares({s: np.full((2, 2, 3), 0.5) for s in "ab"})
+    assert all((x == 0).all() for x in flat.values())  # no variance: no shares
+
+
 def test_compute_cost_adds_up_per_strategy():
     rows = []
     for strategy, attacked in (("full", [40, 30]), ("lora", [50, 45])):

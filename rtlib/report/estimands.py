@@ -513,17 +513,13 @@ def ood_tracking(frame: pd.DataFrame, rs: Resampler | None = None,
     rows = []
     for task, tg in frame.groupby("task", sort=False):
         classes = _classes(task)
+        # each run from its first point clearly above chance, once for every domain
+        starts = [[(run, run.iloc[above_chance(run, classes):]) for run in _runs(sg)]
+                  for _, sg in tg.groupby("strategy", sort=False)]
         for col in metrics.ood_columns(tg):
-            per_strategy = []
-            for _, sg in tg.groupby("strategy", sort=False):
-                runs = []
-                for run in _runs(sg):
-                    t0 = above_chance(run, classes)
-                    part = run.iloc[t0:]
-                    runs.append((np.diff(part[against].to_numpy()),
-                                 np.diff(part[col].to_numpy()),
-                                 float(run[col].iloc[-1] - run[against].iloc[-1])))
-                per_strategy.append(runs)
+            per_strategy = [[(np.diff(part[against].to_numpy()), np.diff(part[col].to_numpy()),
+                              float(run[col].iloc[-1] - run[against].iloc[-1]))
+                             for run, part in runs] for runs in starts]
             rng = rs.rng("ood", task, col) if against == metrics.TEST_ACC else rs.rng(
                 "ood", task, col, against)
             r_reps, gap_reps = _pooled_correlations(per_strategy, rng, rs.n_boot)
@@ -551,8 +547,9 @@ def _pooled_correlations(per_strategy: list[list[tuple]], rng: np.random.Generat
     for b in range(1, n_boot + 1):
         offset = 0
         for group in per_strategy:
-            np.add.at(counts[b], offset + rng.integers(0, len(group), len(group)), 1)
-            offset += len(group)
+            k = len(group)
+            counts[b, offset:offset + k] = np.bincount(rng.integers(0, k, k), minlength=k)
+            offset += k
     moments = np.array([[len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]
                         for x, y, _ in runs]).reshape(len(runs), 6)
     n, sx, sy, sxx, syy, sxy = (counts @ moments).T
@@ -589,11 +586,12 @@ def ood_variance(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFra
             continue
         last = last_points(tg)
         cells = {s: g[cols].to_numpy(dtype=float) for s, g in last.groupby("strategy")}
-        reps, rng = [], rs.rng("ood variance", task)
-        for b in range(rs.n_boot + 1):
-            draw = {s: v if b == 0 else v[rng.integers(0, len(v), len(v))]
-                    for s, v in cells.items()}
-            reps.append(_shares(draw))
+        rng = rs.rng("ood variance", task)
+        picks = {s: [np.arange(len(v))] for s, v in cells.items()}  # replicate 0: as measured
+        for _ in range(rs.n_boot):
+            for s, v in cells.items():
+                picks[s].append(rng.integers(0, len(v), len(v)))
+        reps = _shares({s: v[np.stack(picks[s])] for s, v in cells.items()})
         reps = pd.DataFrame(reps).add_prefix("by_")
         reps["method_minus_domain"] = (reps["by_strategy"] + reps["by_interaction"]
                                        - reps["by_domain"])
@@ -605,18 +603,22 @@ def ood_variance(frame: pd.DataFrame, rs: Resampler | None = None) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def _shares(cells: dict[str, np.ndarray]) -> dict[str, float]:
+def _shares(cells: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Sums of squares of a (strategy x domain) layout with seeds as replicates, over the
-    total: domain, strategy, interaction (cells of unequal seeds: weighted by their size)."""
-    values = np.concatenate([v.ravel() for v in cells.values()])
-    grand = values.mean()
-    total = ((values - grand) ** 2).sum()
-    if not total:
-        return {"domain": 0.0, "strategy": 0.0, "interaction": 0.0}
-    stacked = np.concatenate(list(cells.values()))  # runs x domains
-    domain_means = stacked.mean(0)
-    ss_domain = len(stacked) * ((domain_means - grand) ** 2).sum()
-    ss_strategy = sum(v.size * (v.mean() - grand) ** 2 for v in cells.values())
-    ss_cells = sum(len(v) * ((v.mean(0) - grand) ** 2).sum() for v in cells.values())
-    return {"domain": ss_domain / total, "strategy": ss_strategy / total,
-            "interaction": max(ss_cells - ss_domain - ss_strategy, 0.0) / total}
+    total, for each replicate at once (``cells``: per strategy, replicates x runs x domains):
+    domain, strategy, interaction (cells of unequal seeds: weighted by their size)."""
+    v = list(cells.values())
+    runs = sum(c.shape[1] for c in v)
+    size = runs * v[0].shape[2]
+    grand = sum(c.sum((1, 2)) for c in v) / size  # per replicate
+    g = grand[:, None, None]
+    total = sum(((c - g) ** 2).sum((1, 2)) for c in v)
+    domain_means = sum(c.sum(1) for c in v) / runs  # replicates x domains
+    ss_domain = runs * ((domain_means - grand[:, None]) ** 2).sum(1)
+    ss_strategy = sum(c[0].size * (c.mean((1, 2)) - grand) ** 2 for c in v)
+    ss_cells = sum(c.shape[1] * ((c.mean(1) - grand[:, None]) ** 2).sum(1) for c in v)
+    ss = {"domain": ss_domain, "strategy": ss_strategy,
+          "interaction": np.maximum(ss_cells - ss_domain - ss_strategy, 0.0)}
+    # a replicate without any variance has no shares to split: 0 each
+    return {k: np.divide(x, total, out=np.zeros_like(total), where=total > 0)
+            for k, x in ss.items()}
