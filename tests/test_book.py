@@ -170,6 +170,9 @@ def test_a_rebuild_from_a_complete_store_executes_chapters_at_once(smoke_book, t
     assert book.rerun_cost({**params, "domain": "outline"}).startswith(f"{len(outline)} new runs")
     written = book.execute(["rq3_ood_robustness", "takeaways"], params, output_dir=tmp_path,
                            progress=False, jobs=2)
+    # takeaways starts first (book.SLOWEST_FIRST); the pages come back in the order asked
+    assert [p.stem for p in written] == ["rq3_ood_robustness", "takeaways"]
+    assert set(book.SLOWEST_FIRST) <= {p.stem for p in book.notebooks()}
     for path in written:
         cells = json.loads(path.read_text())["cells"]
         outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
