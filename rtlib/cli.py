@@ -605,7 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
         "book", help="execute the notebooks with papermill and build the book",
         description="Execute every notebook of notebooks/ with papermill (executed copies go to "
                     "book/executed/), then build the HTML book with Jupyter Book 1, warnings as "
-                    "errors. Parameters given with -p reach every notebook that declares them.")
+                    "errors. Parameters given with -p reach every notebook that declares them. "
+                    "What the chapters need and the store lacks (runs, interpolation paths) is "
+                    "computed first, every core busy, and the chapters then only read it.")
     p.add_argument("-p", "--parameter", nargs=2, action="append", dest="parameters",
                    metavar=("NAME", "VALUE"),
                    help="a notebook parameter; VALUE is read as YAML (0.0078 is a number, "
@@ -616,8 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execute-only", action="store_true",
                    help="execute the notebooks but do not build the HTML")
     p.add_argument("--jobs", type=_processes, default=None,
-                   help="notebooks executed at once (default: one per CPU core when the store "
-                        "already holds every run the chapters read, else one at a time)")
+                   help="notebooks executed at once (default: one per CPU core, once the "
+                        "store holds every run the chapters read; given, the chapters compute "
+                        "what they lack themselves)")
     p.set_defaults(func=cmd_book)
 
     from .config import PRESETS

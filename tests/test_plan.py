@@ -38,6 +38,25 @@ def test_choose_lr_takes_the_best_validation_accuracy_and_the_smaller_rate_on_ti
         plan.choose_lr(frame.drop(columns="val_acc"))
 
 
+def test_the_books_work_is_computed_before_its_chapters_sweep_first(toy, tmp_path):
+    """make book computes what its chapters lack before they run (book.compute_missing): the
+    sweep the store lacks, then the study's runs at the rates it chose (not the preset's),
+    then the paths; nothing is left for a chapter to compute."""
+    from rtlib.report import book
+
+    params = {"preset": toy, "strategies": ["bitfit", "linear_probe"], "seeds": [0],
+              "workers": 1, "results_dir": str(tmp_path)}
+    sweep_todo, _ = book._missing(params, remedies=True)
+    assert len(sweep_todo) == 4  # 2 strategies x 2 rates
+    book.compute_missing(params, progress=False)
+    assert book.missing_work(params) == []
+    study_plan = plan.plan(toy, strategies=["bitfit", "linear_probe"], seeds=[0],
+                           results_dir=tmp_path, compute_selection=False)
+    stored = {f.stem for f in store.run_files(tmp_path)}
+    assert stored == {c.run_id() for c in [*study_plan.selection, *study_plan.main]}
+    assert len(list((tmp_path / "interpolation").glob("*.parquet"))) == 1  # BitFit's path
+
+
 def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path):
     study_plan, summary, manifest = plan.compute(
         toy, strategies=["bitfit", "linear_probe"], results_dir=tmp_path, device="cpu",

@@ -168,6 +168,14 @@ def missing_work(parameters: Mapping[str, Any] | None = None, remedies: bool = T
     nothing; a learning-rate sweep the store lacks comes first, its study's runs then counted
     at the preset's rates (the rates it will choose are not known yet). None when the work is
     not done here (another executor)."""
+    parts = _missing(parameters, remedies)
+    return None if parts is None else parts[0] + parts[1]
+
+
+def _missing(parameters: Mapping[str, Any] | None, remedies: bool
+             ) -> tuple[list, list] | None:
+    """:func:`missing_work` in two parts: the learning-rate sweep's runs the store lacks, and
+    the rest."""
     from .. import plan, store, sweep
     from ..config import ConfigError
 
@@ -191,14 +199,43 @@ def missing_work(parameters: Mapping[str, Any] | None = None, remedies: bool = T
         configs += [c.replace(domain=runs.domain) for c in study_plan.main
                     if c.task in runs.ood_tasks]
     unique = list({c.run_id(): c for c in configs}.values())
-    todo = sweep_todo + [c for c in unique if store.complete_run(results_dir, c) is None]
+    todo = [c for c in unique if store.complete_run(results_dir, c) is None]
     if remedies:  # paths from the study chapters' runs (the OOD-only task has none)
         chapters_plan = dataclasses.replace(
             study_plan, main=[c for c in study_plan.main if c.task in runs.tasks])
         work = plan.remedies_plan(chapters_plan, runs.alphas, runs.robust_tasks,
                                   **runs.overrides).work()
         todo += [job for job in work if not sweep.complete(job, results_dir)]
-    return todo
+    return sweep_todo, todo
+
+
+def compute_missing(parameters: Mapping[str, Any] | None = None, progress: bool = True
+                    ) -> None:
+    """Compute the whole book's work (:func:`missing_work`) before its chapters run, instead
+    of chapter by chapter: every run in one pool, so the cores stay busy until the last one
+    (a chapter that needs two runs of unequal length leaves a core idle), then the paths,
+    which need their runs' weights; the chapters then only read, several at once. A
+    learning-rate sweep the store lacks comes first, and the rest is looked up again at the
+    rates it chose. A run that fails is recorded and left to its chapter, which tries it again
+    and says so."""
+    from .. import sweep
+    from ..config import RunConfig
+
+    p = dict(parameters or {})
+    parts = _missing(p, remedies=True)
+    if parts is None:  # another executor computes
+        return
+    where, workers = store_dir(p, chapter_runs(p)), p.get("workers")
+    lines = "lines" if progress else False
+    if parts[0]:
+        sweep.run(parts[0], where, progress=lines, workers=workers, desc="learning-rate sweep")
+        parts = _missing(p, remedies=True)
+    todo = parts[1]
+    runs = [job for job in todo if isinstance(job, RunConfig)]
+    paths = [job for job in todo if not isinstance(job, RunConfig)]
+    for jobs, desc in ((runs, "runs"), (paths, "interpolation paths")):
+        if jobs:
+            sweep.run(jobs, where, progress=lines, workers=workers, desc=desc)
 
 
 def glue_costs(exercises: Mapping[str, Mapping[str, Any]], remedies: bool = False) -> None:
@@ -320,7 +357,9 @@ def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None
     parameters it declares. Progress: which notebook, k of n, its time and the elapsed total.
     ``jobs``: notebooks executed at once. ``None``: one per CPU core when the store already
     holds every run the chapters read (each chapter is then kernel start-up, reading and
-    charts), else one at a time (the chapters that compute share the cores and their runs).
+    charts), else one at a time (the chapters that compute share the cores and their runs);
+    for the whole book (no ``names``), its missing work is computed first
+    (:func:`compute_missing`), and the chapters then run at once.
     """
     import os
     import time
@@ -339,6 +378,9 @@ def execute(names: list[str] | None = None, parameters: Mapping[str, Any] | None
 
         where = store_dir(dict(parameters or {}), chapter_runs(dict(parameters or {})))
         print(("to compute: " if todo else "") + plan.cost_line(todo, where), flush=True)
+    if todo and not names and jobs is None:  # the whole book: its work first, in one pool
+        compute_missing(parameters, progress)
+        todo = missing_work(parameters)
     if jobs is None:
         jobs = (os.cpu_count() or 1) if todo == [] else 1
     t0 = time.perf_counter()
