@@ -57,6 +57,19 @@ def test_the_books_work_is_computed_before_its_chapters_sweep_first(toy, tmp_pat
     assert len(list((tmp_path / "interpolation").glob("*.parquet"))) == 1  # BitFit's path
 
 
+def test_the_books_work_stops_after_a_sweep_that_did_not_complete(toy, tmp_path, monkeypatch):
+    """A sweep run that fails leaves no rates chosen: compute_missing must not go on to the
+    study's runs at the preset's rates (the chapters retry the sweep and say what failed)."""
+    from rtlib import sweep
+    from rtlib.report import book
+
+    calls = []
+    monkeypatch.setattr(sweep, "run", lambda jobs, *a, desc="", **k: calls.append(desc))
+    book.compute_missing({"preset": toy, "strategies": ["bitfit", "linear_probe"],
+                          "seeds": [0], "results_dir": str(tmp_path)}, progress=False)
+    assert calls == ["learning-rate sweep"]
+
+
 def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path):
     study_plan, summary, manifest = plan.compute(
         toy, strategies=["bitfit", "linear_probe"], results_dir=tmp_path, device="cpu",

@@ -216,8 +216,9 @@ def compute_missing(parameters: Mapping[str, Any] | None = None, progress: bool 
     (a chapter that needs two runs of unequal length leaves a core idle), then the paths,
     which need their runs' weights; the chapters then only read, several at once. A
     learning-rate sweep the store lacks comes first, and the rest is looked up again at the
-    rates it chose. A run that fails is recorded and left to its chapter, which tries it again
-    and says so."""
+    rates it chose; if a sweep run fails, nothing else is computed here (the rest would be at
+    rates nobody chose). A run that fails is recorded and left to its chapter, which tries it
+    again and says so."""
     from .. import sweep
     from ..config import RunConfig
 
@@ -230,6 +231,8 @@ def compute_missing(parameters: Mapping[str, Any] | None = None, progress: bool 
     if parts[0]:
         sweep.run(parts[0], where, progress=lines, workers=workers, desc="learning-rate sweep")
         parts = _missing(p, remedies=True)
+        if parts[0]:  # a sweep run failed: no rates are chosen, so no run is known yet
+            return
     todo = parts[1]
     runs = [job for job in todo if isinstance(job, RunConfig)]
     paths = [job for job in todo if not isinstance(job, RunConfig)]
