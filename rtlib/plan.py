@@ -582,24 +582,63 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
                  + path_records(results_dir, remedies.paths))
     seen: set[str] = set()  # a run once, in its first role (the robust upstream remedy's
     runs = [r for r in runs if not (r["run_id"] in seen or seen.add(r["run_id"]))]  # may be an arm's
+    planned = _job_ids(study_plan, remedies)
+    # An invocation restricted to part of the study (--strategies ...) must not drop the
+    # records of the rest: an earlier record outside this plan stays while its file does.
+    kept = [r for r in earlier.get("runs", [])
+            if r["run_id"] not in planned and _still_stored(results_dir, r)]
+    runs += kept
+    choice = ([] if study_plan.choice is None else
+              json.loads(study_plan.choice.to_json(orient="records")))
     manifest = {
         "preset": study_plan.preset,
         "command": invocation["command"],
         "code": invocation["code"],
         "versions": _versions(),
         "upstream": upstream,
-        "learning_rates": study_plan.lrs,
-        "lr_choice": [] if study_plan.choice is None else
-        json.loads(study_plan.choice.to_json(orient="records")),
-        "runs_planned": len({job.run_id() for job in [
-            *study_plan.selection, *study_plan.main, *study_plan.arms, *study_plan.control,
-            *(remedies.work() if remedies is not None else [])]}),
+        "learning_rates": {**earlier.get("learning_rates", {}), **study_plan.lrs},
+        "lr_choice": choice + [row for row in earlier.get("lr_choice", [])
+                               if row.get("strategy") not in {r["strategy"] for r in choice}],
+        "runs_planned": len(planned) + len(kept),
         "runs_complete": len(runs),
         "compute_seconds": round(sum(r["seconds"] for r in runs), 1),
         "runs": runs,
         "invocations": earlier.get("invocations", []) + [invocation],
     }
     return store.write_text(path, json.dumps(manifest, indent=1, default=str) + "\n")
+
+
+def _whole_study(part: Plan, extra: RemediesPlan | None, results_dir: Path, device: str,
+                 path_form: str | None, **overrides: Any
+                 ) -> tuple[Plan, RemediesPlan | None]:
+    """The preset's whole study in ``results_dir`` (its tasks, strategies and seeds, and its
+    remedies), for the manifest of an invocation that computed a part of it (``--strategies``,
+    ``--no-remedies``, ...); the part itself when the store's
+    sweep cannot yet choose every strategy's rate, or when the part reaches beyond it (a task
+    the preset does not name)."""
+    try:
+        whole = plan(part.preset, results_dir=results_dir, compute_selection=False,
+                     device=device, **overrides)
+        whole_extra = remedies_plan(whole, path_form=path_form, **overrides)
+    except ConfigError:
+        return part, extra
+    if _job_ids(part, extra) <= _job_ids(whole, whole_extra):
+        return whole, whole_extra
+    return part, extra
+
+
+def _job_ids(study_plan: Plan, remedies: RemediesPlan | None) -> set[str]:
+    """The ids of every run and path a study plans."""
+    return {job.run_id() for job in [
+        *study_plan.selection, *study_plan.main, *study_plan.arms, *study_plan.control,
+        *(remedies.work() if remedies is not None else [])]}
+
+
+def _still_stored(results_dir: Path, record: dict[str, Any]) -> bool:
+    """Whether a manifest record's run (or interpolation path) is still in the store."""
+    if record.get("role") == "interpolation":
+        return store.interpolation_path(results_dir, record["run_id"]).is_file()
+    return (store.runs_dir(results_dir) / f"{record['run_id']}.parquet").is_file()
 
 
 def with_paths(runs: Sequence[RunConfig], paths: Sequence[Any]) -> list:
@@ -688,6 +727,10 @@ def compute(preset: str = "study", tasks: Sequence[str] | None = None,
                 study_plan = Plan(preset, sweep_so_far.selection, sweep_so_far.main)
             except ConfigError:  # bad options: nothing ran, nothing to record
                 pass
-        manifest = (write_manifest(results_dir, study_plan, invocation, extra) if study_plan
-                    else None)
+        recorded = (study_plan, extra)
+        if study_plan is not None and (tasks or strategies or seeds or not remedies):
+            recorded = _whole_study(study_plan, extra, results_dir, device, path_form,
+                                    **overrides)
+        manifest = (write_manifest(results_dir, recorded[0], invocation, recorded[1])
+                    if study_plan else None)
     return study_plan, summary, manifest

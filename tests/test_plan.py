@@ -101,8 +101,18 @@ def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path
     # From the command line, without the remedies: the study's 4 runs only
     assert cli.main(["study", "--preset", "toy", "--strategies", "bitfit,linear_probe",
                      "--results-dir", str(tmp_path), "--no-remedies", "--quiet"]) == 0
-    last = json.loads(manifest.read_text())["invocations"][-1]
-    assert last["summary"] == {"skipped": 4}
+    record = json.loads(manifest.read_text())
+    assert record["invocations"][-1]["summary"] == {"skipped": 4}
+    # An invocation of a part (no remedies; one strategy) keeps the records of the rest: the
+    # manifest describes the store's whole study, not the last command's part of it.
+    assert record["runs_complete"] == 10 and len(record["lr_choice"]) == 4
+    plan.compute(toy, strategies=["linear_probe"], results_dir=tmp_path, device="cpu",
+                 progress=False, remedies=False)
+    record = json.loads(manifest.read_text())
+    assert record["runs_complete"] == 10 and record["learning_rates"] == study_plan.lrs
+    whole = plan.plan(toy, results_dir=tmp_path, compute_selection=False)
+    assert record["runs_planned"] == len(plan._job_ids(whole, plan.remedies_plan(whole))) > 10
+    assert {r["role"] for r in record["runs"]} == {"lr selection", "study", "interpolation"}
 
     # What is left, projected at the study's pace: with one run and one path gone, the run at
     # the mean time of the others, the path at their evaluation time per point (it evaluates
@@ -244,7 +254,10 @@ def test_upstream_arms_and_the_control_run_at_the_chosen_rates_once_each(toy, tm
     assert {c.run_id() for c in robust} == {c.run_id() for c in study_plan.arms}
     record = json.loads(manifest.read_text())
     ids = [r["run_id"] for r in record["runs"]]
-    assert len(ids) == len(set(ids)) == record["runs_complete"] == record["runs_planned"] == 18
+    assert len(ids) == len(set(ids)) == record["runs_complete"] == 18
+    # planned: the toy preset's whole study (all seven strategies), of which two were asked for
+    whole = plan.plan(toy, results_dir=tmp_path, compute_selection=False)
+    assert record["runs_planned"] == len(plan._job_ids(whole, plan.remedies_plan(whole))) > 18
     roles = [r["role"] for r in record["runs"]]
     assert roles == (["lr selection"] * 4 + ["study"] * 4 + ["upstream arm"] * 4
                      + ["control"] * 4 + ["interpolation"] * 2)
