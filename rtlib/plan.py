@@ -590,6 +590,7 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
     runs += kept
     choice = ([] if study_plan.choice is None else
               json.loads(study_plan.choice.to_json(orient="records")))
+    chosen = {row["strategy"] for row in choice}
     manifest = {
         "preset": study_plan.preset,
         "command": invocation["command"],
@@ -598,7 +599,7 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
         "upstream": upstream,
         "learning_rates": {**earlier.get("learning_rates", {}), **study_plan.lrs},
         "lr_choice": choice + [row for row in earlier.get("lr_choice", [])
-                               if row.get("strategy") not in {r["strategy"] for r in choice}],
+                               if row.get("strategy") not in chosen],
         "runs_planned": len(planned) + len(kept),
         "runs_complete": len(runs),
         "compute_seconds": round(sum(r["seconds"] for r in runs), 1),
@@ -638,7 +639,7 @@ def _still_stored(results_dir: Path, record: dict[str, Any]) -> bool:
     """Whether a manifest record's run (or interpolation path) is still in the store."""
     if record.get("role") == "interpolation":
         return store.interpolation_path(results_dir, record["run_id"]).is_file()
-    return (store.runs_dir(results_dir) / f"{record['run_id']}.parquet").is_file()
+    return store.run_path(results_dir, record["run_id"]).is_file()
 
 
 def with_paths(runs: Sequence[RunConfig], paths: Sequence[Any]) -> list:

@@ -61,8 +61,10 @@ def runs_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "runs"
 
 
-def run_path(results_dir: str | Path, config: RunConfig) -> Path:
-    return runs_dir(results_dir) / f"{config.run_id()}.parquet"
+def run_path(results_dir: str | Path, config: RunConfig | str) -> Path:
+    """The run's file (``config``: the run, or its id)."""
+    run_id = config if isinstance(config, str) else config.run_id()
+    return runs_dir(results_dir) / f"{run_id}.parquet"
 
 
 def partial_path(results_dir: str | Path, config: RunConfig) -> Path:
