@@ -526,6 +526,7 @@ def run_records(results_dir: str | Path, configs: Sequence[RunConfig], role: str
             "strategy": config.strategy, "seed": config.seed, "lr": config.lr,
             "points": len(rows), "device": meta.get("device"),
             "device_name": meta.get("device_name"), "precision": meta.get("precision"),
+            "versions": meta.get("versions"),
             "seconds": round(float(rows[metrics.TRAIN_SECONDS].iloc[-1]
                                    + rows[metrics.EVAL_SECONDS].sum()), 1),
             "eval_seconds": round(float(rows[metrics.EVAL_SECONDS].sum()), 1)})
@@ -552,11 +553,11 @@ def path_records(results_dir: str | Path, jobs: Sequence[Any]) -> list[dict[str,
 
 def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[str, Any],
                    remedies: RemediesPlan | None = None) -> Path:
-    """``results_dir/manifest.json``: the study's command, code version, package versions,
-    upstream checkpoint, chosen learning rates, every run with its time, and every invocation
-    that computed part of it (a study may be computed over several sessions)."""
-    import json
-
+    """``results_dir/manifest.json``: the study's command, code version, upstream checkpoint,
+    chosen learning rates, every run with its time and package versions, and every invocation
+    that computed part of it with its own versions (a study may be computed over several
+    sessions, on machines whose installs differ: ``run_versions`` counts the runs under each
+    set of versions, so a change of a library between sessions is visible at the top)."""
     from .config import resolve_weights
     from .train import _versions
 
@@ -595,7 +596,7 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
         "preset": study_plan.preset,
         "command": invocation["command"],
         "code": invocation["code"],
-        "versions": _versions(),
+        "run_versions": _version_sets(runs),
         "upstream": upstream,
         "learning_rates": {**earlier.get("learning_rates", {}), **study_plan.lrs},
         "lr_choice": choice + [row for row in earlier.get("lr_choice", [])
@@ -604,9 +605,19 @@ def write_manifest(results_dir: str | Path, study_plan: Plan, invocation: dict[s
         "runs_complete": len(runs),
         "compute_seconds": round(sum(r["seconds"] for r in runs), 1),
         "runs": runs,
-        "invocations": earlier.get("invocations", []) + [invocation],
+        "invocations": [*earlier.get("invocations", []), {"versions": _versions(), **invocation}],
     }
     return store.write_text(path, json.dumps(manifest, indent=1, default=str) + "\n")
+
+
+def _version_sets(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each distinct set of package versions among the runs, with how many runs it computed
+    (most first); paths, and records of earlier manifests that predate per-run versions, have
+    none and are not counted."""
+    from collections import Counter
+
+    counts = Counter(json.dumps(r["versions"], sort_keys=True) for r in runs if r.get("versions"))
+    return [{**json.loads(key), "runs": n} for key, n in counts.most_common()]
 
 
 def _whole_study(part: Plan, extra: RemediesPlan | None, results_dir: Path, device: str,

@@ -91,7 +91,11 @@ def test_a_study_chooses_its_rates_on_validation_then_runs_at_them(toy, tmp_path
     report = "\n".join(plan.progress_report(toy, strategies=["bitfit", "linear_probe"],
                                              results_dir=tmp_path))
     assert "study: 4 of 4 runs complete" in report and ": 2 of 2 complete" in report
-    assert record["invocations"][0]["completed"] and record["versions"]["torch"]
+    assert record["invocations"][0]["completed"] and record["invocations"][0]["versions"]["torch"]
+    # every run records its own versions; the top counts the runs under each set (one here)
+    versions = [r["versions"] for r in record["runs"] if r["role"] != "interpolation"]
+    assert all(v["peft"] for v in versions) and record["run_versions"] == [
+        {**versions[0], "runs": 8}]
 
     # Again: nothing is computed, the choice is read back, the manifest records both calls.
     again, summary, manifest = plan.compute(toy, strategies=["bitfit", "linear_probe"],
